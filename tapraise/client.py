@@ -1,0 +1,388 @@
+"""Async httpx client for the TapRaise calls API.
+
+The client classifies failures into typed errors and never loops on retries: the caller (a
+Temporal activity) owns retry policy. The single exception is a 401, after which the signed
+token is discarded and the same request is sent once more with a freshly signed token. A 401
+means the request was not processed, so the repeat is safe even for a create.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime, timedelta
+from importlib.metadata import PackageNotFoundError, version
+from types import TracebackType
+from typing import Any, Self, TypeVar
+from uuid import UUID
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from tapraise.auth import ServiceAccount, TokenSigner
+from tapraise.errors import (
+    APIConnectionError,
+    APIResponseValidationError,
+    APITimeoutError,
+    make_status_error,
+)
+from tapraise.models import (
+    AddAttemptRequest,
+    Call,
+    CallPage,
+    CancelCallRequest,
+    CompleteCallRequest,
+    CreateCallRequest,
+    ExpireCallRequest,
+    MarkProcessedEntry,
+    MarkProcessedRequest,
+    format_timestamp,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=15.0, write=10.0, pool=5.0)
+MAX_PAGE_SIZE = 100
+API_PREFIX = "/api/v1"
+
+try:
+    _VERSION = version("tapraise-calls")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    _VERSION = "0+unknown"
+USER_AGENT = f"tapraise-calls/{_VERSION}"
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class TapRaiseClient:
+    """A typed client for the TapRaise calls API.
+
+    Use it as an async context manager, or call ``aclose()`` when done. One instance holds one
+    connection pool; share it between concurrent tasks.
+
+    Args:
+        base_url: The TapRaise root, e.g. ``https://api.example.org`` (a trailing ``/api/v1``
+            is accepted and ignored).
+        account: The service account that signs the requests.
+        timeout: Per-phase timeouts; defaults to connect 5 s, read 15 s, write 10 s, pool 5 s.
+        transport: An httpx transport, for tests.
+        signer: The token signer; defaults to ``TokenSigner(account)``.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        account: ServiceAccount,
+        *,
+        timeout: httpx.Timeout | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        signer: TokenSigner | None = None,
+    ) -> None:
+        self._signer = signer or TokenSigner(account)
+        root = base_url.rstrip("/").removesuffix(API_PREFIX)
+        self._http = httpx.AsyncClient(
+            base_url=root,
+            timeout=timeout or DEFAULT_TIMEOUT,
+            transport=transport,
+            headers={"Accept": "application/json", "User-Agent": USER_AGENT},
+        )
+
+    @property
+    def base_url(self) -> str:
+        """The TapRaise root URL requests are sent to."""
+        return str(self._http.base_url).rstrip("/")
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    # --- calls ------------------------------------------------------------------------------
+
+    async def create_call(self, req: CreateCallRequest) -> Call:
+        """Create a call (``POST /api/v1/calls``, 201).
+
+        Raises:
+            ConflictError: A call with ``req.uuid`` already exists (409).
+            BadRequestError, PermissionDeniedError: See the API description.
+        """
+        response = await self._request("POST", "/calls", json=req.to_wire())
+        return _parse(Call, response)
+
+    async def add_attempt(
+        self, call_uuid: UUID | str, req: AddAttemptRequest | None = None
+    ) -> Call:
+        """Record an attempt to reach the person (``PUT …/actions/add-attempt``).
+
+        Raises:
+            NotFoundError: The call does not exist (404).
+            BadRequestError: The call is final, or the attempt exceeds the maximum (400).
+        """
+        return await self._action(call_uuid, "add-attempt", req or AddAttemptRequest())
+
+    async def complete_call(self, call_uuid: UUID | str, req: CompleteCallRequest) -> Call:
+        """Mark a call as completed with its result (``PUT …/actions/complete``).
+
+        Raises:
+            ConflictError: Already completed (409).
+            BadRequestError: Cancelled or expired (400).
+            NotFoundError: The call does not exist (404).
+        """
+        return await self._action(call_uuid, "complete", req)
+
+    async def cancel_call(
+        self, call_uuid: UUID | str, req: CancelCallRequest | None = None
+    ) -> Call:
+        """Cancel a call (``PUT …/actions/cancel``).
+
+        Raises:
+            ConflictError: Already cancelled (409).
+            BadRequestError: Completed or expired (400).
+            NotFoundError: The call does not exist (404).
+        """
+        return await self._action(call_uuid, "cancel", req or CancelCallRequest())
+
+    async def expire_call(
+        self, call_uuid: UUID | str, req: ExpireCallRequest | None = None
+    ) -> Call:
+        """Expire a call (``PUT …/actions/expire``); without ``expired_at`` it expires now.
+
+        Raises:
+            ConflictError: Already expired (409).
+            BadRequestError: Completed or cancelled (400).
+            PermissionDeniedError: The account's scope does not allow expiring (403).
+            NotFoundError: The call does not exist (404).
+        """
+        return await self._action(call_uuid, "expire", req or ExpireCallRequest())
+
+    async def list_calls_page(
+        self,
+        *,
+        requested_after: datetime | None = None,
+        updated_after: datetime | None = None,
+        external_application_name: str | None = None,
+        external_reference_id: str | None = None,
+        first: int | None = None,
+        after: str | None = None,
+        last: int | None = None,
+        before: str | None = None,
+    ) -> CallPage:
+        """Fetch one page of ``GET /api/v1/calls`` (newest first).
+
+        Args:
+            requested_after: Only calls requested after this aware datetime.
+            updated_after: Only calls changed after this aware datetime.
+            external_application_name: With ``external_reference_id``, find calls by their
+                external reference; the string ``"null"`` for both finds calls without one.
+            external_reference_id: See ``external_application_name``.
+            first: Page size going forward (1-100); TapRaise's default is 10.
+            after: Cursor to continue after (``page_info.end_cursor``).
+            last: Page size going backward (1-100).
+            before: Cursor to continue before (``page_info.start_cursor``).
+
+        Raises:
+            ValueError: On a page size outside 1-100, ``first`` with ``last``, ``after`` with
+                ``before``, or a naive datetime (TapRaise would reject all of these).
+        """
+        if first is not None and last is not None:
+            raise ValueError("first and last cannot be combined")
+        if after is not None and before is not None:
+            raise ValueError("after and before cannot be combined")
+        for name, size in (("first", first), ("last", last)):
+            if size is not None and not 1 <= size <= MAX_PAGE_SIZE:
+                raise ValueError(f"{name} must be between 1 and {MAX_PAGE_SIZE}, got {size}")
+        candidates: dict[str, str | int | None] = {
+            "first": first,
+            "after": after,
+            "last": last,
+            "before": before,
+            "requestedAfter": _query_time("requested_after", requested_after),
+            "updatedAfter": _query_time("updated_after", updated_after),
+            "externalApplicationName": external_application_name,
+            "externalReferenceId": external_reference_id,
+        }
+        params: dict[str, str | int] = {
+            key: value for key, value in candidates.items() if value is not None
+        }
+        response = await self._request("GET", "/calls", params=params)
+        return _parse(CallPage, response)
+
+    async def list_calls(
+        self,
+        *,
+        requested_after: datetime | None = None,
+        updated_after: datetime | None = None,
+        external_application_name: str | None = None,
+        external_reference_id: str | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+        backward: bool = False,
+    ) -> AsyncIterator[Call]:
+        """Iterate over every call matching the filters, fetching pages as needed.
+
+        Forward (the default) pages with ``first``/``after`` and yields the whole list newest
+        first. Backward pages with ``last``/``before``: it starts with the oldest page and moves
+        to newer pages, yielding each page in the order TapRaise presents it (newest first
+        within the page), so the overall sequence is sorted only page by page.
+
+        Args:
+            requested_after: See ``list_calls_page``.
+            updated_after: See ``list_calls_page``.
+            external_application_name: See ``list_calls_page``.
+            external_reference_id: See ``list_calls_page``.
+            page_size: Calls per request (1-100).
+            backward: Page from the end of the list towards its start.
+
+        Yields:
+            Each call once, as pages arrive.
+        """
+        cursor: str | None = None
+        while True:
+            page = await self.list_calls_page(
+                requested_after=requested_after,
+                updated_after=updated_after,
+                external_application_name=external_application_name,
+                external_reference_id=external_reference_id,
+                first=None if backward else page_size,
+                after=None if backward else cursor,
+                last=page_size if backward else None,
+                before=cursor if backward else None,
+            )
+            for edge in page.edges:
+                yield edge.node
+            info = page.page_info
+            more = info.has_previous_page if backward else info.has_next_page
+            next_cursor = info.start_cursor if backward else info.end_cursor
+            # A cursor that does not move would loop forever; treat it as the end.
+            if not more or next_cursor is None or next_cursor == cursor:
+                return
+            cursor = next_cursor
+
+    async def find_call(self, call_uuid: UUID | str, requested_at: datetime) -> Call | None:
+        """Find one call by uuid (TapRaise has no GET by uuid).
+
+        Pages the list from one second before ``requested_at`` (TapRaise compares times with
+        millisecond precision, and the filter may be exclusive).
+
+        Args:
+            call_uuid: The call to find.
+            requested_at: The call's ``requestedAt`` (aware).
+
+        Returns:
+            The call, or ``None`` when the account cannot see a call with that uuid.
+        """
+        wanted = _as_uuid(call_uuid)
+        async for call in self.list_calls(requested_after=requested_at - timedelta(seconds=1)):
+            if call.uuid == wanted:
+                return call
+        return None
+
+    # --- entity access ----------------------------------------------------------------------
+
+    async def mark_processed(self, entries: Sequence[MarkProcessedEntry]) -> None:
+        """Mark entities as processed (``POST /api/v1/entity-access/actions/mark-processed``).
+
+        An empty sequence sends nothing.
+
+        Raises:
+            BadRequestError: Some entries failed; ``body["errors"]`` lists them per entry
+                (``MarkProcessedErrors.model_validate(err.body)`` parses it).
+        """
+        if not entries:
+            return
+        body = MarkProcessedRequest(entries=list(entries)).to_wire()
+        await self._request("POST", "/entity-access/actions/mark-processed", json=body)
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    async def _action(
+        self,
+        call_uuid: UUID | str,
+        action: str,
+        req: AddAttemptRequest | CompleteCallRequest | CancelCallRequest | ExpireCallRequest,
+    ) -> Call:
+        path = f"/calls/{_as_uuid(call_uuid)}/actions/{action}"
+        return _parse(Call, await self._request("PUT", path, json=req.to_wire()))
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, str | int] | None = None,
+    ) -> httpx.Response:
+        url = API_PREFIX + path
+        for attempt in (1, 2):
+            headers = {"Authorization": f"Bearer {self._signer.token()}"}
+            try:
+                response = await self._http.request(
+                    method, url, json=json, params=params, headers=headers
+                )
+            except httpx.TimeoutException as exc:
+                raise APITimeoutError(
+                    f"TapRaise timed out on {method} {url} ({type(exc).__name__})",
+                    request=_request_of(exc),
+                ) from exc
+            except httpx.TransportError as exc:
+                raise APIConnectionError(
+                    f"cannot reach TapRaise for {method} {url}: {exc or type(exc).__name__}",
+                    request=_request_of(exc),
+                ) from exc
+            logger.debug("TapRaise %s %s -> %s", method, url, response.status_code)
+            if response.status_code == 401 and attempt == 1:
+                # The token may have been signed against a stale clock or key rotation; one
+                # fresh signature is worth a try, a second 401 is final.
+                self._signer.invalidate()
+                continue
+            if response.is_success:
+                return response
+            raise make_status_error(response)
+        raise AssertionError("unreachable")
+
+
+def _parse(model: type[_M], response: httpx.Response) -> _M:
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise APIResponseValidationError(
+            f"TapRaise answered {response.status_code} on {response.request.method} "
+            f"{response.request.url.path} with a body that is not a valid {model.__name__}: "
+            f"{exc.error_count()} problem(s), first: {_first_problem(exc)}",
+            response=response,
+        ) from exc
+
+
+def _first_problem(exc: ValidationError) -> str:
+    error = exc.errors(include_input=False, include_url=False)[0]
+    location = ".".join(str(part) for part in error["loc"]) or "body"
+    return f"{location}: {error['msg']}"
+
+
+def _as_uuid(value: UUID | str) -> UUID:
+    # Parsing also keeps anything but a uuid out of the URL path.
+    return value if isinstance(value, UUID) else UUID(str(value))
+
+
+def _query_time(name: str, value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware")
+    return format_timestamp(value)
+
+
+def _request_of(exc: httpx.RequestError) -> httpx.Request | None:
+    try:
+        return exc.request
+    except RuntimeError:  # raised when httpx never attached a request
+        return None

@@ -1,0 +1,563 @@
+"""Client behaviour a real server can't easily produce, driven through httpx.MockTransport.
+
+Every endpoint and status code against the real sandbox is covered by the HTTP tests; this file
+keeps to token signing, error classification and transport failures.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from tapraise.auth import ServiceAccount, TokenSigner
+from tapraise.client import TapRaiseClient
+from tapraise.errors import (
+    APIConnectionError,
+    APIResponseValidationError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    ConflictError,
+    InternalServerError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    parse_retry_after,
+)
+from tapraise.models import CallResult, CompleteCallRequest, ExpireCallRequest
+from tapraise.settings import TapRaiseSettings, make_client
+
+pytestmark = pytest.mark.timeout(30)
+
+CALL_UUID = "5cf67f69-34d0-46fe-b904-20d56248a844"
+PERSON = "f5e2ba11-1786-4ba9-bd5a-0d99317f4706"
+CALL_BODY: dict[str, Any] = {
+    "uuid": CALL_UUID,
+    "status": "expired",
+    "type": "verification",
+    "requestedAt": "2025-05-17T12:36:18.174Z",
+    "expiredAt": "2025-05-18T12:36:18.174Z",
+    "personUuid": PERSON,
+}
+T0 = datetime(2025, 5, 17, 12, 0, tzinfo=UTC)
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def account(rsa_key: rsa.RSAPrivateKey) -> ServiceAccount:
+    pem = rsa_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    return ServiceAccount(email="calls@example.org", private_key_id="key-1", private_key_pem=pem)
+
+
+class Clock:
+    """A hand-driven clock; ``tick`` advances it on every read when set."""
+
+    def __init__(self, now: datetime = T0, tick: timedelta = timedelta(0)) -> None:
+        self.now = now
+        self.tick = tick
+
+    def __call__(self) -> datetime:
+        current = self.now
+        self.now += self.tick
+        return current
+
+
+@pytest.fixture
+def requests_seen() -> list[httpx.Request]:
+    return []
+
+
+def client_for(
+    account: ServiceAccount,
+    handler: Handler,
+    seen: list[httpx.Request],
+    signer: TokenSigner | None = None,
+) -> TapRaiseClient:
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return handler(request)
+
+    return TapRaiseClient(
+        "https://tapraise.test/api/v1/",
+        account,
+        transport=httpx.MockTransport(record),
+        signer=signer,
+    )
+
+
+def bearer(request: httpx.Request) -> str:
+    scheme, _, token = request.headers["Authorization"].partition(" ")
+    assert scheme == "Bearer"
+    return token
+
+
+# --- authentication ---------------------------------------------------------------------------
+
+
+async def test_requests_carry_a_signed_jwt_and_the_standard_headers(
+    account: ServiceAccount, rsa_key: rsa.RSAPrivateKey, requests_seen: list[httpx.Request]
+) -> None:
+    async with client_for(
+        account, lambda r: httpx.Response(200, json=CALL_BODY), requests_seen
+    ) as client:
+        call = await client.expire_call(CALL_UUID)
+
+    assert str(call.uuid) == CALL_UUID
+    request = requests_seen[0]
+    assert request.method == "PUT"
+    assert str(request.url) == f"https://tapraise.test/api/v1/calls/{CALL_UUID}/actions/expire"
+    assert json.loads(request.content) == {}
+    assert request.headers["Accept"] == "application/json"
+    assert request.headers["User-Agent"].startswith("tapraise-calls/")
+    token = bearer(request)
+    assert jwt.get_unverified_header(token)["kid"] == "key-1"
+    assert jwt.get_unverified_header(token)["alg"] == "RS256"
+    claims = jwt.decode(token, rsa_key.public_key(), algorithms=["RS256"])
+    assert claims["email"] == claims["iss"] == "calls@example.org"
+    assert claims["exp"] - claims["iat"] == 300
+
+
+def test_token_is_cached_and_resigned_when_less_than_a_minute_remains(
+    account: ServiceAccount, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    clock = Clock()
+    signer = TokenSigner(account, clock=clock)
+
+    first = signer.token()
+    clock.now = T0 + timedelta(minutes=3, seconds=59)
+    assert signer.token() == first
+    clock.now = T0 + timedelta(minutes=4, seconds=1)
+    renewed = signer.token()
+
+    assert renewed != first
+    claims = jwt.decode(
+        renewed,
+        rsa_key.public_key(),
+        algorithms=["RS256"],
+        options={"verify_exp": False, "verify_iat": False},
+    )
+    assert claims["iat"] == int((T0 + timedelta(minutes=4, seconds=1)).timestamp())
+
+
+def test_invalidate_forces_a_new_signature(account: ServiceAccount) -> None:
+    clock = Clock()
+    signer = TokenSigner(account, clock=clock)
+    first = signer.token()
+    clock.now += timedelta(seconds=1)
+
+    assert signer.token() == first
+    signer.invalidate()
+    assert signer.token() != first
+
+
+async def test_a_401_discards_the_token_and_retries_once_with_a_fresh_one(
+    account: ServiceAccount, requests_seen: list[httpx.Request]
+) -> None:
+    answers = iter(
+        [httpx.Response(401, json={"message": "expired"}), httpx.Response(200, json=CALL_BODY)]
+    )
+    signer = TokenSigner(account, clock=Clock(tick=timedelta(seconds=1)))
+
+    async with client_for(account, lambda r: next(answers), requests_seen, signer) as client:
+        call = await client.expire_call(CALL_UUID, ExpireCallRequest())
+
+    assert str(call.uuid) == CALL_UUID
+    assert len(requests_seen) == 2
+    assert bearer(requests_seen[0]) != bearer(requests_seen[1])
+    assert requests_seen[0].content == requests_seen[1].content
+
+
+async def test_a_second_401_is_final(
+    account: ServiceAccount, requests_seen: list[httpx.Request]
+) -> None:
+    def deny(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"statusCode": 401, "message": "unknown kid"})
+
+    async with client_for(account, deny, requests_seen) as client:
+        with pytest.raises(AuthenticationError, match="unknown kid") as info:
+            await client.cancel_call(CALL_UUID)
+
+    assert len(requests_seen) == 2
+    token = bearer(requests_seen[-1])
+    assert token not in str(info.value)
+    assert token not in repr(info.value)
+
+
+def test_an_invalid_private_key_is_a_configuration_error_that_hides_the_key() -> None:
+    secret = "-----BEGIN PRIVATE KEY-----\nTm90QUtleQ==\n-----END PRIVATE KEY-----\n"
+    account = ServiceAccount(email="a@example.org", private_key_id="k", private_key_pem=secret)
+
+    with pytest.raises(ConfigurationError, match="TAPRAISE_PRIVATE_KEY") as info:
+        TokenSigner(account)
+
+    assert "Tm90QUtleQ" not in str(info.value)
+
+
+def test_a_non_rsa_key_is_refused() -> None:
+    pem = (
+        ec.generate_private_key(ec.SECP256R1())
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
+
+    with pytest.raises(ConfigurationError, match="not an RSA key"):
+        TokenSigner(ServiceAccount(email="a@example.org", private_key_id="k", private_key_pem=pem))
+
+
+def test_service_account_repr_hides_the_key_and_reads_the_sandbox_file_format(
+    account: ServiceAccount, tmp_path: Path
+) -> None:
+    path = tmp_path / "service-account.json"
+    path.write_text(
+        json.dumps(
+            {
+                "accountEmail": account.email,
+                "privateKeyId": account.private_key_id,
+                "privateKey": account.private_key_pem,
+            }
+        )
+    )
+
+    loaded = ServiceAccount.from_file(path)
+
+    assert loaded == account
+    assert "PRIVATE KEY" not in repr(loaded)
+    assert "PRIVATE KEY" not in repr(TokenSigner(loaded))
+
+
+def test_service_account_file_missing_a_key_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "service-account.json"
+    path.write_text(json.dumps({"accountEmail": "a@example.org"}))
+
+    with pytest.raises(ConfigurationError, match="privateKeyId, privateKey"):
+        ServiceAccount.from_file(path)
+
+
+# --- error classification ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [
+        (400, BadRequestError),
+        (403, PermissionDeniedError),
+        (404, NotFoundError),
+        (409, ConflictError),
+        (429, RateLimitError),
+        (500, InternalServerError),
+        (503, InternalServerError),
+        (599, InternalServerError),
+        (418, APIStatusError),
+    ],
+)
+async def test_statuses_map_to_typed_errors_with_the_body_message(
+    account: ServiceAccount,
+    requests_seen: list[httpx.Request],
+    status: int,
+    error_type: type[APIStatusError],
+) -> None:
+    body = {"statusCode": status, "message": "nope", "errors": [{"field": "x", "message": "y"}]}
+
+    async with client_for(
+        account, lambda r: httpx.Response(status, json=body), requests_seen
+    ) as client:
+        with pytest.raises(APIStatusError) as info:
+            await client.expire_call(CALL_UUID)
+
+    err = info.value
+    assert type(err) is error_type
+    assert err.status_code == status
+    assert err.message == "nope"
+    assert err.body == body
+    assert err.response.status_code == status
+    assert err.request.url.path.endswith("/actions/expire")
+    assert str(err).startswith(f"TapRaise answered {status} ")
+    assert len(requests_seen) == 1  # no retries in the client
+
+
+async def test_a_non_json_error_body_becomes_the_message(
+    account: ServiceAccount, requests_seen: list[httpx.Request]
+) -> None:
+    html = "<html><body>502 Bad Gateway</body></html>"
+
+    async with client_for(
+        account, lambda r: httpx.Response(502, text=html), requests_seen
+    ) as client:
+        with pytest.raises(InternalServerError) as info:
+            await client.expire_call(CALL_UUID)
+
+    assert info.value.body is None
+    assert info.value.message == html
+    assert str(info.value) == (
+        f"TapRaise answered 502 Bad Gateway on PUT /api/v1/calls/{CALL_UUID}/actions/expire: "
+        + html
+    )
+
+
+async def test_a_list_of_messages_is_joined(
+    account: ServiceAccount, requests_seen: list[httpx.Request]
+) -> None:
+    body = {"statusCode": 400, "message": ["resultCode is empty", "rating too high"]}
+    req = CompleteCallRequest(result=CallResult(result_code="confirmed"))
+
+    async with client_for(
+        account, lambda r: httpx.Response(400, json=body), requests_seen
+    ) as client:
+        with pytest.raises(BadRequestError, match="resultCode is empty; rating too high"):
+            await client.complete_call(CALL_UUID, req)
+
+
+async def test_retry_after_as_an_http_date_is_parsed_into_seconds(
+    account: ServiceAccount, requests_seen: list[httpx.Request]
+) -> None:
+    when = datetime.now(UTC) + timedelta(seconds=120)
+    headers = {"Retry-After": format_datetime(when, usegmt=True)}
+
+    async with client_for(
+        account, lambda r: httpx.Response(429, headers=headers), requests_seen
+    ) as client:
+        with pytest.raises(RateLimitError) as info:
+            await client.expire_call(CALL_UUID)
+
+    assert info.value.retry_after is not None
+    assert 110 <= info.value.retry_after <= 121
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("7", 7.0),
+        ("1.5", 1.5),
+        ("-3", 0.0),
+        ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0),
+        ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),
+        ("soon", None),
+    ],
+)
+def test_parse_retry_after(header: str | None, expected: float | None) -> None:
+    now = datetime(2015, 10, 21, 7, 28, tzinfo=UTC)
+
+    assert parse_retry_after(header, now=now) == expected
+
+
+async def test_a_success_with_an_unexpected_body_is_a_response_validation_error(
+    account: ServiceAccount, requests_seen: list[httpx.Request]
+) -> None:
+    async with client_for(
+        account, lambda r: httpx.Response(200, json={"uuid": "x"}), requests_seen
+    ) as client:
+        with pytest.raises(APIResponseValidationError, match="not a valid Call"):
+            await client.expire_call(CALL_UUID)
+
+
+# --- transport failures -----------------------------------------------------------------------
+
+
+def raising(exc_type: type[httpx.TransportError]) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise exc_type("simulated", request=request)
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    "exc_type", [httpx.ConnectTimeout, httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout]
+)
+async def test_timeouts_become_api_timeout_errors(
+    account: ServiceAccount,
+    requests_seen: list[httpx.Request],
+    exc_type: type[httpx.TransportError],
+) -> None:
+    async with client_for(account, raising(exc_type), requests_seen) as client:
+        with pytest.raises(APITimeoutError, match=exc_type.__name__) as info:
+            await client.expire_call(CALL_UUID)
+
+    assert info.value.request is requests_seen[0]
+    assert len(requests_seen) == 1
+
+
+@pytest.mark.parametrize(
+    "exc_type", [httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError]
+)
+async def test_connection_failures_become_api_connection_errors(
+    account: ServiceAccount,
+    requests_seen: list[httpx.Request],
+    exc_type: type[httpx.TransportError],
+) -> None:
+    async with client_for(account, raising(exc_type), requests_seen) as client:
+        with pytest.raises(APIConnectionError) as info:
+            await client.expire_call(CALL_UUID)
+
+    assert not isinstance(info.value, APITimeoutError)
+    assert bearer(requests_seen[0]) not in str(info.value)
+
+
+async def test_default_timeouts_are_per_phase(account: ServiceAccount) -> None:
+    seen: list[dict[str, float | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.extensions["timeout"])
+        return httpx.Response(200, json=CALL_BODY)
+
+    async with client_for(account, handler, []) as client:
+        await client.expire_call(CALL_UUID)
+
+    assert seen == [{"connect": 5.0, "read": 15.0, "write": 10.0, "pool": 5.0}]
+
+
+# --- paging edge cases ------------------------------------------------------------------------
+
+
+async def test_listing_stops_when_a_cursor_does_not_move(
+    account: ServiceAccount, requests_seen: list[httpx.Request]
+) -> None:
+    page = {
+        "edges": [{"node": CALL_BODY, "cursor": "c1"}],
+        "pageInfo": {"startCursor": "c1", "endCursor": "c1", "hasNextPage": True},
+    }
+
+    async with client_for(
+        account, lambda r: httpx.Response(200, json=page), requests_seen
+    ) as client:
+        calls = [call async for call in client.list_calls(page_size=1)]
+
+    assert len(calls) == 2
+    assert [dict(r.url.params) for r in requests_seen] == [
+        {"first": "1"},
+        {"first": "1", "after": "c1"},
+    ]
+
+
+async def test_list_arguments_tapraise_would_refuse_fail_before_sending(
+    account: ServiceAccount, requests_seen: list[httpx.Request]
+) -> None:
+    async with client_for(account, lambda r: httpx.Response(500), requests_seen) as client:
+        with pytest.raises(ValueError, match="first and last"):
+            await client.list_calls_page(first=1, last=1)
+        with pytest.raises(ValueError, match="between 1 and 100"):
+            await client.list_calls_page(first=101)
+        with pytest.raises(ValueError, match="requested_after must be timezone-aware"):
+            await client.list_calls_page(requested_after=datetime(2025, 1, 1))
+        await client.mark_processed([])
+
+    assert requests_seen == []
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    for name in (
+        "TAPRAISE_BASE_URL",
+        "TAPRAISE_ACCOUNT_EMAIL",
+        "TAPRAISE_PRIVATE_KEY_ID",
+        "TAPRAISE_PRIVATE_KEY",
+        "TAPRAISE_PRIVATE_KEY_FILE",
+        "TAPRAISE_SANDBOX_DATA_DIR",
+        "TAPRAISE_TIMEOUT_SECONDS",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # away from any developer .env
+    yield tmp_path
+
+
+def test_settings_without_url_use_the_sandbox_and_explain_a_missing_account_file(
+    clean_env: Path,
+) -> None:
+    settings = TapRaiseSettings()
+
+    assert settings.base_url() == "http://127.0.0.1:8081"
+    with pytest.raises(ConfigurationError, match=r"python -m tapraise.sandbox"):
+        settings.service_account()
+
+
+def test_settings_with_url_require_every_credential(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TAPRAISE_BASE_URL", "https://api.example.org/")
+    monkeypatch.setenv("TAPRAISE_ACCOUNT_EMAIL", "calls@example.org")
+
+    settings = TapRaiseSettings()
+
+    assert settings.base_url() == "https://api.example.org"
+    with pytest.raises(ConfigurationError, match="TAPRAISE_PRIVATE_KEY_ID, TAPRAISE_PRIVATE_KEY"):
+        settings.service_account()
+
+
+def test_settings_reject_placeholders_without_echoing_secrets(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TAPRAISE_BASE_URL", "https://api.example.org")
+    monkeypatch.setenv("TAPRAISE_ACCOUNT_EMAIL", "calls@example.org")
+    monkeypatch.setenv("TAPRAISE_PRIVATE_KEY_ID", "key-1")
+    monkeypatch.setenv("TAPRAISE_PRIVATE_KEY", "changeme")
+
+    settings = TapRaiseSettings()
+
+    assert "changeme" not in repr(settings)
+    with pytest.raises(ConfigurationError, match="TAPRAISE_PRIVATE_KEY looks like a placeholder"):
+        settings.service_account()
+
+
+def test_settings_read_the_key_from_text_with_escaped_newlines(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, account: ServiceAccount
+) -> None:
+    monkeypatch.setenv("TAPRAISE_BASE_URL", "https://api.example.org")
+    monkeypatch.setenv("TAPRAISE_ACCOUNT_EMAIL", account.email)
+    monkeypatch.setenv("TAPRAISE_PRIVATE_KEY_ID", account.private_key_id)
+    monkeypatch.setenv("TAPRAISE_PRIVATE_KEY", account.private_key_pem.replace("\n", "\\n"))
+
+    loaded = TapRaiseSettings().service_account()
+
+    assert loaded.private_key_pem.strip() == account.private_key_pem.strip()
+    TokenSigner(loaded).token()
+
+
+async def test_make_client_uses_the_sandbox_account_file_and_timeout(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, account: ServiceAccount
+) -> None:
+    (clean_env / "sandbox").mkdir()
+    (clean_env / "sandbox" / "service-account.json").write_text(
+        json.dumps(
+            {
+                "accountEmail": account.email,
+                "privateKeyId": account.private_key_id,
+                "privateKey": account.private_key_pem,
+            }
+        )
+    )
+    monkeypatch.setenv("TAPRAISE_SANDBOX_DATA_DIR", str(clean_env / "sandbox"))
+    monkeypatch.setenv("TAPRAISE_TIMEOUT_SECONDS", "2.5")
+
+    assert TapRaiseSettings().timeout() == httpx.Timeout(2.5)
+    async with make_client() as client:
+        assert client.base_url == "http://127.0.0.1:8081"
