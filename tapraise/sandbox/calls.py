@@ -1,0 +1,329 @@
+"""What each call endpoint does to the store, with TapRaise's rules and status codes.
+
+Every function runs inside one store transaction and either returns the call document or raises
+an :class:`ApiError`; nothing is written when it raises.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from tapraise.sandbox import store
+from tapraise.sandbox.store import Account, CallFilter, StoredCall
+from tapraise.sandbox.validation import (
+    FINAL_STATUSES,
+    AddAttemptIn,
+    ApiError,
+    CancelIn,
+    CompleteIn,
+    CreateCallIn,
+    ExpireIn,
+    MarkProcessedIn,
+    ResultIn,
+    iso,
+    parse_iso,
+    to_ms,
+)
+
+
+@dataclass
+class Settings:
+    """Rules that tests may change at run time.
+
+    Attributes:
+        clock_skew_seconds: How far in the future an action's timestamp may lie.
+        result_codes: When set, the only result codes accepted.
+    """
+
+    clock_skew_seconds: float = 300
+    result_codes: list[str] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """Return the settings with their wire names."""
+        return {"clockSkewSeconds": self.clock_skew_seconds, "resultCodes": self.result_codes}
+
+
+def _check_result_code(result: ResultIn | None, settings: Settings, field: str) -> None:
+    if result is None or settings.result_codes is None:
+        return
+    if result.result_code not in settings.result_codes:
+        allowed = ", ".join(settings.result_codes)
+        raise ApiError.invalid([(field, f"Unknown result code; allowed: {allowed}")])
+
+
+def _result_doc(result: ResultIn, completed_at: datetime) -> dict[str, Any]:
+    return {
+        "resultCode": result.result_code,
+        "completedAt": iso(completed_at),
+        "notes": result.notes,
+        "duration": result.duration,
+        "donorRetentionRating": result.donor_retention_rating,
+    }
+
+
+def _in_scope(conn: sqlite3.Connection, account: Account, call_uuid: str) -> StoredCall:
+    call = store.get_call(conn, call_uuid)
+    if call is None:
+        raise ApiError(404, "Call is not found")
+    if call.organization_uuid not in account.organization_uuids:
+        raise ApiError(
+            403, "Service account does not represent the organization of this call's person"
+        )
+    return call
+
+
+def create(
+    conn: sqlite3.Connection,
+    account: Account,
+    body: CreateCallIn,
+    settings: Settings,
+    now: datetime,
+) -> dict[str, Any]:
+    """``POST /api/v1/calls``: create a call managed in TapRaise or externally."""
+    external = body.external_metadata is not None
+    problems: list[tuple[str, str]] = []
+    if external:
+        if body.type is not None:
+            problems.append(("type", "Not allowed for calls managed externally"))
+        if body.status == "completed" and body.result is None:
+            problems.append(("result", "Required when status is completed"))
+    else:
+        if body.type is None:
+            problems.append(("type", "Required for calls managed in TapRaise"))
+        for field, value in (
+            ("status", body.status),
+            ("result", body.result),
+            ("attempts", body.attempts),
+            ("completedAt", body.completed_at),
+            ("cancelledAt", body.cancelled_at),
+        ):
+            if value is not None:
+                problems.append((field, "Not allowed for calls managed in TapRaise"))
+    if problems:
+        raise ApiError.invalid(problems)
+    _check_result_code(body.result, settings, "result.resultCode")
+
+    person = store.get_person(conn, str(body.person_uuid))
+    if person is None:
+        raise ApiError.invalid([("personUuid", "Person does not exist")])
+    organization_uuid: str = person["organization_uuid"]
+    if organization_uuid not in account.organization_uuids:
+        raise ApiError(403, "Service account may not create calls for this person")
+    calling = body.calling_organization_uuid
+    if calling is not None and str(calling) not in account.organization_uuids:
+        raise ApiError(403, "Service account does not represent the calling organization")
+
+    call_uuid = str(body.uuid or uuid.uuid4())
+    if store.get_call(conn, call_uuid) is not None:
+        raise ApiError(409, "Call already exists")
+
+    status = body.status or "requested"
+    meta = body.external_metadata
+    attempts = [
+        {
+            "userUuid": None if a.user_uuid is None else str(a.user_uuid),
+            "attemptAt": iso(a.attempt_at or a.created_at or now),
+            "createdAt": iso(a.created_at or now),
+        }
+        for a in body.attempts or []
+    ]
+    result = None
+    if body.result is not None:
+        result = _result_doc(body.result, body.result.completed_at or body.completed_at or now)
+    completed_at = body.completed_at
+    if completed_at is None and status == "completed" and result is not None:
+        completed_at = parse_iso(result["completedAt"])
+    cancelled_at = body.cancelled_at or (now if status == "cancelled" else None)
+    doc: dict[str, Any] = {
+        "uuid": call_uuid,
+        "status": status,
+        "type": body.type or "verification",
+        "requestedAt": iso(body.requested_at),
+        "externalMetadata": None
+        if meta is None
+        else {
+            "applicationName": meta.application_name,
+            "referenceId": meta.reference_id,
+            "agentReferenceId": meta.agent_reference_id,
+            "statusCode": meta.status_code,
+            "statusDescription": meta.status_description,
+            "additionalProperties": meta.additional_properties,
+        },
+        "attempts": attempts,
+        "attemptsCount": len(attempts),
+        "result": result,
+        "lastUpdatedAt": iso(now),
+        "cancelledAt": iso(cancelled_at),
+        "completedAt": iso(completed_at),
+        "expiredAt": iso(now if status == "expired" else None),
+        "notes": body.notes,
+        "personUuid": str(body.person_uuid),
+        "relatedCaseUuid": None if body.related_case_uuid is None else str(body.related_case_uuid),
+        "callingOrganizationUuid": None if calling is None else str(calling),
+    }
+    requested_by = body.requested_by_user_uuid
+    store.insert_call(
+        conn, doc, organization_uuid, external, None if requested_by is None else str(requested_by)
+    )
+    store.count_effect(conn, call_uuid, "create")
+    return doc
+
+
+def _check_time(
+    call: StoredCall, field: str, moment: datetime, settings: Settings, now: datetime
+) -> None:
+    """Apply the domain rule on action timestamps (calls managed in TapRaise only)."""
+    if call.managed_externally:
+        return
+    requested_at = parse_iso(call.doc["requestedAt"])
+    if moment < requested_at:
+        raise ApiError.invalid([(field, f"Must not be before requestedAt ({iso(requested_at)})")])
+    if moment > now + timedelta(seconds=settings.clock_skew_seconds):
+        raise ApiError.invalid([(field, f"Must not be in the future (server time {iso(now)})")])
+
+
+def _transition(call: StoredCall, target: str) -> None:
+    """Refuse a status change: 409 when already there, 400 from another final status."""
+    status = call.doc["status"]
+    if status == target:
+        raise ApiError(409, f"Call already {target}")
+    if status in FINAL_STATUSES:
+        raise ApiError(400, f"Call is {status}; only a requested call can become {target}")
+
+
+def act(
+    conn: sqlite3.Connection,
+    account: Account,
+    action: str,
+    call_uuid: str,
+    body: AddAttemptIn | CompleteIn | CancelIn | ExpireIn,
+    settings: Settings,
+    now: datetime,
+) -> dict[str, Any]:
+    """``PUT /api/v1/calls/{uuid}/actions/{action}``: change a call's state."""
+    call = _in_scope(conn, account, call_uuid)
+    doc = call.doc
+    completed_by: str | None = None
+    if isinstance(body, AddAttemptIn):
+        if doc["status"] in FINAL_STATUSES:
+            raise ApiError(
+                400, f"Call is {doc['status']}; attempts can only be added when requested"
+            )
+        if not call.managed_externally:
+            org = store.get_organization(conn, call.organization_uuid)
+            maximum = 0 if org is None else int(org["max_call_attempts"])
+            if doc["attemptsCount"] >= maximum:
+                raise ApiError(
+                    400,
+                    f"Call already has {doc['attemptsCount']} attempts, the maximum of {maximum}",
+                )
+        attempt_at = to_ms(body.attempt_at or now)
+        _check_time(call, "attemptAt", attempt_at, settings, now)
+        user = None if body.user_uuid is None else str(body.user_uuid)
+        doc["attempts"].append(
+            {"userUuid": user, "attemptAt": iso(attempt_at), "createdAt": iso(now)}
+        )
+        doc["attemptsCount"] = len(doc["attempts"])
+    elif isinstance(body, CompleteIn):
+        _transition(call, "completed")
+        _check_result_code(body.result, settings, "result.resultCode")
+        completed_at = to_ms(body.result.completed_at or now)
+        _check_time(call, "result.completedAt", completed_at, settings, now)
+        doc.update(status="completed", result=_result_doc(body.result, completed_at))
+        doc["completedAt"] = iso(completed_at)
+        completed_by = None if body.user_uuid is None else str(body.user_uuid)
+    elif isinstance(body, CancelIn):
+        _transition(call, "cancelled")
+        cancelled_at = to_ms(body.cancelled_at or now)
+        _check_time(call, "cancelledAt", cancelled_at, settings, now)
+        doc.update(status="cancelled", cancelledAt=iso(cancelled_at))
+    else:
+        _transition(call, "expired")
+        expired_at = to_ms(body.expired_at or now)
+        _check_time(call, "expiredAt", expired_at, settings, now)
+        doc.update(status="expired", expiredAt=iso(expired_at))
+    doc["lastUpdatedAt"] = iso(now)
+    store.update_call(conn, doc, completed_by)
+    store.count_effect(conn, call_uuid, action)
+    return doc
+
+
+def mark_processed(
+    conn: sqlite3.Connection, account: Account, body: MarkProcessedIn, now: datetime
+) -> list[dict[str, Any]]:
+    """``POST /api/v1/entity-access/actions/mark-processed``: returns the entries that failed.
+
+    Calls and persons must exist in the account's scope; pledges and transactions are not
+    modelled by the sandbox, so any uuid of theirs is accepted.
+    """
+    failed: list[dict[str, Any]] = []
+    for entry in body.entries:
+        name, entity_uuid = entry.entity_name, str(entry.entity_uuid)
+        organization: str | None = "*"
+        if name == "call":
+            call = store.get_call(conn, entity_uuid)
+            organization = None if call is None else call.organization_uuid
+        elif name == "person":
+            person = store.get_person(conn, entity_uuid)
+            organization = None if person is None else person["organization_uuid"]
+        if organization is None or (
+            organization != "*" and organization not in account.organization_uuids
+        ):
+            failed.append(
+                {"entityName": name, "entityUuid": entity_uuid, "message": f"{name} not found"}
+            )
+            continue
+        store.put_mark(
+            conn,
+            account.email,
+            {
+                "entityName": name,
+                "entityUuid": entity_uuid,
+                "processedAt": iso(entry.processed_at),
+                "consumerIdentifier": entry.consumer_identifier,
+                "externalSourceName": entry.external_source_name,
+            },
+            iso(now) or "",
+        )
+    return failed
+
+
+def call_filter(account: Account, query: dict[str, str]) -> CallFilter:
+    """Validate the list filters of ``GET /api/v1/calls``."""
+    problems: list[tuple[str, str]] = []
+    times: dict[str, str | None] = {}
+    for name in ("requestedAfter", "updatedAfter"):
+        raw = query.get(name)
+        times[name] = None
+        if raw is None:
+            continue
+        try:
+            moment = datetime.fromisoformat(raw)
+        except ValueError:
+            problems.append((name, "Must be an ISO-8601 datetime"))
+            continue
+        if moment.tzinfo is None:
+            problems.append((name, "Must include a time zone"))
+            continue
+        times[name] = iso(moment)
+    app, ref = query.get("externalApplicationName"), query.get("externalReferenceId")
+    if (app is None) != (ref is None):
+        problems.append(
+            ("externalReferenceId" if ref is None else "externalApplicationName",
+             "externalApplicationName and externalReferenceId go together")
+        )  # fmt: skip
+    if problems:
+        raise ApiError.invalid(problems)
+    # The literal "null" finds calls without an external reference.
+    return CallFilter(
+        organization_uuids=account.organization_uuids,
+        requested_after=times["requestedAfter"],
+        updated_after=times["updatedAfter"],
+        application_name=None if app == "null" else app,
+        reference_id=None if ref == "null" else ref,
+        match_external=app is not None,
+    )

@@ -1,0 +1,162 @@
+"""Run-time switchable fault injection for the TapRaise endpoints.
+
+A rule per endpoint (or ``*`` for all) gives a probability per fault kind, drawn from a seeded
+random generator, and a ``next`` queue of forced faults consumed one per request, for
+deterministic tests. Faults live in memory: a restart starts without any.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+# "*" stands for every endpoint without a rule of its own.
+Endpoint = Literal[
+    "*", "create", "add-attempt", "complete", "cancel", "expire", "list", "mark-processed"
+]
+FaultKind = Literal["500", "503", "429", "late", "latency"]
+Share = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class FaultRule(BaseModel):
+    """Faults for one endpoint (``*``: every endpoint without a rule of its own)."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, validate_by_name=True)
+
+    endpoint: Endpoint = "*"
+    error500: Share = 0.0
+    error503: Share = 0.0
+    error429: Share = 0.0
+    retry_after_seconds: Annotated[int, Field(ge=0)] = 1
+    late: Share = 0.0
+    late_delay_seconds: Annotated[float, Field(ge=0)] = 2.0
+    latency_share: Share = 0.0
+    latency_seconds: Annotated[float, Field(ge=0)] = 0.0
+    next: list[FaultKind] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _shares_fit(self) -> FaultRule:
+        # The error kinds and "late" exclude each other, so their shares must fit in one draw.
+        if self.error500 + self.error503 + self.error429 + self.late > 1.0:
+            raise ValueError("error500 + error503 + error429 + late must not exceed 1")
+        return self
+
+
+class FaultConfig(BaseModel):
+    """Body of ``PUT /_sandbox/faults``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int | None = None
+    rules: list[FaultRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_rule_per_endpoint(self) -> FaultConfig:
+        endpoints = [rule.endpoint for rule in self.rules]
+        if len(endpoints) != len(set(endpoints)):
+            raise ValueError("at most one rule per endpoint")
+        return self
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What to do to one request.
+
+    Attributes:
+        kind: ``"500"``, ``"503"``, ``"429"``, ``"late"`` or None (no failure, maybe latency).
+        latency: Seconds to wait before handling.
+        late_delay: Seconds to wait after applying the change, before answering.
+        retry_after: ``Retry-After`` seconds for a 429.
+    """
+
+    kind: FaultKind | None
+    latency: float = 0.0
+    late_delay: float = 0.0
+    retry_after: int = 1
+
+    @property
+    def label(self) -> str | None:
+        """The kind to record in the request log (``latency`` when only delayed)."""
+        return self.kind or ("latency" if self.latency > 0 else None)
+
+
+class FaultInjector:
+    """Holds the fault configuration and decides per request."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._config = FaultConfig()
+        self._rules: dict[str, FaultRule] = {}
+        self._queues: dict[str, deque[FaultKind]] = {}
+        self._random = random.Random()
+        self._injected: Counter[tuple[str, str]] = Counter()
+
+    def configure(self, config: FaultConfig) -> None:
+        """Replace the rules (and reseed when a seed is given); counters keep running."""
+        with self._lock:
+            self._config = config
+            self._rules = {rule.endpoint: rule for rule in config.rules}
+            self._queues = {rule.endpoint: deque(rule.next) for rule in config.rules}
+            self._random = random.Random(config.seed)
+
+    def clear(self) -> None:
+        """Remove every rule."""
+        self.configure(FaultConfig())
+
+    def decide(self, endpoint: str) -> Fault | None:
+        """Pick the fault for one request to ``endpoint``, or None."""
+        with self._lock:
+            key = endpoint if endpoint in self._rules else "*"
+            rule = self._rules.get(key)
+            if rule is None:
+                return None
+            queue = self._queues[key]
+            if queue:
+                kind = queue.popleft()
+                fault = Fault(
+                    kind=None if kind == "latency" else kind,
+                    latency=rule.latency_seconds if kind == "latency" else 0.0,
+                    late_delay=rule.late_delay_seconds,
+                    retry_after=rule.retry_after_seconds,
+                )
+            else:
+                fault = self._draw(rule)
+            if fault.label is not None:
+                self._injected[(endpoint, fault.label)] += 1
+            return fault
+
+    def _draw(self, rule: FaultRule) -> Fault:
+        latency = rule.latency_seconds if self._random.random() < rule.latency_share else 0.0
+        shares: tuple[tuple[FaultKind, float], ...] = (
+            ("500", rule.error500),
+            ("503", rule.error503),
+            ("429", rule.error429),
+            ("late", rule.late),
+        )
+        draw = self._random.random()
+        kind: FaultKind | None = None
+        for candidate, share in shares:
+            if draw < share:
+                kind = candidate
+                break
+            draw -= share
+        return Fault(kind, latency, rule.late_delay_seconds, rule.retry_after_seconds)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return the configuration, the forced faults still queued, and the counters."""
+        with self._lock:
+            injected: dict[str, dict[str, int]] = {}
+            for (endpoint, kind), count in sorted(self._injected.items()):
+                injected.setdefault(endpoint, {})[kind] = count
+            return {
+                "seed": self._config.seed,
+                "rules": [rule.model_dump(by_alias=True) for rule in self._config.rules],
+                "queued": {key: list(queue) for key, queue in self._queues.items() if queue},
+                "injected": injected,
+            }

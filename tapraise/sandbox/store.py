@@ -1,0 +1,550 @@
+"""The sandbox's persistent state: one SQLite file in WAL mode.
+
+A single connection guarded by a lock serves every request; each change runs inside one
+``BEGIN IMMEDIATE`` transaction, so concurrent requests never interleave half-done changes and a
+restart finds everything that was answered.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS organizations (
+    uuid TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    max_call_attempts INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS persons (
+    uuid TEXT PRIMARY KEY,
+    first_name TEXT,
+    last_name TEXT,
+    phone_number TEXT,
+    organization_uuid TEXT NOT NULL REFERENCES organizations(uuid)
+);
+CREATE TABLE IF NOT EXISTS service_accounts (
+    email TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL UNIQUE,
+    public_key_pem TEXT NOT NULL,
+    organization_uuids TEXT NOT NULL,
+    actions TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS calls (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    uuid TEXT NOT NULL UNIQUE,
+    organization_uuid TEXT NOT NULL,
+    status TEXT NOT NULL,
+    requested_at TEXT NOT NULL,
+    last_updated_at TEXT NOT NULL,
+    external_application_name TEXT,
+    external_reference_id TEXT,
+    managed_externally INTEGER NOT NULL,
+    requested_by_user_uuid TEXT,
+    completed_by_user_uuid TEXT,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS calls_order ON calls (requested_at DESC, seq DESC);
+CREATE INDEX IF NOT EXISTS calls_updated ON calls (last_updated_at);
+CREATE TABLE IF NOT EXISTS effects (
+    call_uuid TEXT NOT NULL,
+    action TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (call_uuid, action)
+);
+CREATE TABLE IF NOT EXISTS marks (
+    account_email TEXT NOT NULL,
+    entity_name TEXT NOT NULL,
+    entity_uuid TEXT NOT NULL,
+    processed_at TEXT NOT NULL,
+    consumer_identifier TEXT,
+    external_source_name TEXT,
+    marked_at TEXT NOT NULL,
+    PRIMARY KEY (account_email, entity_name, entity_uuid)
+);
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at TEXT NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    query TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    call_uuid TEXT,
+    status INTEGER NOT NULL,
+    request_body TEXT,
+    fault TEXT,
+    account_email TEXT
+);
+CREATE INDEX IF NOT EXISTS requests_call ON requests (call_uuid);
+"""
+
+EFFECT_ACTIONS: tuple[str, ...] = ("create", "add-attempt", "complete", "cancel", "expire")
+
+
+@dataclass(frozen=True)
+class Account:
+    """A service account: who it is, what it represents, what it may do."""
+
+    email: str
+    key_id: str
+    public_key_pem: str
+    organization_uuids: frozenset[str]
+    actions: frozenset[str]
+
+
+@dataclass(frozen=True)
+class StoredCall:
+    """A call row: the API document plus what the API does not show."""
+
+    seq: int
+    organization_uuid: str
+    managed_externally: bool
+    doc: dict[str, Any]
+
+
+class Store:
+    """Owns the SQLite connection and hands out transactions."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # One shared connection: the lock serialises access; autocommit lets us BEGIN ourselves.
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._conn.executescript(_SCHEMA)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run a block in one immediate transaction; roll back if it raises."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the connection (the WAL is checkpointed by SQLite)."""
+        with self._lock:
+            self._conn.close()
+
+
+# --- organizations, persons, accounts -------------------------------------------------------
+
+
+def organization_dict(row: sqlite3.Row) -> dict[str, Any]:
+    """Render an organization row as JSON."""
+    return {"uuid": row["uuid"], "name": row["name"], "maxCallAttempts": row["max_call_attempts"]}
+
+
+def person_dict(row: sqlite3.Row) -> dict[str, Any]:
+    """Render a person row as JSON."""
+    return {
+        "uuid": row["uuid"],
+        "firstName": row["first_name"],
+        "lastName": row["last_name"],
+        "phoneNumber": row["phone_number"],
+        "owningOrganizationUuid": row["organization_uuid"],
+    }
+
+
+def get_organization(conn: sqlite3.Connection, uuid: str) -> sqlite3.Row | None:
+    """Return an organization row or None."""
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM organizations WHERE uuid = ?", (uuid,)
+    ).fetchone()
+    return row
+
+
+def get_person(conn: sqlite3.Connection, uuid: str) -> sqlite3.Row | None:
+    """Return a person row or None."""
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM persons WHERE uuid = ?", (uuid,)
+    ).fetchone()
+    return row
+
+
+def add_organization(conn: sqlite3.Connection, uuid: str, name: str, max_attempts: int) -> bool:
+    """Insert an organization; False when the uuid exists."""
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO organizations VALUES (?, ?, ?)", (uuid, name, max_attempts)
+    )
+    return cur.rowcount == 1
+
+
+def add_person(
+    conn: sqlite3.Connection,
+    uuid: str,
+    first_name: str | None,
+    last_name: str | None,
+    phone_number: str | None,
+    organization_uuid: str,
+) -> bool:
+    """Insert a person; False when the uuid exists."""
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO persons VALUES (?, ?, ?, ?, ?)",
+        (uuid, first_name, last_name, phone_number, organization_uuid),
+    )
+    return cur.rowcount == 1
+
+
+def put_account(conn: sqlite3.Connection, account: Account) -> None:
+    """Insert or replace a service account (a new key replaces the old one)."""
+    conn.execute(
+        "INSERT OR REPLACE INTO service_accounts VALUES (?, ?, ?, ?, ?)",
+        (
+            account.email,
+            account.key_id,
+            account.public_key_pem,
+            json.dumps(sorted(account.organization_uuids)),
+            json.dumps(sorted(account.actions)),
+        ),
+    )
+
+
+def account_by_key_id(conn: sqlite3.Connection, key_id: str) -> Account | None:
+    """Return the account a key id belongs to, or None."""
+    row = conn.execute("SELECT * FROM service_accounts WHERE key_id = ?", (key_id,)).fetchone()
+    if row is None:
+        return None
+    return Account(
+        email=row["email"],
+        key_id=row["key_id"],
+        public_key_pem=row["public_key_pem"],
+        organization_uuids=frozenset(json.loads(row["organization_uuids"])),
+        actions=frozenset(json.loads(row["actions"])),
+    )
+
+
+# --- calls ----------------------------------------------------------------------------------
+
+
+def _stored_call(row: sqlite3.Row) -> StoredCall:
+    return StoredCall(
+        seq=row["seq"],
+        organization_uuid=row["organization_uuid"],
+        managed_externally=bool(row["managed_externally"]),
+        doc=json.loads(row["doc"]),
+    )
+
+
+def get_call(conn: sqlite3.Connection, uuid: str) -> StoredCall | None:
+    """Return a stored call or None."""
+    row = conn.execute("SELECT * FROM calls WHERE uuid = ?", (uuid,)).fetchone()
+    return None if row is None else _stored_call(row)
+
+
+def _ext(doc: dict[str, Any], key: str) -> Any:
+    meta = doc.get("externalMetadata")
+    return None if meta is None else meta.get(key)
+
+
+def insert_call(
+    conn: sqlite3.Connection,
+    doc: dict[str, Any],
+    organization_uuid: str,
+    managed_externally: bool,
+    requested_by_user_uuid: str | None,
+) -> None:
+    """Insert a new call document."""
+    conn.execute(
+        "INSERT INTO calls (uuid, organization_uuid, status, requested_at, last_updated_at,"
+        " external_application_name, external_reference_id, managed_externally,"
+        " requested_by_user_uuid, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            doc["uuid"],
+            organization_uuid,
+            doc["status"],
+            doc["requestedAt"],
+            doc["lastUpdatedAt"],
+            _ext(doc, "applicationName"),
+            _ext(doc, "referenceId"),
+            int(managed_externally),
+            requested_by_user_uuid,
+            json.dumps(doc),
+        ),
+    )
+
+
+def update_call(
+    conn: sqlite3.Connection, doc: dict[str, Any], completed_by_user_uuid: str | None = None
+) -> None:
+    """Write back a changed call document."""
+    conn.execute(
+        "UPDATE calls SET status = ?, last_updated_at = ?, doc = ?,"
+        " completed_by_user_uuid = COALESCE(?, completed_by_user_uuid) WHERE uuid = ?",
+        (doc["status"], doc["lastUpdatedAt"], json.dumps(doc), completed_by_user_uuid, doc["uuid"]),
+    )
+
+
+def count_effect(conn: sqlite3.Connection, call_uuid: str, action: str) -> None:
+    """Count one applied state change of ``action`` on a call."""
+    conn.execute(
+        "INSERT INTO effects VALUES (?, ?, 1)"
+        " ON CONFLICT (call_uuid, action) DO UPDATE SET count = count + 1",
+        (call_uuid, action),
+    )
+
+
+def effects(conn: sqlite3.Connection, call_uuid: str) -> dict[str, int]:
+    """Return how many state changes of each action were applied to a call."""
+    counts = dict.fromkeys(EFFECT_ACTIONS, 0)
+    for row in conn.execute("SELECT action, count FROM effects WHERE call_uuid = ?", (call_uuid,)):
+        counts[row["action"]] = row["count"]
+    return counts
+
+
+@dataclass(frozen=True)
+class CallFilter:
+    """The list filters, already validated (timestamps in storage format)."""
+
+    organization_uuids: frozenset[str]
+    requested_after: str | None = None
+    updated_after: str | None = None
+    application_name: str | None = None
+    reference_id: str | None = None
+    match_external: bool = False
+
+
+_CURSOR = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)~(\d+)$")
+
+
+def encode_cursor(requested_at: str, seq: int) -> str:
+    """Make an opaque cursor from a call's sort key."""
+    return base64.urlsafe_b64encode(f"{requested_at}~{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, int] | None:
+    """Return the sort key inside a cursor, or None when it is not one of ours."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except ValueError:
+        return None
+    match = _CURSOR.match(text)
+    return None if match is None else (match.group(1), int(match.group(2)))
+
+
+def _where(flt: CallFilter) -> tuple[list[str], list[Any]]:
+    orgs = sorted(flt.organization_uuids)
+    clauses = [f"organization_uuid IN ({','.join('?' * len(orgs))})"]
+    params: list[Any] = list(orgs)
+    if flt.requested_after is not None:
+        clauses.append("requested_at > ?")
+        params.append(flt.requested_after)
+    if flt.updated_after is not None:
+        clauses.append("last_updated_at > ?")
+        params.append(flt.updated_after)
+    if flt.match_external:
+        for column, value in (
+            ("external_application_name", flt.application_name),
+            ("external_reference_id", flt.reference_id),
+        ):
+            if value is None:
+                clauses.append(f"{column} IS NULL")
+            else:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+    return clauses, params
+
+
+def _exists(
+    conn: sqlite3.Connection, flt: CallFilter, condition: str, key: tuple[str, int]
+) -> bool:
+    clauses, params = _where(flt)
+    sql = f"SELECT 1 FROM calls WHERE {' AND '.join([*clauses, condition])} LIMIT 1"
+    return conn.execute(sql, [*params, *key]).fetchone() is not None
+
+
+def page_calls(
+    conn: sqlite3.Connection,
+    flt: CallFilter,
+    *,
+    count: int,
+    backward: bool,
+    after: tuple[str, int] | None,
+    before: tuple[str, int] | None,
+) -> tuple[list[tuple[str, dict[str, Any]]], bool, bool]:
+    """Return one page of calls, newest first, with hasPreviousPage and hasNextPage.
+
+    The window is the filtered set after ``after`` / before ``before``; ``backward`` takes its
+    last ``count`` items instead of its first.
+    """
+    clauses, params = _where(flt)
+    # Sorted by (requested_at, seq) descending, so "after" means a smaller key.
+    if after is not None:
+        clauses.append("(requested_at, seq) < (?, ?)")
+        params.extend(after)
+    if before is not None:
+        clauses.append("(requested_at, seq) > (?, ?)")
+        params.extend(before)
+    direction = "ASC" if backward else "DESC"
+    rows = conn.execute(
+        f"SELECT seq, requested_at, doc FROM calls WHERE {' AND '.join(clauses)}"
+        f" ORDER BY requested_at {direction}, seq {direction} LIMIT ?",
+        [*params, count],
+    ).fetchall()
+    if backward:
+        rows.reverse()
+    items = [(encode_cursor(r["requested_at"], r["seq"]), json.loads(r["doc"])) for r in rows]
+    if rows:
+        first = (rows[0]["requested_at"], rows[0]["seq"])
+        last = (rows[-1]["requested_at"], rows[-1]["seq"])
+        has_previous = _exists(conn, flt, "(requested_at, seq) > (?, ?)", first)
+        has_next = _exists(conn, flt, "(requested_at, seq) < (?, ?)", last)
+    else:
+        has_previous = after is not None and _exists(
+            conn, flt, "(requested_at, seq) >= (?, ?)", after
+        )
+        has_next = before is not None and _exists(
+            conn, flt, "(requested_at, seq) <= (?, ?)", before
+        )
+    return items, has_previous, has_next
+
+
+# --- marks ------------------------------------------------------------------------------------
+
+
+def put_mark(
+    conn: sqlite3.Connection,
+    account_email: str,
+    entry: dict[str, Any],
+    marked_at: str,
+) -> None:
+    """Record (or refresh) that an account processed an entity."""
+    conn.execute(
+        "INSERT OR REPLACE INTO marks VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            account_email,
+            entry["entityName"],
+            entry["entityUuid"],
+            entry["processedAt"],
+            entry.get("consumerIdentifier"),
+            entry.get("externalSourceName"),
+            marked_at,
+        ),
+    )
+
+
+def marks(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Return every mark, oldest first."""
+    return [
+        {
+            "accountEmail": r["account_email"],
+            "entityName": r["entity_name"],
+            "entityUuid": r["entity_uuid"],
+            "processedAt": r["processed_at"],
+            "consumerIdentifier": r["consumer_identifier"],
+            "externalSourceName": r["external_source_name"],
+            "markedAt": r["marked_at"],
+        }
+        for r in conn.execute("SELECT * FROM marks ORDER BY marked_at, rowid")
+    ]
+
+
+# --- request log ------------------------------------------------------------------------------
+
+
+def log_request(conn: sqlite3.Connection, entry: dict[str, Any]) -> None:
+    """Append one received API request to the log."""
+    conn.execute(
+        "INSERT INTO requests (received_at, method, path, query, endpoint, call_uuid, status,"
+        " request_body, fault, account_email) VALUES (:receivedAt, :method, :path, :query,"
+        " :endpoint, :callUuid, :status, :requestBody, :fault, :accountEmail)",
+        entry,
+    )
+
+
+def _body(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def requests(
+    conn: sqlite3.Connection, call_uuid: str | None, endpoint: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Return the most recent ``limit`` logged requests matching the filters, oldest first."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (("call_uuid", call_uuid), ("endpoint", endpoint)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    rows = conn.execute(
+        f"SELECT * FROM requests {where} ORDER BY id DESC LIMIT ?", [*params, limit]
+    ).fetchall()
+    return [
+        {
+            "id": r["id"],
+            "receivedAt": r["received_at"],
+            "method": r["method"],
+            "path": r["path"],
+            "query": r["query"],
+            "endpoint": r["endpoint"],
+            "callUuid": r["call_uuid"],
+            "status": r["status"],
+            "requestBody": _body(r["request_body"]),
+            "fault": r["fault"],
+            "accountEmail": r["account_email"],
+        }
+        for r in reversed(rows)
+    ]
+
+
+def stats(conn: sqlite3.Connection) -> dict[str, Any]:
+    """Return totals over calls, requests, injected faults and applied effects."""
+    by_status = dict.fromkeys(("requested", "completed", "cancelled", "expired"), 0)
+    for row in conn.execute("SELECT status, COUNT(*) AS n FROM calls GROUP BY status"):
+        by_status[row["status"]] = row["n"]
+    per_endpoint: dict[str, dict[str, int]] = {}
+    for row in conn.execute(
+        "SELECT endpoint, status, COUNT(*) AS n FROM requests GROUP BY endpoint, status"
+    ):
+        per_endpoint.setdefault(row["endpoint"], {})[str(row["status"])] = row["n"]
+    faults = {
+        row["fault"]: row["n"]
+        for row in conn.execute(
+            "SELECT fault, COUNT(*) AS n FROM requests WHERE fault IS NOT NULL GROUP BY fault"
+        )
+    }
+    applied = dict.fromkeys(EFFECT_ACTIONS, 0)
+    for row in conn.execute("SELECT action, SUM(count) AS n FROM effects GROUP BY action"):
+        applied[row["action"]] = row["n"]
+    return {
+        "calls": {"total": sum(by_status.values()), "byStatus": by_status},
+        "requests": {
+            "total": sum(sum(v.values()) for v in per_endpoint.values()),
+            "byEndpoint": per_endpoint,
+        },
+        "faults": faults,
+        "effects": applied,
+    }
+
+
+def seed(
+    conn: sqlite3.Connection,
+    organizations: Iterable[tuple[str, str, int]],
+    persons: Iterable[tuple[str, str, str, str, str]],
+) -> None:
+    """Insert the demo organizations and persons that are missing."""
+    for org in organizations:
+        add_organization(conn, *org)
+    for person in persons:
+        add_person(conn, *person)

@@ -1,0 +1,238 @@
+"""Request bodies as TapRaise validates them, and the error answers it gives.
+
+Bodies are parsed from the raw bytes in strict JSON mode, so a number where a string belongs, a
+naive datetime, a malformed or non-v4 UUID or an unknown field is a 400 naming the field, never a
+silent coercion.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    UUID4,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+from pydantic.alias_generators import to_camel
+
+CallStatus = Literal["requested", "completed", "cancelled", "expired"]
+CallType = Literal["verification", "happy_call", "winback"]
+EntityName = Literal["person", "pledge", "call", "transaction"]
+M = TypeVar("M", bound=BaseModel)
+FINAL_STATUSES: frozenset[str] = frozenset({"completed", "cancelled", "expired"})
+
+
+class ApiError(Exception):
+    """An answer other than success, in TapRaise's error shape.
+
+    Attributes:
+        status: HTTP status code.
+        message: Human-readable summary.
+        errors: Per-field (or per-entry) details.
+        headers: Extra response headers.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.errors = errors or []
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        """Return the JSON body: ``{"statusCode", "message", "errors"}``."""
+        return {"statusCode": self.status, "message": self.message, "errors": self.errors}
+
+    @classmethod
+    def invalid(cls, errors: list[tuple[str, str]]) -> ApiError:
+        """Build a 400 from ``(field, message)`` pairs."""
+        summary = "; ".join(f"{field}: {message}" for field, message in errors)
+        return cls(
+            400,
+            f"Validation failed: {summary}",
+            [{"field": field, "message": message} for field, message in errors],
+        )
+
+
+def field_errors(exc: ValidationError) -> list[tuple[str, str]]:
+    """Turn pydantic's errors into ``(field, message)`` pairs with dotted camelCase paths."""
+    pairs: list[tuple[str, str]] = []
+    for error in exc.errors(include_url=False):
+        field = ".".join(str(part) for part in error["loc"]) or "body"
+        kind = error["type"]
+        if kind == "json_invalid":
+            message = "Body is not valid JSON"
+        elif kind == "model_type":
+            message = "Must be a JSON object"
+        elif kind == "extra_forbidden":
+            message = "Unknown field"
+        elif kind == "missing":
+            message = "Required"
+        else:
+            message = str(error["msg"]).removeprefix("Value error, ")
+        pairs.append((field, message))
+    return pairs
+
+
+def parse_body(model: type[M], raw: bytes, *, empty_ok: bool = False) -> M:
+    """Validate a raw request body against ``model``.
+
+    Args:
+        model: The request model.
+        raw: The body bytes as received.
+        empty_ok: Treat an empty body as ``{}`` (actions whose fields are all optional).
+
+    Raises:
+        ApiError: 400 with one entry per offending field.
+    """
+    if not raw.strip():
+        if not empty_ok:
+            raise ApiError.invalid([("body", "A JSON object is required")])
+        raw = b"{}"
+    try:
+        return model.model_validate_json(raw, strict=True)
+    except ValidationError as exc:
+        raise ApiError.invalid(field_errors(exc)) from None
+
+
+def to_ms(moment: datetime) -> datetime:
+    """Return ``moment`` in UTC, truncated to milliseconds (TapRaise's precision)."""
+    moment = moment.astimezone(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def iso(moment: datetime | None) -> str | None:
+    """Format a datetime the way TapRaise does: ``2023-05-01T00:00:00.000Z``."""
+    if moment is None:
+        return None
+    moment = to_ms(moment)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_iso(text: str) -> datetime:
+    """Parse a timestamp written by :func:`iso`."""
+    return datetime.fromisoformat(text)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, validate_by_name=False)
+
+
+ResultCode = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class ResultIn(_Body):
+    """A call's result."""
+
+    result_code: ResultCode
+    completed_at: AwareDatetime | None = None
+    notes: str | None = None
+    duration: Annotated[float, Field(ge=0)] | None = None
+    donor_retention_rating: Annotated[int, Field(ge=1, le=10)] | None = None
+
+
+class ExternalMetadataIn(_Body):
+    """Where an externally managed call lives."""
+
+    application_name: str | None = None
+    reference_id: str | None = None
+    agent_reference_id: str | None = None
+    status_code: str | None = None
+    status_description: str | None = None
+    additional_properties: Any = None
+
+    @field_validator("additional_properties")
+    @classmethod
+    def _object_or_json_string(cls, value: Any) -> dict[str, Any] | None:
+        # The published request example sends a JSON string while responses carry an object.
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError("Must be an object or a JSON string of an object") from None
+        if value is not None and not isinstance(value, dict):
+            raise ValueError("Must be an object or a JSON string of an object")
+        return value
+
+
+class AttemptIn(_Body):
+    """An attempt sent along with an externally managed call."""
+
+    user_uuid: UUID4 | None = None
+    attempt_at: AwareDatetime | None = None
+    created_at: AwareDatetime | None = None
+
+
+class CreateCallIn(_Body):
+    """Body of ``POST /api/v1/calls``."""
+
+    uuid: UUID4 | None = None
+    status: CallStatus | None = None
+    requested_at: AwareDatetime
+    external_metadata: ExternalMetadataIn | None = None
+    attempts: list[AttemptIn] | None = None
+    result: ResultIn | None = None
+    requested_by_user_uuid: UUID4 | None = None
+    cancelled_at: AwareDatetime | None = None
+    completed_at: AwareDatetime | None = None
+    notes: str | None = None
+    person_uuid: UUID4
+    related_case_uuid: UUID4 | None = None
+    calling_organization_uuid: UUID4 | None = None
+    type: CallType | None = None
+
+
+class AddAttemptIn(_Body):
+    """Body of ``PUT …/actions/add-attempt``."""
+
+    user_uuid: UUID4 | None = None
+    attempt_at: AwareDatetime | None = None
+
+
+class CompleteIn(_Body):
+    """Body of ``PUT …/actions/complete``."""
+
+    user_uuid: UUID4 | None = None
+    result: ResultIn
+
+
+class CancelIn(_Body):
+    """Body of ``PUT …/actions/cancel``."""
+
+    cancelled_at: AwareDatetime | None = None
+
+
+class ExpireIn(_Body):
+    """Body of ``PUT …/actions/expire``."""
+
+    expired_at: AwareDatetime | None = None
+
+
+class MarkEntryIn(_Body):
+    """One entity to mark as processed."""
+
+    entity_name: EntityName
+    entity_uuid: UUID4
+    processed_at: AwareDatetime
+    consumer_identifier: str | None = None
+    external_source_name: str | None = None
+
+
+class MarkProcessedIn(_Body):
+    """Body of ``POST /api/v1/entity-access/actions/mark-processed``."""
+
+    entries: Annotated[list[MarkEntryIn], Field(min_length=1)]

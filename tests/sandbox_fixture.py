@@ -1,0 +1,248 @@
+"""The ``sandbox`` fixture: a real TapRaise sandbox process on a free loopback port.
+
+One process serves the whole test session; helpers talk to its ``/_sandbox/`` routes so tests
+can inject faults and assert exactly what TapRaise received and applied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT_SECONDS = 30.0
+
+
+def free_port() -> int:
+    """Return a loopback port that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class SandboxServer:
+    """A sandbox subprocess and helpers for its ``/_sandbox/`` routes.
+
+    Attributes:
+        base_url: Root URL (the TapRaise API is under ``/api/v1/``).
+        data_dir: Where the store and ``service-account.json`` live.
+        account_email: The demo service account's email.
+        private_key_id: The demo account's key id (the JWT ``kid``).
+        private_key_pem: The demo account's private key (PKCS#8 PEM).
+    """
+
+    def __init__(self, data_dir: Path, port: int) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.account_email = ""
+        self.private_key_id = ""
+        self.private_key_pem = ""
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_path = data_dir / "sandbox.log"
+        self._admin = httpx.Client(base_url=f"{self.base_url}/_sandbox", timeout=10)
+
+    # --- process -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the process and wait until ``/_sandbox/health`` answers."""
+        env = dict(os.environ)
+        # Importable even when the project is not installed into the interpreter.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        command = [
+            sys.executable, "-m", "tapraise.sandbox", "--host", "127.0.0.1",
+            "--port", str(self.port), "--data-dir", str(self.data_dir), "--log-level", "warning",
+        ]  # fmt: skip
+        # Output goes to a file: a pipe nobody reads would eventually block the server.
+        with self._log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"sandbox exited with {self._process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.base_url}/_sandbox/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        else:
+            self.stop()
+            raise RuntimeError(
+                f"sandbox not healthy after {STARTUP_TIMEOUT_SECONDS} s:\n{self.log()}"
+            )
+        credentials = json.loads((self.data_dir / "service-account.json").read_text())
+        self.account_email = credentials["accountEmail"]
+        self.private_key_id = credentials["privateKeyId"]
+        self.private_key_pem = credentials["privateKey"]
+
+    def stop(self) -> None:
+        """Stop the process gracefully (SIGTERM), killing it if it does not exit in time."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def restart(self) -> None:
+        """Stop and start again on the same port and data directory.
+
+        Settings and fault rules live in the process, so they are carried over to the new one
+        (with only the forced faults that were still queued) as if the test had never paused.
+        """
+        settings, faults = self.settings(), self.faults()
+        self.stop()
+        self._admin.close()
+        self._admin = httpx.Client(base_url=f"{self.base_url}/_sandbox", timeout=10)
+        self.start()
+        self.set_settings(**settings)
+        if faults["rules"]:
+            rules = [
+                {**rule, "next": faults["queued"].get(rule["endpoint"], [])}
+                for rule in faults["rules"]
+            ]
+            self.set_faults(rules, seed=faults["seed"])
+
+    def close(self) -> None:
+        """Stop the process and release the HTTP client."""
+        self.stop()
+        self._admin.close()
+
+    def log(self) -> str:
+        """Return everything the process printed so far."""
+        return self._log_path.read_text(errors="replace") if self._log_path.exists() else ""
+
+    # --- /_sandbox/ helpers ---------------------------------------------------------------------
+
+    def _json(self, response: httpx.Response) -> Any:
+        response.raise_for_status()
+        return response.json()
+
+    def set_faults(self, rules: list[dict[str, Any]], seed: int | None = None) -> dict[str, Any]:
+        """Replace the fault rules (see ``PUT /_sandbox/faults``)."""
+        result: dict[str, Any] = self._json(
+            self._admin.put("/faults", json={"seed": seed, "rules": rules})
+        )
+        return result
+
+    def clear_faults(self) -> None:
+        """Remove every fault rule."""
+        self._json(self._admin.delete("/faults"))
+
+    def faults(self) -> dict[str, Any]:
+        """Return the fault configuration, queued faults and counters."""
+        result: dict[str, Any] = self._json(self._admin.get("/faults"))
+        return result
+
+    def requests(
+        self, call_uuid: str | None = None, endpoint: str | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Return the logged API requests (oldest first), optionally filtered."""
+        params: dict[str, Any] = {"limit": limit}
+        if call_uuid is not None:
+            params["callUuid"] = call_uuid
+        if endpoint is not None:
+            params["endpoint"] = endpoint
+        result: list[dict[str, Any]] = self._json(self._admin.get("/requests", params=params))[
+            "requests"
+        ]
+        return result
+
+    def effects(self, call_uuid: str) -> dict[str, int]:
+        """Return how many state changes of each action were applied to a call."""
+        result: dict[str, int] = self._json(self._admin.get(f"/calls/{call_uuid}/effects"))
+        return result
+
+    def stored_call(self, call_uuid: str) -> dict[str, Any] | None:
+        """Return the stored call (as the API renders it) or None."""
+        response = self._admin.get(f"/calls/{call_uuid}")
+        if response.status_code == 404:
+            return None
+        result: dict[str, Any] = self._json(response)
+        return result
+
+    def settings(self) -> dict[str, Any]:
+        """Return the current settings (``clockSkewSeconds``, ``resultCodes``)."""
+        result: dict[str, Any] = self._json(self._admin.get("/settings"))
+        return result
+
+    def set_settings(self, **settings: Any) -> dict[str, Any]:
+        """Change settings: ``clockSkewSeconds=…``, ``resultCodes=[…] | None``."""
+        result: dict[str, Any] = self._json(self._admin.put("/settings", json=settings))
+        return result
+
+    def add_service_account(
+        self, email: str, organization_uuids: list[str], actions: list[str]
+    ) -> dict[str, str]:
+        """Register a service account; returns ``{accountEmail, privateKeyId, privateKey}``."""
+        body = {"email": email, "organizationUuids": organization_uuids, "actions": actions}
+        result: dict[str, str] = self._json(self._admin.post("/service-accounts", json=body))
+        return result
+
+    def add_organization(
+        self, name: str, max_call_attempts: int, uuid: str | None = None
+    ) -> dict[str, Any]:
+        """Create an organization; returns ``{uuid, name, maxCallAttempts}``."""
+        body = {"uuid": uuid, "name": name, "maxCallAttempts": max_call_attempts}
+        result: dict[str, Any] = self._json(self._admin.post("/organizations", json=body))
+        return result
+
+    def add_person(
+        self,
+        owning_organization_uuid: str,
+        uuid: str | None = None,
+        first_name: str | None = None,
+        last_name: str | None = None,
+        phone_number: str | None = None,
+    ) -> dict[str, Any]:
+        """Create a person of an organization; returns the person."""
+        body = {
+            "uuid": uuid,
+            "firstName": first_name,
+            "lastName": last_name,
+            "phoneNumber": phone_number,
+            "owningOrganizationUuid": owning_organization_uuid,
+        }
+        result: dict[str, Any] = self._json(self._admin.post("/persons", json=body))
+        return result
+
+    def stats(self) -> dict[str, Any]:
+        """Return totals: calls per status, requests per endpoint and status, faults, effects."""
+        result: dict[str, Any] = self._json(self._admin.get("/stats"))
+        return result
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxServer]:
+    """A sandbox process for the whole session, on a free port with a fresh data directory."""
+    server = SandboxServer(tmp_path_factory.mktemp("sandbox"), free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def clean_faults(sandbox: SandboxServer) -> Iterator[None]:
+    """Clear the sandbox's fault rules after the test, whatever happened."""
+    yield
+    sandbox.clear_faults()
