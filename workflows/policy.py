@@ -25,8 +25,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -268,6 +270,14 @@ class PolicyOverrides(_Wire):
     def given(self) -> dict[str, Any]:
         """The fields this override names, by Python name."""
         return {name: getattr(self, name) for name in self.model_fields_set}
+
+    @model_serializer(mode="wrap")
+    def _only_given(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Written as given, so that the JSON in a workflow's history reads back the same.
+        data: dict[str, Any] = handler(self)
+        given = {self.model_fields[name].alias or name for name in self.model_fields_set}
+        given |= self.model_fields_set
+        return {key: value for key, value in data.items() if key in given}
 
 
 class OrganizationPolicy(PolicyOverrides):

@@ -1,0 +1,125 @@
+"""The worker: settings → Temporal client → TapRaise client → activities → Worker.
+
+Run it with `python worker.py` (or the `tapraise-calls-worker` script). It stops cleanly on
+SIGINT/SIGTERM, finishing the activities in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from activities.calls import TapRaiseActivities
+from tapraise import TapRaiseClient, TapRaiseSettings
+from workflows.call import CallWorkflow
+from workflows.connect import connect, missing_search_attributes
+from workflows.messages import TASK_QUEUE
+from workflows.policy import PolicyBook
+from workflows.policy_activity import PolicyActivities
+
+log = logging.getLogger("tapraise_calls.worker")
+
+
+def sandbox_runner() -> SandboxedWorkflowRunner:
+    """The workflow sandbox, with `zoneinfo.ZoneInfo` usable for calling windows in local time.
+
+    Our message and rule modules are deterministic and pass through (imported once, not per
+    workflow run), which keeps each activation fast.
+    """
+    restrictions = SandboxRestrictions.default.with_passthrough_modules(
+        "tapraise",
+        "activities",
+        "workflows.messages",
+        "workflows.policy",
+        "workflows.schedule",
+        "workflows.policy_activity",
+        "pydantic",
+        "zoneinfo",
+        "tzdata",
+    )
+    restrictions = dataclasses.replace(
+        restrictions,
+        invalid_module_members=restrictions.invalid_module_members.with_child_unrestricted(
+            "zoneinfo", "ZoneInfo"
+        ),
+    )
+    return SandboxedWorkflowRunner(restrictions=restrictions)
+
+
+def build_worker(
+    client: Client,
+    tapraise: TapRaiseClient,
+    *,
+    policy_book: PolicyBook | None = None,
+    task_queue: str = TASK_QUEUE,
+    **options: Any,
+) -> Worker:
+    """The worker for the call workflow and its activities (used by tests and benchmarks too)."""
+    calls = TapRaiseActivities(tapraise)
+    policies = PolicyActivities(policy_book or PolicyBook.load())
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[CallWorkflow],
+        activities=[*calls.all(), policies.resolve_policy],
+        workflow_runner=sandbox_runner(),
+        **options,
+    )
+
+
+async def run(stop: asyncio.Event | None = None) -> None:
+    """Connect, check the namespace, and run until `stop` is set (or a signal arrives)."""
+    settings = TapRaiseSettings()
+    policy_file = os.environ.get("CALL_POLICY_FILE")
+    book = PolicyBook.load(Path(policy_file) if policy_file else None)
+    client = await connect()
+    missing = await missing_search_attributes(client)
+    if missing:
+        raise SystemExit(
+            "The namespace lacks the search attributes the call workflow needs: "
+            + ", ".join(missing)
+            + ". Register them, e.g. `temporal operator search-attribute create --name CallPhase"
+            " --type Keyword` for each, or start the embedded stack with `make run`."
+        )
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with settings.make_client() as tapraise:
+        worker = build_worker(client, tapraise, policy_book=book)
+        log.info(
+            "worker ready: task queue %s on %s (namespace %s), TapRaise at %s",
+            TASK_QUEUE,
+            client.service_client.config.target_host,
+            client.namespace,
+            settings.base_url(),
+        )
+        async with worker:
+            await stop.wait()
+            log.info("stopping: finishing the activities in flight")
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(run())
+    except RuntimeError as exc:  # unreachable Temporal or a misconfiguration: say what to do
+        print(f"worker: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

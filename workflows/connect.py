@@ -1,0 +1,71 @@
+"""The one place that makes Temporal clients: worker, starter, gateway and tests use it.
+
+It sets the pydantic data converter (so camelCase JSON from the plain `temporal` CLI decodes into
+our message models) and reads the connection from Temporal's own environment configuration
+(`TEMPORAL_ADDRESS`, `TEMPORAL_NAMESPACE`, `TEMPORAL_API_KEY`, TLS settings, or a profile in
+`temporal.toml`), with `localhost:7233` and the `default` namespace when nothing is set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.envconfig import ClientConfig
+
+from workflows.messages import SearchAttributes
+
+DEFAULT_ADDRESS = "localhost:7233"
+
+
+def connect_config(address: str | None = None, namespace: str | None = None) -> dict[str, Any]:
+    """Connection keywords from the environment, overridden by explicit arguments."""
+    config: dict[str, Any] = dict(ClientConfig.load_client_connect_config())
+    config.setdefault("target_host", DEFAULT_ADDRESS)
+    if address:
+        config["target_host"] = address
+    if namespace:
+        config["namespace"] = namespace
+    return config
+
+
+async def connect(address: str | None = None, namespace: str | None = None) -> Client:
+    """A Temporal client with the project's data converter.
+
+    Raises:
+        RuntimeError: with the address and what to do, when the server cannot be reached.
+    """
+    config = connect_config(address, namespace)
+    try:
+        return await Client.connect(data_converter=pydantic_data_converter, **config)
+    except RuntimeError as exc:
+        raise RuntimeError(
+            f"cannot reach Temporal at {config['target_host']}: {exc}. Start it (`make run` starts "
+            "the embedded dev server) or set TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE."
+        ) from exc
+
+
+def search_attribute_flags() -> list[str]:
+    """`--search-attribute Name=Type` arguments that register the contract's attributes."""
+    names = {"KEYWORD": "Keyword", "INT": "Int", "DATETIME": "Datetime"}
+    return [
+        arg
+        for key in SearchAttributes.ALL
+        for arg in ("--search-attribute", f"{key.name}={names[key.indexed_value_type.name]}")
+    ]
+
+
+async def missing_search_attributes(client: Client) -> list[str]:
+    """The contract's search attributes that the namespace lacks (or holds with another type)."""
+    response = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=client.namespace)
+    )
+    registered = dict(response.custom_attributes)
+    return [
+        f"{key.name} ({key.indexed_value_type.name.title()})"
+        for key in SearchAttributes.ALL
+        # The SDK's enum shares the API's numbering.
+        if registered.get(key.name) != int(key.indexed_value_type)
+    ]

@@ -1,0 +1,233 @@
+"""Message types of the call workflow: its input, signal/update payloads and its `state` snapshot.
+
+These are the public contract shared by the workflow, the starter CLI and the HTTP gateway. On the
+wire every field is camelCase (TapRaise's own names), so a plain
+`temporal workflow start --input '{"personUuid": "…", "type": "verification"}'` decodes into
+`CallInput`. New fields always get defaults, so that recorded histories keep decoding.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Final, Literal
+from uuid import UUID
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from temporalio.common import SearchAttributeKey
+
+from tapraise.models import CallResult, CallStatus, CallType, ExternalMetadata
+from workflows.policy import AttemptOutcome, PolicyOverrides
+
+TASK_QUEUE: Final = "tapraise-calls"
+WORKFLOW_TYPE: Final = "CallWorkflow"
+DEFAULT_TIMEZONE: Final = "Europe/Amsterdam"
+
+# Signal, update and query names (the same name serves a signal and its update).
+ATTEMPT: Final = "attempt"
+COMPLETE: Final = "complete"
+RESCHEDULE: Final = "reschedule"
+CANCEL: Final = "cancel"
+STATE: Final = "state"
+
+
+def workflow_id_for(call_uuid: UUID | str) -> str:
+    """The one workflow id of a call: `call-<call uuid>`."""
+    return f"call-{call_uuid}"
+
+
+def call_uuid_from_workflow_id(workflow_id: str) -> UUID:
+    """Inverse of `workflow_id_for`; raises ValueError for ids that are not ours."""
+    if not workflow_id.startswith("call-"):
+        raise ValueError(f"not a call workflow id: {workflow_id!r}")
+    return UUID(workflow_id.removeprefix("call-"))
+
+
+class CallPhase(StrEnum):
+    """Where a call is in its lifecycle (the `CallPhase` search attribute)."""
+
+    CREATING = "creating"
+    SCHEDULED = "scheduled"
+    DUE = "due"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in _FINAL_PHASES
+
+
+_FINAL_PHASES = frozenset(
+    {CallPhase.COMPLETED, CallPhase.CANCELLED, CallPhase.EXPIRED, CallPhase.FAILED}
+)
+
+
+class SearchAttributes:
+    """The contract's search attributes, typed once for workflow, starter and worker checks."""
+
+    CALL_STATUS = SearchAttributeKey.for_keyword("CallStatus")
+    CALL_PHASE = SearchAttributeKey.for_keyword("CallPhase")
+    CALL_TYPE = SearchAttributeKey.for_keyword("CallType")
+    PERSON_UUID = SearchAttributeKey.for_keyword("PersonUuid")
+    CALLING_ORGANIZATION_UUID = SearchAttributeKey.for_keyword("CallingOrganizationUuid")
+    CALL_ATTEMPTS = SearchAttributeKey.for_int("CallAttempts")
+    NEXT_ATTEMPT_AT = SearchAttributeKey.for_datetime("NextAttemptAt")
+
+    ALL: Final = (
+        CALL_STATUS,
+        CALL_PHASE,
+        CALL_TYPE,
+        PERSON_UUID,
+        CALLING_ORGANIZATION_UUID,
+        CALL_ATTEMPTS,
+        NEXT_ATTEMPT_AT,
+    )
+
+
+class _Message(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        serialize_by_alias=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class CallInput(_Message):
+    """The workflow's input: one call as the CRM asked for it (TapRaise's field names)."""
+
+    person_uuid: UUID
+    type: CallType
+    uuid: UUID | None = None
+    requested_at: AwareDatetime | None = None
+    related_case_uuid: UUID | None = None
+    calling_organization_uuid: UUID | None = None
+    requested_by_user_uuid: UUID | None = None
+    notes: str | None = Field(default=None, max_length=10_000)
+    external_metadata: ExternalMetadata | None = None
+    timezone: str | None = None
+    policy: PolicyOverrides | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _external_calls_are_verifications(self) -> CallInput:
+        # TapRaise makes every externally managed call a verification call (it refuses `type`).
+        if self.external_metadata is not None and self.type != CallType.VERIFICATION:
+            raise ValueError(
+                "externalMetadata is only possible for verification calls: TapRaise records "
+                "externally managed calls as verification"
+            )
+        return self
+
+
+class AttemptSignal(_Message):
+    """An unsuccessful attempt reported by the agent's tooling."""
+
+    outcome: AttemptOutcome
+    user_uuid: UUID | None = None
+    attempt_at: AwareDatetime | None = None
+
+
+class CompleteSignal(_Message):
+    """The call reached the donor; carries TapRaise's result object."""
+
+    result: CallResult
+    user_uuid: UUID | None = None
+
+
+class RescheduleSignal(_Message):
+    """The donor asked to be called back at a given time."""
+
+    at: AwareDatetime
+    user_uuid: UUID | None = None
+    notes: str | None = None
+
+
+class CancelSignal(_Message):
+    """The call is no longer wanted."""
+
+    cancelled_at: AwareDatetime | None = None
+    reason: str | None = Field(default=None, max_length=2_000)
+
+
+class AttemptRecord(_Message):
+    """One unsuccessful attempt as recorded in TapRaise."""
+
+    attempt_at: datetime
+    outcome: AttemptOutcome
+    user_uuid: UUID | None = None
+
+
+class CallEvent(_Message):
+    """One line of the call's event log (shown by `status` and the `state` query)."""
+
+    at: datetime
+    kind: str
+    detail: str = ""
+
+
+class ActionAccepted(_Message):
+    """What an update returns when the workflow accepted the action."""
+
+    accepted: Literal[True] = True
+    phase: CallPhase
+    detail: str = ""
+
+
+class CallState(_Message):
+    """The whole snapshot returned by the `state` query."""
+
+    call_uuid: UUID
+    workflow_id: str
+    type: CallType
+    person_uuid: UUID
+    calling_organization_uuid: UUID | None = None
+    timezone: str = DEFAULT_TIMEZONE
+    phase: CallPhase
+    status: CallStatus | None = None
+    requested_at: datetime
+    deadline: datetime | None = None
+    attempts: list[AttemptRecord] = Field(default_factory=list)
+    max_attempts: int | None = None
+    missed_slots: int = 0
+    next_slot_at: datetime | None = None
+    due_until: datetime | None = None
+    callback_at: datetime | None = None
+    result: CallResult | None = None
+    final_reason: str | None = None
+    failure: str | None = None
+    events: list[CallEvent] = Field(default_factory=list)
+
+    @property
+    def attempts_made(self) -> int:
+        return len(self.attempts)
+
+
+def to_json(model: BaseModel) -> dict[str, Any]:
+    """The camelCase JSON form of a message (what the CLI, the gateway and `temporal` send)."""
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
