@@ -7,6 +7,8 @@ call exactly as agents would (message, then let days pass), and days of timers t
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -14,6 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import pytest_asyncio
 from temporalio.client import Client, WorkflowHandle
@@ -22,6 +25,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.testing._timeskipping import TimeSkippingConfig
 from temporalio.worker import Worker
 
+from starter.calls import initial_search_attributes
 from tapraise import ServiceAccount, TapRaiseClient
 from tests.sandbox_fixture import SandboxServer
 from worker import build_worker
@@ -29,6 +33,19 @@ from workflows.call import CallWorkflow
 from workflows.messages import CallInput, CallState, SearchAttributes, workflow_id_for
 
 BIN = Path(sys.executable).parent
+HISTORIES = Path(__file__).parent / "histories"
+
+
+async def record_history(handle: WorkflowHandle[Any, Any], name: str) -> None:
+    """With RECORD_HISTORIES=1, keep this run's history for the replay tests.
+
+    Recorded histories are committed: replaying them against today's workflow code proves that a
+    change does not break calls that are already running.
+    """
+    if os.environ.get("RECORD_HISTORIES") == "1":
+        history = await handle.fetch_history()
+        record = {"workflowId": handle.id, "history": json.loads(history.to_json())}
+        (HISTORIES / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
 def temporal_cli() -> str:
@@ -58,12 +75,12 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
 
 @pytest.fixture(scope="session")
 def lenient_sandbox(sandbox: SandboxServer) -> SandboxServer:
-    """The sandbox, accepting timestamps up to 60 days ahead of its wall clock.
+    """The sandbox, accepting timestamps up to 400 days ahead of its wall clock.
 
     Workflows here run on virtual clocks that race days ahead of real time; TapRaise's rule
     "not in the future" would otherwise refuse every attempt recorded on day 3.
     """
-    sandbox.set_settings(clockSkewSeconds=60 * 24 * 3600)
+    sandbox.set_settings(clockSkewSeconds=400 * 24 * 3600)
     return sandbox
 
 
@@ -74,7 +91,9 @@ async def tapraise_client(lenient_sandbox: SandboxServer) -> AsyncIterator[TapRa
         private_key_id=lenient_sandbox.private_key_id,
         private_key_pem=lenient_sandbox.private_key_pem,
     )
-    async with TapRaiseClient(lenient_sandbox.base_url, account) as client:
+    # A short read timeout, so that a "late" answer from the sandbox times out within a test.
+    timeout = httpx.Timeout(5.0, read=2.0)
+    async with TapRaiseClient(lenient_sandbox.base_url, account, timeout=timeout) as client:
         yield client
 
 
@@ -88,7 +107,7 @@ class CallWorker:
         self.task_queue = worker.task_queue
 
     async def start(self, **fields: Any) -> WorkflowHandle[CallWorkflow, CallState]:
-        """Start a call; `fields` are CallInput's (snake_case), `uuid` made when missing."""
+        """Start a call as the starter does; `fields` are CallInput's, `uuid` made when missing."""
         fields.setdefault("uuid", uuid.uuid4())
         call = CallInput(**fields)
         return await self.client.start_workflow(
@@ -96,6 +115,7 @@ class CallWorker:
             call,
             id=workflow_id_for(call.uuid or ""),
             task_queue=self.task_queue,
+            search_attributes=initial_search_attributes(call),
         )
 
     async def state(self, handle: WorkflowHandle[Any, Any]) -> CallState:

@@ -8,6 +8,7 @@ what TapRaise received.
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,7 +23,7 @@ from temporalio.service import RPCError
 from tapraise import CallResult, CallStatus, CompleteCallRequest, CreateCallRequest, TapRaiseClient
 from tapraise.sandbox.seed import DEMO_PERSON_UUIDS, FOREIGN_PERSON_UUID
 from tests.sandbox_fixture import SandboxServer
-from tests.temporal_fixture import CallWorker
+from tests.temporal_fixture import CallWorker, record_history
 from workflows.call import CallWorkflow
 from workflows.messages import (
     AttemptSignal,
@@ -72,9 +73,24 @@ _CLOCK_EVENTS = {
 
 
 async def history_length(handle: WorkflowHandle[Any, Any]) -> int:
-    """History events as production would record them (without the virtual clock's own)."""
-    events = (await handle.fetch_history()).events
-    return sum(1 for e in events if e.event_type not in _CLOCK_EVENTS)
+    """History events as production would record them.
+
+    Left out: the virtual clock's own events, and the empty workflow task each of them wakes.
+    """
+    count, skip = 0, 0
+    previous = None
+    for event in (await handle.fetch_history()).events:
+        kind = event.event_type
+        if kind == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED and previous in _CLOCK_EVENTS:
+            skip = 3  # scheduled, started, completed
+        previous = kind
+        if kind in _CLOCK_EVENTS:
+            continue
+        if skip:
+            skip -= 1
+            continue
+        count += 1
+    return count
 
 
 async def test_typical_call_attempted_on_two_days_then_completed_on_day_three(
@@ -128,6 +144,7 @@ async def test_typical_call_attempted_on_two_days_then_completed_on_day_three(
     stored = lenient_sandbox.stored_call(call_uuid)
     assert stored is not None and stored["status"] == "completed" and stored["attemptsCount"] == 2
     assert await history_length(handle) < 60
+    await record_history(handle, "typical_path")
 
 
 async def test_cancel_while_waiting_cancels_in_tapraise(
@@ -142,6 +159,7 @@ async def test_cancel_while_waiting_cancels_in_tapraise(
     final = await handle.result()
     assert final.phase == CallPhase.CANCELLED and final.status == CallStatus.CANCELLED
     assert lenient_sandbox.effects(str(final.call_uuid))["cancel"] == 1
+    await record_history(handle, "cancelled_while_waiting")
 
 
 async def test_call_expires_when_attempts_run_out(
@@ -161,6 +179,7 @@ async def test_call_expires_when_attempts_run_out(
     assert final.final_reason == "expired: max_attempts"
     effects = lenient_sandbox.effects(str(final.call_uuid))
     assert effects["add-attempt"] == 2 and effects["expire"] == 1
+    await record_history(handle, "expired_by_attempts")
 
 
 async def test_call_expires_at_its_deadline_after_missed_slots(
@@ -175,6 +194,7 @@ async def test_call_expires_at_its_deadline_after_missed_slots(
     assert final.attempts == []
     effects = lenient_sandbox.effects(str(final.call_uuid))
     assert effects["add-attempt"] == 0 and effects["expire"] == 1
+    await record_history(handle, "expired_by_deadline")
 
 
 async def test_reschedule_moves_the_next_slot_to_the_donors_requested_time(
@@ -202,6 +222,7 @@ async def test_reschedule_moves_the_next_slot_to_the_donors_requested_time(
             CallWorkflow.reschedule_update, RescheduleSignal(at=wanted + timedelta(days=30))
         )
     assert "deadline" in str(refused.value.cause)
+    await record_history(handle, "rescheduled")
     await handle.terminate("test done")
 
 
@@ -231,6 +252,7 @@ async def test_duplicate_trigger_adopts_a_call_already_completed_in_tapraise(
         "cancel": 0,
         "expire": 0,
     }
+    await record_history(handle, "adopted_completed")
 
 
 async def test_tapraise_refusal_fails_the_call_visibly(call_worker: CallWorker) -> None:
@@ -246,6 +268,7 @@ async def test_tapraise_refusal_fails_the_call_visibly(call_worker: CallWorker) 
     assert described.typed_search_attributes  # CallPhase=failed is filterable in the UI
     phase = [p.value for p in described.typed_search_attributes if p.key.name == "CallPhase"]
     assert phase == ["failed"]
+    await record_history(handle, "failed_forbidden")
 
 
 async def test_duplicate_late_and_malformed_messages_change_nothing(
@@ -278,6 +301,7 @@ async def test_duplicate_late_and_malformed_messages_change_nothing(
         await handle.execute_update(CallWorkflow.cancel_update, CancelSignal())
     with pytest.raises(RPCError, match="already completed"):
         await handle.signal(CallWorkflow.cancel_signal, CancelSignal())
+    await record_history(handle, "duplicates_and_malformed")
     assert final.phase == CallPhase.COMPLETED and len(final.attempts) == 1
     assert lenient_sandbox.effects(call_uuid) == {
         "create": 1,
@@ -303,3 +327,151 @@ async def test_bare_start_with_camel_case_json_runs_with_the_default_policy(
     await handle.signal("complete", {"result": {"resultCode": "confirmed"}})
     result = await handle.result()
     assert result["phase"] == "completed"
+    await record_history(handle, "bare_start")
+
+
+async def test_invalid_bare_start_fails_at_once_naming_the_field(call_worker: CallWorker) -> None:
+    call_uuid = uuid.uuid4()
+    handle = await call_worker.client.start_workflow(
+        "CallWorkflow",
+        {"uuid": str(call_uuid), "personUuid": "not-a-uuid", "type": "verification"},
+        id=f"call-{call_uuid}",
+        task_queue=call_worker.task_queue,
+    )
+    with pytest.raises(WorkflowFailureError) as failed:
+        await handle.result()
+    cause = failed.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "InvalidCallInput"
+    assert "personUuid" in cause.message
+
+
+async def test_completion_racing_a_cancellation_records_exactly_one_final_action(
+    call_worker: CallWorker, lenient_sandbox: SandboxServer
+) -> None:
+    handle = await call_worker.start(person_uuid=PERSON, type="verification")
+    state = await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    results = await asyncio.gather(
+        handle.execute_update(
+            CallWorkflow.complete_update,
+            CompleteSignal(result=CallResult(result_code="confirmed")),
+        ),
+        handle.execute_update(CallWorkflow.cancel_update, CancelSignal(reason="race")),
+        return_exceptions=True,
+    )
+    accepted = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, WorkflowUpdateFailedError)]
+    assert len(accepted) == 1 and len(refused) == 1
+    assert "already being" in str(refused[0].cause)
+    final = await handle.result()
+    effects = lenient_sandbox.effects(str(state.call_uuid))
+    assert effects["complete"] + effects["cancel"] == 1
+    assert final.phase in (CallPhase.COMPLETED, CallPhase.CANCELLED)
+    assert lenient_sandbox.stored_call(str(state.call_uuid))["status"] == final.phase.value
+
+
+async def test_completion_sent_while_the_create_is_still_retried_is_carried_out_after_it(
+    call_worker: CallWorker, lenient_sandbox: SandboxServer, clean_faults: None
+) -> None:
+    lenient_sandbox.set_faults([{"endpoint": "create", "next": ["503", "500", "429"]}])
+    handle = await call_worker.start(person_uuid=PERSON, type="happy_call")
+    await handle.signal(
+        CallWorkflow.complete_signal, CompleteSignal(result=CallResult(result_code="confirmed"))
+    )
+    final = await handle.result()
+    assert final.phase == CallPhase.COMPLETED
+    creates = lenient_sandbox.requests(call_uuid=str(final.call_uuid), endpoint="create")
+    assert [r["status"] for r in creates] == [503, 500, 429, 201]
+    assert lenient_sandbox.effects(str(final.call_uuid)) == {
+        "create": 1,
+        "add-attempt": 0,
+        "complete": 1,
+        "cancel": 0,
+        "expire": 0,
+    }
+
+
+async def test_late_answer_to_an_attempt_never_records_it_twice(
+    call_worker: CallWorker, lenient_sandbox: SandboxServer, clean_faults: None
+) -> None:
+    handle = await call_worker.start(person_uuid=PERSON, type="verification")
+    state = await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    # The change is applied, but the answer comes after the client gave up (read timeout 2 s).
+    lenient_sandbox.set_faults(
+        [{"endpoint": "add-attempt", "next": ["late"], "lateDelaySeconds": 3}]
+    )
+    accepted = await handle.execute_update(
+        CallWorkflow.attempt_update, AttemptSignal(outcome=AttemptOutcome.NO_ANSWER)
+    )
+    assert accepted.detail.startswith("attempt 1 recorded")
+    call_uuid = str(state.call_uuid)
+    assert lenient_sandbox.effects(call_uuid)["add-attempt"] == 1
+    assert lenient_sandbox.stored_call(call_uuid)["attemptsCount"] == 1
+    assert len(lenient_sandbox.requests(call_uuid=call_uuid, endpoint="add-attempt")) == 1
+    await handle.terminate("test done")
+
+
+async def test_attempt_beyond_the_maximum_is_refused_before_reaching_tapraise(
+    call_worker: CallWorker, lenient_sandbox: SandboxServer
+) -> None:
+    handle = await call_worker.start(
+        person_uuid=PERSON, type="verification", policy={"maxAttempts": 1}
+    )
+    state = await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    first = handle.execute_update(
+        CallWorkflow.attempt_update, AttemptSignal(outcome=AttemptOutcome.NO_ANSWER)
+    )
+    await first
+    final = await handle.result()  # one attempt was the maximum: the call expired
+    assert final.phase == CallPhase.EXPIRED and final.final_reason == "expired: max_attempts"
+    assert lenient_sandbox.effects(str(state.call_uuid))["add-attempt"] == 1
+
+
+def _next_dst_change(after: datetime) -> datetime:
+    """The first day (local midnight, Amsterdam) whose UTC offset differs from the day before."""
+    day = after.astimezone(AMSTERDAM).replace(hour=12, minute=0, second=0, microsecond=0)
+    for _ in range(400):
+        following = (day + timedelta(days=1)).replace(hour=12)
+        following = following.astimezone(UTC).astimezone(AMSTERDAM).replace(hour=12)
+        if following.utcoffset() != day.utcoffset():
+            return following.replace(hour=0)
+        day = following
+    raise AssertionError("no DST change within 400 days")
+
+
+async def test_slots_stay_inside_local_windows_across_a_dst_change(
+    call_worker: CallWorker,
+) -> None:
+    now = datetime.now(UTC)
+    change = _next_dst_change(now)
+    # First slot: the evening before the change, 20:30 local; the retry lands after it.
+    evening = (change - timedelta(days=1)).replace(hour=20, minute=30).astimezone(UTC)
+    delay = math.ceil((evening - now).total_seconds())
+    handle = await call_worker.start(
+        person_uuid=PERSON,
+        type="verification",
+        policy={
+            "firstAttemptDelay": delay,
+            "deadline": delay + 14 * 86400,
+            "retryDelays": {"no_answer": 10 * 3600},
+            "windows": {"sun": ["09:00-21:00"], "sat": ["09:00-21:00"]},
+            "holidayCountries": [],  # DST changes fall on Easter weekends some years
+        },
+    )
+    first = await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    assert first.next_slot_at is not None
+    first_local = first.next_slot_at.astimezone(AMSTERDAM)
+    assert (first_local.hour, first_local.minute) == (20, 30)
+    await call_worker.advance_to(handle, first.next_slot_at)
+    await wait_for(call_worker, handle, CallPhase.DUE)
+    at = await call_worker.now(handle)
+    await handle.execute_update(
+        CallWorkflow.attempt_update, AttemptSignal(outcome=AttemptOutcome.NO_ANSWER, attempt_at=at)
+    )
+    second = await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    assert second.next_slot_at is not None
+    local = second.next_slot_at.astimezone(AMSTERDAM)
+    # 10 hours after 20:30 is before 09:00 on the day of the change (either way the clocks
+    # move): the slot is the 09:00 opening in local time, in the new UTC offset.
+    assert local.date() == change.date() and (local.hour, local.minute) == (9, 0)
+    assert local.utcoffset() != first_local.utcoffset()
+    await handle.terminate("test done")

@@ -44,10 +44,12 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows import schedule
     from workflows.messages import (
+        ACTION_REJECTED,
         ATTEMPT,
         CANCEL,
         COMPLETE,
         DEFAULT_TIMEZONE,
+        INVALID_INPUT,
         RESCHEDULE,
         STATE,
         WORKFLOW_TYPE,
@@ -66,10 +68,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.policy import AttemptOutcome, CallPolicy
     from workflows.policy_activity import ResolvePolicyInput
-
-# Update rejections (the starter and gateway show `message`, match on `type`).
-ACTION_REJECTED = "CallActionRejected"
-INVALID_INPUT = "InvalidCallInput"
 
 # TapRaise actions are short HTTP calls, run as *local* activities: the result is recorded as one
 # marker in the workflow task that asked for it, instead of three activity events and a second

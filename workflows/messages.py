@@ -38,6 +38,11 @@ RESCHEDULE: Final = "reschedule"
 CANCEL: Final = "cancel"
 STATE: Final = "state"
 
+# Error types the workflow raises: an update's rejection (the reason is its message), and a start
+# whose input is invalid (the workflow fails at once, naming the field).
+ACTION_REJECTED: Final = "CallActionRejected"
+INVALID_INPUT: Final = "InvalidCallInput"
+
 
 def workflow_id_for(call_uuid: UUID | str) -> str:
     """The one workflow id of a call: `call-<call uuid>`."""

@@ -275,7 +275,7 @@ class PolicyOverrides(_Wire):
     def _only_given(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         # Written as given, so that the JSON in a workflow's history reads back the same.
         data: dict[str, Any] = handler(self)
-        given = {self.model_fields[name].alias or name for name in self.model_fields_set}
+        given = {type(self).model_fields[name].alias or name for name in self.model_fields_set}
         given |= self.model_fields_set
         return {key: value for key, value in data.items() if key in given}
 

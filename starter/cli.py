@@ -1,0 +1,716 @@
+"""`python -m starter` (also `tapraise-calls`): start calls, report on them, drive them, list them.
+
+Thin by design: each command turns its options into the contract's camelCase JSON, lets
+`starter.calls` validate and do the work, and prints the result (rich for people, `--json` for
+scripts). Exit codes: 0 done, 1 refused or failed, 2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from starter.batch import (
+    BatchError,
+    BatchFormat,
+    BatchRow,
+    detect_format,
+    read_batch,
+    result_rows,
+    write_results,
+)
+from starter.calls import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_LIST_LIMIT,
+    CallsError,
+    CallService,
+    CallSummary,
+    InvalidInput,
+    ListFilters,
+    StartResult,
+    StartStatus,
+    model_json,
+    parse_action,
+    parse_call,
+    parse_call_uuid,
+)
+from workflows.connect import connect
+from workflows.messages import (
+    ATTEMPT,
+    CANCEL,
+    COMPLETE,
+    RESCHEDULE,
+    TASK_QUEUE,
+    CallInput,
+    CallState,
+    workflow_id_for,
+)
+from workflows.schedule import format_local
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="tapraise-calls",
+    help="Start, drive and inspect TapRaise donor calls (one Temporal workflow per call).",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the commands send their requests."""
+
+    task_queue: str
+    address: str | None
+    namespace: str | None
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    task_queue: Annotated[
+        str,
+        typer.Option(
+            "--task-queue", envvar="CALLS_TASK_QUEUE", help="Task queue new calls run on."
+        ),
+    ] = TASK_QUEUE,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address", help="Temporal host:port (default: TEMPORAL_ADDRESS or localhost:7233)."
+        ),
+    ] = None,
+    namespace: Annotated[
+        str | None,
+        typer.Option(
+            "--namespace", help="Temporal namespace (default: TEMPORAL_NAMESPACE or default)."
+        ),
+    ] = None,
+) -> None:
+    ctx.obj = Connection(task_queue=task_queue, address=address, namespace=namespace)
+
+
+# ── plumbing ─────────────────────────────────────────────────────────────────────────────────
+
+
+def _print_json(value: Any) -> None:
+    # Plain stdout, not rich: scripts must get the JSON unwrapped and uncoloured.
+    typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _fail(message: str, code: int, as_json: bool, kind: str = "failed", **extra: Any) -> NoReturn:
+    if as_json:
+        _print_json({"error": message, "kind": kind, **extra})
+    else:
+        err.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _invalid(exc: InvalidInput, as_json: bool) -> NoReturn:
+    if not as_json:
+        for problem in exc.problems:
+            err.print(f"[red]invalid:[/red] {problem}", soft_wrap=True)
+        err.print("nothing was sent to Temporal")
+        raise typer.Exit(EXIT_USAGE)
+    _fail(str(exc), EXIT_USAGE, True, kind="invalid", problems=exc.problems)
+
+
+def _run(ctx: typer.Context, work: Callable[[CallService], Awaitable[T]], as_json: bool) -> T:
+    """Connect, run `work` against the calls service, and turn failures into exit codes."""
+    conn: Connection = ctx.obj
+
+    async def go() -> T:
+        client = await connect(conn.address, conn.namespace)
+        return await work(CallService(client, conn.task_queue))
+
+    try:
+        return asyncio.run(go())
+    except InvalidInput as exc:
+        _invalid(exc, as_json)
+    except CallsError as exc:
+        _fail(str(exc), EXIT_FAILED, as_json, kind=exc.kind)
+    except RuntimeError as exc:  # `connect()` explains an unreachable server this way
+        _fail(str(exc), EXIT_FAILED, as_json, kind="unavailable")
+
+
+def _load_json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput([f"{what}: not valid JSON ({exc.msg} at line {exc.lineno})"]) from None
+    if not isinstance(value, dict):
+        raise InvalidInput([f"{what}: must be a JSON object"])
+    return value
+
+
+def _put(data: dict[str, Any], key: str, value: Any) -> None:
+    if value is not None:
+        data[key] = value
+
+
+# ── start ────────────────────────────────────────────────────────────────────────────────────
+
+
+def _start_line(result: StartResult) -> str:
+    phase = f" (phase {result.phase.value})" if result.phase else ""
+    if result.status is StartStatus.STARTED:
+        return f"[green]started[/green] {result.workflow_id}"
+    return f"[yellow]already started[/yellow] {result.workflow_id}{phase}"
+
+
+@app.command(
+    epilog="Example: python -m starter start --person 0b0f…-uuid --type verification "
+    '--org 3c1e…-uuid --notes \'new donor\'  ·  echo \'{"personUuid": "…", "type": '
+    '"winback"}\' | python -m starter start -'
+)
+def start(
+    ctx: typer.Context,
+    source: Annotated[
+        str | None,
+        typer.Argument(metavar="-", help="'-' reads the call as a JSON object from stdin."),
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="Read the call from a JSON file.")
+    ] = None,
+    person: Annotated[str | None, typer.Option("--person", help="personUuid of the donor.")] = None,
+    call_type: Annotated[
+        str | None, typer.Option("--type", help="verification, happy_call or winback.")
+    ] = None,
+    call_uuid: Annotated[
+        str | None, typer.Option("--uuid", help="The call's uuid (version 4); made when absent.")
+    ] = None,
+    requested_at: Annotated[
+        str | None,
+        typer.Option("--requested-at", help="ISO 8601 with offset, e.g. 2026-11-27T10:00:00Z."),
+    ] = None,
+    org: Annotated[str | None, typer.Option("--org", help="callingOrganizationUuid.")] = None,
+    related_case: Annotated[
+        str | None, typer.Option("--related-case", help="relatedCaseUuid.")
+    ] = None,
+    requested_by: Annotated[
+        str | None, typer.Option("--requested-by", help="requestedByUserUuid.")
+    ] = None,
+    notes: Annotated[str | None, typer.Option("--notes", help="Free text for the agent.")] = None,
+    timezone: Annotated[
+        str | None,
+        typer.Option("--timezone", help="The donor's IANA time zone (default Europe/Amsterdam)."),
+    ] = None,
+    policy: Annotated[
+        str | None,
+        typer.Option("--policy", help="Policy overrides as JSON, e.g. '{\"maxAttempts\": 3}'."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+) -> None:
+    """Start one call. A call that exists already is reported as "already started"."""
+    try:
+        data: dict[str, Any] = {}
+        if file is not None:
+            data = _load_json_object(file.read_text(encoding="utf-8"), str(file))
+        elif source == "-":
+            data = _load_json_object(sys.stdin.read(), "stdin")
+        elif source is not None:
+            raise InvalidInput([f"unexpected argument {source!r}: use '-' or --file for JSON"])
+        for key, value in (
+            ("personUuid", person),
+            ("type", call_type),
+            ("uuid", call_uuid),
+            ("requestedAt", requested_at),
+            ("callingOrganizationUuid", org),
+            ("relatedCaseUuid", related_case),
+            ("requestedByUserUuid", requested_by),
+            ("notes", notes),
+            ("timezone", timezone),
+        ):
+            _put(data, key, value)
+        if policy is not None:
+            data["policy"] = _load_json_object(policy, "policy")
+        call = parse_call(data)
+    except InvalidInput as exc:
+        _invalid(exc, as_json)
+    except OSError as exc:
+        _fail(f"cannot read {file}: {exc.strerror}", EXIT_USAGE, as_json, kind="invalid")
+
+    async def work(service: CallService) -> StartResult:
+        return await service.start(call)
+
+    result = _run(ctx, work, as_json)
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        out.print(_start_line(result), soft_wrap=True)
+
+
+# ── start-batch ──────────────────────────────────────────────────────────────────────────────
+
+
+@app.command(
+    "start-batch",
+    epilog="Example: python -m starter start-batch calls.csv --id-from crmId --results out.csv  "
+    "·  CSV header: personUuid,type,uuid,requestedAt,callingOrganizationUuid,notes,…",
+)
+def start_batch(
+    ctx: typer.Context,
+    path: Annotated[
+        str, typer.Argument(metavar="FILE", help="A .csv or .jsonl file ('-' = stdin).")
+    ],
+    fmt: Annotated[BatchFormat | None, typer.Option("--format", help="csv or jsonl.")] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Start nothing if any row is bad.")
+    ] = False,
+    id_from: Annotated[
+        str | None,
+        typer.Option(
+            "--id-from",
+            help="Column (or JSON path such as externalMetadata.referenceId) to derive call uuids "
+            "from, so that re-running the file starts nothing twice.",
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, max=500, help="Starts in flight at once.")
+    ] = DEFAULT_CONCURRENCY,
+    results: Annotated[
+        Path | None,
+        typer.Option("--results", help="Write row → workflow id → outcome to this CSV file."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print per-row results as JSON.")] = False,
+) -> None:
+    """Start many calls from a CSV or JSONL file, validating every row first."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8-sig")
+        batch = read_batch(text, detect_format(path, fmt), id_from)
+    except OSError as exc:
+        _fail(f"cannot read {path}: {exc.strerror}", EXIT_FAILED, as_json)
+    except BatchError as exc:
+        _fail(str(exc), EXIT_FAILED, as_json, kind="invalid")
+
+    report = err if as_json else out
+    for row in batch.bad:
+        report.print(f"[red]line {row.line}:[/red] {'; '.join(row.problems)}", soft_wrap=True)
+    for row in batch.duplicates:
+        report.print(
+            f"[yellow]line {row.line}:[/yellow] duplicate of line {row.duplicate_of} "
+            f"(call {row.call.uuid if row.call else '?'}): started once",
+            soft_wrap=True,
+        )
+    if batch.random_uuids:
+        report.print(
+            f"[yellow]note:[/yellow] {batch.random_uuids} row(s) have no uuid and got a random "
+            "one: running this file again would start them again (add a uuid column or --id-from)",
+            soft_wrap=True,
+        )
+    good = batch.good
+    if strict and batch.bad:
+        if results is not None:
+            write_results(results, result_rows(batch, []))
+        _fail(
+            f"refused the whole file: {len(batch.bad)} bad row(s) (--strict); nothing started",
+            EXIT_FAILED,
+            as_json,
+            kind="invalid",
+        )
+
+    async def work(service: CallService) -> list[StartResult]:
+        with Progress(
+            TextColumn("starting calls"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            disable=as_json or not good,
+            transient=False,
+        ) as progress:
+            task = progress.add_task("start", total=len(good))
+
+            def advance(_call: CallInput, _result: StartResult) -> None:
+                progress.advance(task)
+
+            return await service.start_many(
+                [row.call for row in good if row.call is not None], concurrency, advance
+            )
+
+    started: list[tuple[BatchRow, StartResult]] = []
+    if good:
+        started = list(zip(good, _run(ctx, work, as_json), strict=True))
+    rows = result_rows(batch, started)
+    if results is not None:
+        write_results(results, rows)
+
+    counts = {status.value: 0 for status in StartStatus}
+    for line in rows:
+        if line["outcome"] in counts:
+            counts[line["outcome"]] += 1
+    if as_json:
+        _print_json({"summary": counts, "rows": rows})
+    else:
+        for row_result in (r for _, r in started if r.status is StartStatus.FAILED):
+            out.print(f"[red]failed[/red] {row_result.workflow_id}: {row_result.detail}")
+        summary = Table(title="start-batch", show_header=False)
+        for label, count in counts.items():
+            summary.add_row(label, str(count))
+        out.print(summary)
+        if results is not None:
+            out.print(f"results written to {results}")
+    if counts[StartStatus.REFUSED.value] or counts[StartStatus.FAILED.value]:
+        raise typer.Exit(EXIT_FAILED)
+
+
+# ── actions ──────────────────────────────────────────────────────────────────────────────────
+
+_SIGNAL_HELP = "Send a fire-and-forget signal instead of an update (no answer, no reason)."
+
+
+def _act(
+    ctx: typer.Context,
+    call_uuid: str,
+    name: str,
+    data: dict[str, Any],
+    signal: bool,
+    as_json: bool,
+) -> None:
+    """Validate an action locally, send it, and print the workflow's answer."""
+    try:
+        target = parse_call_uuid(call_uuid)
+        message = parse_action(name, data)
+    except InvalidInput as exc:
+        _invalid(exc, as_json)
+
+    if signal:
+
+        async def send(service: CallService) -> dict[str, Any]:
+            return (await service.signal(target, name, message)).to_json()
+
+        sent = _run(ctx, send, as_json)
+        if as_json:
+            _print_json(sent)
+        else:
+            out.print(f"[green]sent[/green] signal {name} to {workflow_id_for(target)}")
+        return
+
+    async def update(service: CallService) -> dict[str, Any]:
+        return model_json(await service.act(target, name, message))
+
+    accepted = _run(ctx, update, as_json)
+    if as_json:
+        _print_json({"workflowId": workflow_id_for(target), **accepted})
+    else:
+        detail = f": {accepted['detail']}" if accepted.get("detail") else ""
+        out.print(
+            f"[green]accepted[/green] {name} on {workflow_id_for(target)}{detail} "
+            f"(phase {accepted['phase']})",
+            soft_wrap=True,
+        )
+
+
+@app.command(
+    epilog="Example: python -m starter attempt 5d1c…-uuid --outcome no_answer --user 9a7b…-uuid"
+)
+def attempt(
+    ctx: typer.Context,
+    call_uuid: Annotated[str, typer.Argument(metavar="UUID", help="The call's uuid.")],
+    outcome: Annotated[
+        str, typer.Option("--outcome", help="no_answer, busy, voicemail or wrong_number.")
+    ],
+    user: Annotated[str | None, typer.Option("--user", help="userUuid of the agent.")] = None,
+    at: Annotated[str | None, typer.Option("--at", help="attemptAt, ISO 8601 with offset.")] = None,
+    signal: Annotated[bool, typer.Option("--signal", help=_SIGNAL_HELP)] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+) -> None:
+    """Report an unsuccessful attempt to reach the donor."""
+    data: dict[str, Any] = {"outcome": outcome}
+    _put(data, "userUuid", user)
+    _put(data, "attemptAt", at)
+    _act(ctx, call_uuid, ATTEMPT, data, signal, as_json)
+
+
+@app.command(
+    epilog="Example: python -m starter complete 5d1c…-uuid --result-code confirmed --rating 8 "
+    "--duration 184 --notes 'happy donor'"
+)
+def complete(
+    ctx: typer.Context,
+    call_uuid: Annotated[str, typer.Argument(metavar="UUID", help="The call's uuid.")],
+    result_code: Annotated[str, typer.Option("--result-code", help="resultCode, e.g. confirmed.")],
+    notes: Annotated[str | None, typer.Option("--notes", help="Notes on the result.")] = None,
+    duration: Annotated[
+        float | None, typer.Option("--duration", help="Seconds on the phone.")
+    ] = None,
+    rating: Annotated[
+        int | None, typer.Option("--rating", help="donorRetentionRating, 1-10.")
+    ] = None,
+    user: Annotated[str | None, typer.Option("--user", help="userUuid of the agent.")] = None,
+    completed_at: Annotated[
+        str | None,
+        typer.Option("--completed-at", help="completedAt, ISO 8601 with offset (default now)."),
+    ] = None,
+    signal: Annotated[bool, typer.Option("--signal", help=_SIGNAL_HELP)] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+) -> None:
+    """Complete the call with its result."""
+    result: dict[str, Any] = {"resultCode": result_code}
+    _put(result, "notes", notes)
+    _put(result, "duration", duration)
+    _put(result, "donorRetentionRating", rating)
+    _put(result, "completedAt", completed_at)
+    data: dict[str, Any] = {"result": result}
+    _put(data, "userUuid", user)
+    _act(ctx, call_uuid, COMPLETE, data, signal, as_json)
+
+
+@app.command(
+    epilog="Example: python -m starter reschedule 5d1c…-uuid --at 2026-11-30T18:30:00+01:00 "
+    "--notes 'after dinner'"
+)
+def reschedule(
+    ctx: typer.Context,
+    call_uuid: Annotated[str, typer.Argument(metavar="UUID", help="The call's uuid.")],
+    at: Annotated[str, typer.Option("--at", help="Callback time, ISO 8601 with offset.")],
+    notes: Annotated[
+        str | None, typer.Option("--notes", help="Why, or what the donor said.")
+    ] = None,
+    user: Annotated[str | None, typer.Option("--user", help="userUuid of the agent.")] = None,
+    signal: Annotated[bool, typer.Option("--signal", help=_SIGNAL_HELP)] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+) -> None:
+    """Ask for the next attempt at the time the donor named."""
+    data: dict[str, Any] = {"at": at}
+    _put(data, "notes", notes)
+    _put(data, "userUuid", user)
+    _act(ctx, call_uuid, RESCHEDULE, data, signal, as_json)
+
+
+@app.command(epilog="Example: python -m starter cancel 5d1c…-uuid --reason 'donor moved abroad'")
+def cancel(
+    ctx: typer.Context,
+    call_uuid: Annotated[str, typer.Argument(metavar="UUID", help="The call's uuid.")],
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why the call is not wanted.")
+    ] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", help="cancelledAt, ISO 8601 with offset.")
+    ] = None,
+    signal: Annotated[bool, typer.Option("--signal", help=_SIGNAL_HELP)] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+) -> None:
+    """Cancel the call."""
+    data: dict[str, Any] = {}
+    _put(data, "reason", reason)
+    _put(data, "cancelledAt", at)
+    _act(ctx, call_uuid, CANCEL, data, signal, as_json)
+
+
+# ── status and list ──────────────────────────────────────────────────────────────────────────
+
+
+def _state_panel(state: CallState) -> Panel:
+    tz = state.timezone
+
+    def local(t: Any) -> str:
+        return format_local(t, tz) if t is not None else "—"
+
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    facts.add_row("phase", state.phase.value)
+    facts.add_row("TapRaise status", state.status.value if state.status else "—")
+    facts.add_row("type", state.type.value)
+    facts.add_row("person", str(state.person_uuid))
+    if state.calling_organization_uuid:
+        facts.add_row("organization", str(state.calling_organization_uuid))
+    facts.add_row("requested", local(state.requested_at))
+    facts.add_row("deadline", local(state.deadline))
+    limit = f" of {state.max_attempts}" if state.max_attempts else ""
+    facts.add_row("attempts", f"{state.attempts_made}{limit} (missed slots {state.missed_slots})")
+    for number, record in enumerate(state.attempts, start=1):
+        facts.add_row(f"  #{number}", f"{local(record.attempt_at)} {record.outcome.value}")
+    if state.next_slot_at:
+        until = f" (due until {local(state.due_until)})" if state.due_until else ""
+        facts.add_row("next slot", f"{local(state.next_slot_at)}{until}")
+    if state.callback_at:
+        facts.add_row("callback", local(state.callback_at))
+    if state.result:
+        r = state.result
+        extras = [
+            f"rating {r.donor_retention_rating}" if r.donor_retention_rating else "",
+            f"{r.duration:g} s" if r.duration is not None else "",
+            r.notes or "",
+        ]
+        facts.add_row("result", " · ".join([r.result_code, *filter(None, extras)]))
+    if state.final_reason:
+        facts.add_row("outcome", state.final_reason)
+    if state.failure:
+        facts.add_row("failure", Text(state.failure, style="red"))
+    events = Table(title="last events", show_edge=False, title_justify="left")
+    events.add_column("at")
+    events.add_column("event")
+    events.add_column("detail")
+    for event in state.events[-8:]:
+        events.add_row(local(event.at), event.kind, event.detail)
+    return Panel(Group(facts, events), title=f"call {state.call_uuid}", subtitle=state.workflow_id)
+
+
+@app.command(epilog="Example: python -m starter status 5d1c…-uuid --json")
+def status(
+    ctx: typer.Context,
+    call_uuid: Annotated[str, typer.Argument(metavar="UUID", help="The call's uuid.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the state as camelCase JSON.")
+    ] = False,
+) -> None:
+    """Show a call's state (the workflow's `state` query), also after it has finished."""
+    try:
+        target = parse_call_uuid(call_uuid)
+    except InvalidInput as exc:
+        _invalid(exc, as_json)
+
+    async def work(service: CallService) -> CallState:
+        return await service.state(target)
+
+    state = _run(ctx, work, as_json)
+    if as_json:
+        _print_json(model_json(state))
+    else:
+        out.print(_state_panel(state))
+
+
+def _calls_table(calls: list[CallSummary]) -> Table:
+    table = Table(show_lines=False)
+    # The workflow id is what people copy into other commands: never wrapped.
+    table.add_column("workflow id", no_wrap=True)
+    for column in ("phase", "status", "type", "attempts", "next attempt (UTC)"):
+        table.add_column(column)
+    for call in calls:
+        table.add_row(
+            call.workflow_id,
+            call.phase or "—",
+            call.call_status or "—",
+            call.type or "—",
+            "" if call.attempts is None else str(call.attempts),
+            call.next_attempt_at.strftime("%Y-%m-%d %H:%M") if call.next_attempt_at else "",
+        )
+    return table
+
+
+@app.command(
+    "list",
+    epilog="Example: python -m starter list --phase scheduled --due-before "
+    "2026-11-28T00:00:00Z --org 3c1e…-uuid --limit 20",
+)
+def list_calls(
+    ctx: typer.Context,
+    status: Annotated[
+        str | None,
+        typer.Option("--status", help="CallStatus: requested, completed, cancelled, expired."),
+    ] = None,
+    phase: Annotated[
+        str | None,
+        typer.Option(
+            "--phase",
+            help="CallPhase: creating, scheduled, due, completed, cancelled, expired, failed.",
+        ),
+    ] = None,
+    call_type: Annotated[str | None, typer.Option("--type", help="CallType.")] = None,
+    person: Annotated[str | None, typer.Option("--person", help="PersonUuid.")] = None,
+    org: Annotated[str | None, typer.Option("--org", help="CallingOrganizationUuid.")] = None,
+    due_before: Annotated[
+        str | None,
+        typer.Option("--due-before", help="NextAttemptAt before this ISO 8601 time (with offset)."),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = DEFAULT_LIST_LIMIT,
+    query: Annotated[
+        str | None, typer.Option("--query", help="A raw visibility query, ANDed with the filters.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the calls as JSON.")] = False,
+) -> None:
+    """List calls by their search attributes (Temporal visibility; lags by a second or so)."""
+    try:
+        filters = ListFilters.parse(
+            status=status,
+            phase=phase,
+            type=call_type,
+            person=person,
+            org=org,
+            due_before=due_before,
+            query=query,
+        )
+    except InvalidInput as exc:
+        _invalid(exc, as_json)
+
+    async def work(service: CallService) -> tuple[str, list[CallSummary]]:
+        return await service.list(filters, limit)
+
+    used, calls = _run(ctx, work, as_json)
+    if as_json:
+        _print_json({"query": used, "calls": [call.to_json() for call in calls]})
+    else:
+        out.print(_calls_table(calls))
+        err.print(f"{len(calls)} call(s) · {used}", soft_wrap=True)
+
+
+# ── serve and dev ────────────────────────────────────────────────────────────────────────────
+
+
+@app.command(
+    epilog="Example: GATEWAY_TOKENS=s3cr3t python -m starter serve --port 8080  ·  "
+    "then open http://127.0.0.1:8080/docs"
+)
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option("--host", help="Bind address (GATEWAY_HOST).")] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="Port (GATEWAY_PORT, default 8080).")
+    ] = None,
+) -> None:
+    """Run the HTTP gateway (webhooks for the CRM and the agent's tooling)."""
+    import uvicorn
+
+    from starter.gateway import create_app, temporal_client_provider
+    from starter.settings import ConfigurationError, GatewaySettings
+
+    conn: Connection = ctx.obj
+    try:
+        settings = GatewaySettings(task_queue=conn.task_queue)
+        app_ = create_app(temporal_client_provider(conn.address, conn.namespace), settings)
+    except (ConfigurationError, ValueError) as exc:
+        _fail(str(exc), EXIT_FAILED, False, kind="configuration")
+    uvicorn.run(app_, host=host or settings.host, port=port or settings.port)
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    epilog="Example: python -m starter dev --demo",
+)
+def dev(ctx: typer.Context) -> None:
+    """Run everything locally: dev server, sandbox, worker (and --demo calls). Options pass on."""
+    try:
+        devstack = importlib.import_module("starter.devstack")
+    except ModuleNotFoundError as exc:
+        _fail(f"the dev stack is not available: {exc}", EXIT_FAILED, False)
+    raise typer.Exit(int(devstack.main(list(ctx.args)) or 0))
+
+
+def main() -> None:
+    """Console-script entry point (`tapraise-calls`)."""
+    app(prog_name="tapraise-calls")

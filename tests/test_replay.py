@@ -1,0 +1,51 @@
+"""Recorded histories of every lifecycle path, replayed against today's workflow code.
+
+A change that would break a call already running (a non-deterministic edit) fails here. To
+record anew after an intended change, run the workflow tests with RECORD_HISTORIES=1 and guard
+the change with `workflow.patched` so that the old histories still replay.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from worker import sandbox_runner
+from workflows.call import CallWorkflow
+
+pytestmark = pytest.mark.timeout(60)
+
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+
+
+def test_every_lifecycle_path_has_a_recorded_history() -> None:
+    names = {path.stem for path in HISTORIES}
+    assert {
+        "typical_path",
+        "cancelled_while_waiting",
+        "expired_by_attempts",
+        "expired_by_deadline",
+        "rescheduled",
+        "adopted_completed",
+        "failed_forbidden",
+        "duplicates_and_malformed",
+        "bare_start",
+    } <= names
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
+async def test_recorded_history_replays_without_nondeterminism(path: Path) -> None:
+    record = json.loads(path.read_text())
+    history = WorkflowHistory.from_json(record["workflowId"], record["history"])
+    replayer = Replayer(
+        workflows=[CallWorkflow],
+        data_converter=pydantic_data_converter,
+        workflow_runner=sandbox_runner(),
+    )
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
+    assert result.replay_failure is None

@@ -1,0 +1,437 @@
+"""The starter CLI as a user drives it: a real dev server, a real worker, the sandbox.
+
+Commands run in-process through Typer's runner (in a thread, so that the worker in this event
+loop keeps working) and, for the entry point itself, as real subprocesses. Calls started here run
+on real time: their first slot may be hours away, which is fine since every action is accepted
+in any non-final phase.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+from typer.testing import CliRunner, Result
+
+from starter.cli import app
+from tapraise.sandbox.seed import DEMO_ORGANIZATION_UUID, DEMO_PERSON_UUIDS
+from tests.sandbox_fixture import REPO_ROOT, SandboxServer
+from tests.temporal_fixture import CallWorker
+from workflows.messages import CallPhase, SearchAttributes, workflow_id_for
+
+pytestmark = pytest.mark.timeout(120)
+
+PERSON = DEMO_PERSON_UUIDS[1]
+runner = CliRunner()
+
+
+def cli_env(worker: CallWorker) -> dict[str, str]:
+    return {
+        "TEMPORAL_ADDRESS": worker.client.service_client.config.target_host,
+        "TEMPORAL_NAMESPACE": worker.client.namespace,
+    }
+
+
+async def cli(worker: CallWorker, *args: str, stdin: str | None = None) -> Result:
+    """Run `python -m starter --task-queue <worker's> …` in-process, off the event loop."""
+    argv = ["--task-queue", worker.task_queue, *args]
+    env = cli_env(worker)
+    return await asyncio.to_thread(lambda: runner.invoke(app, argv, input=stdin, env=env))
+
+
+async def start_call(worker: CallWorker, **flags: str) -> str:
+    call_uuid = str(uuid.uuid4())
+    args = ["start", "--uuid", call_uuid, "--person", PERSON, "--type", "verification"]
+    for name, value in flags.items():
+        args += [f"--{name.replace('_', '-')}", value]
+    result = await cli(worker, *args, "--json")
+    assert result.exit_code == 0, result.output
+    return call_uuid
+
+
+async def assert_not_started(worker: CallWorker, call_uuid: str) -> None:
+    with pytest.raises(RPCError) as info:
+        await worker.client.get_workflow_handle(workflow_id_for(call_uuid)).describe()
+    assert info.value.status == RPCStatusCode.NOT_FOUND
+
+
+async def effects(sandbox: SandboxServer, call_uuid: str) -> dict[str, int]:
+    return await asyncio.to_thread(sandbox.effects, call_uuid)
+
+
+async def wait_phase(worker: CallWorker, call_uuid: str, *phases: CallPhase) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    for _ in range(100):
+        result = await cli(worker, "status", call_uuid, "--json")
+        assert result.exit_code == 0, result.output
+        state = json.loads(result.stdout)
+        if state["phase"] in phases:
+            return state
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"call stayed in {state.get('phase')}, wanted {phases}")
+
+
+# ── help and entry points ────────────────────────────────────────────────────────────────────
+
+
+async def test_python_dash_m_starter_shows_help_with_every_command() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "starter", "--help",
+        cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, _ = await process.communicate()
+    assert process.returncode == 0
+    text = stdout.decode()
+    for command in ("start", "start-batch", "attempt", "complete", "reschedule", "cancel",
+                    "status", "list", "serve", "dev"):  # fmt: skip
+        assert command in text
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["start", "start-batch", "attempt", "complete", "reschedule", "cancel", "status", "list",
+     "serve", "dev"],
+)  # fmt: skip
+async def test_every_command_help_has_an_example(command: str) -> None:
+    result = await asyncio.to_thread(runner.invoke, app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.stdout
+
+
+# ── start ────────────────────────────────────────────────────────────────────────────────────
+
+
+async def test_start_runs_the_call_with_search_attributes_summary_and_details(
+    call_worker: CallWorker, lenient_sandbox: SandboxServer
+) -> None:
+    call_uuid = str(uuid.uuid4())
+    result = await cli(
+        call_worker, "start", "--uuid", call_uuid, "--person", PERSON, "--type", "verification",
+        "--org", DEMO_ORGANIZATION_UUID, "--notes", "new donor",
+        "--requested-at", "2026-11-27T10:00:00Z", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body == {
+        "workflowId": f"call-{call_uuid}",
+        "callUuid": call_uuid,
+        "status": "started",
+        "phase": "creating",
+    }
+    description = await call_worker.client.get_workflow_handle(f"call-{call_uuid}").describe()
+    assert description.workflow_type == "CallWorkflow"
+    assert description.task_queue == call_worker.task_queue
+    sa = description.typed_search_attributes
+    assert sa.get(SearchAttributes.CALL_TYPE) == "verification"
+    assert sa.get(SearchAttributes.PERSON_UUID) == PERSON
+    assert sa.get(SearchAttributes.CALLING_ORGANIZATION_UUID) == DEMO_ORGANIZATION_UUID
+    assert await description.static_summary() == (
+        f"verification call to person {PERSON}, requested 2026-11-27 10:00 UTC"
+    )
+    details = await description.static_details()
+    assert details is not None and "new donor" in details and DEMO_ORGANIZATION_UUID in details
+    state = await wait_phase(call_worker, call_uuid, CallPhase.SCHEDULED, CallPhase.DUE)
+    assert state["callUuid"] == call_uuid
+    assert (await effects(lenient_sandbox, call_uuid))["create"] == 1
+
+
+async def test_second_start_of_the_same_call_reports_already_started(
+    call_worker: CallWorker, lenient_sandbox: SandboxServer
+) -> None:
+    call_uuid = await start_call(call_worker)
+    await wait_phase(call_worker, call_uuid, CallPhase.SCHEDULED, CallPhase.DUE)
+    first = await call_worker.client.get_workflow_handle(f"call-{call_uuid}").describe()
+
+    again = await cli(
+        call_worker, "start", "--uuid", call_uuid, "--person", PERSON, "--type", "verification"
+    )
+    assert again.exit_code == 0, again.output
+    assert f"already started call-{call_uuid} (phase scheduled" in again.stdout or (
+        f"already started call-{call_uuid} (phase due" in again.stdout
+    )
+    second = await call_worker.client.get_workflow_handle(f"call-{call_uuid}").describe()
+    assert second.run_id == first.run_id
+    assert (await effects(lenient_sandbox, call_uuid))["create"] == 1
+
+
+async def test_start_of_a_finished_call_reports_already_started_not_a_new_run(
+    call_worker: CallWorker,
+) -> None:
+    call_uuid = await start_call(call_worker)
+    cancelled = await cli(call_worker, "cancel", call_uuid, "--reason", "test")
+    assert cancelled.exit_code == 0, cancelled.output
+    handle = call_worker.client.get_workflow_handle(f"call-{call_uuid}")
+    await handle.result()
+
+    again = await cli(
+        call_worker, "start", "--uuid", call_uuid, "--person", PERSON, "--type", "verification",
+        "--json",
+    )  # fmt: skip
+    assert again.exit_code == 0, again.output
+    body = json.loads(again.stdout)
+    assert body["status"] == "already started"
+    assert body["phase"] == "cancelled"
+    description = await handle.describe()
+    assert description.status == WorkflowExecutionStatus.COMPLETED
+
+
+async def test_start_reads_a_json_object_from_stdin_in_a_real_subprocess(
+    call_worker: CallWorker,
+) -> None:
+    call_uuid = str(uuid.uuid4())
+    call = {"uuid": call_uuid, "personUuid": PERSON, "type": "happy_call", "notes": "from CRM"}
+    env = {**os.environ, **cli_env(call_worker), "CALLS_TASK_QUEUE": call_worker.task_queue}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "starter", "start", "-", "--json",
+        cwd=REPO_ROOT, env=env, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await process.communicate(json.dumps(call).encode())
+    assert process.returncode == 0, stderr.decode()
+    assert json.loads(stdout)["status"] == "started"
+    description = await call_worker.client.get_workflow_handle(f"call-{call_uuid}").describe()
+    assert description.typed_search_attributes.get(SearchAttributes.CALL_TYPE) == "happy_call"
+
+
+async def test_start_without_uuid_makes_a_version_4_uuid(call_worker: CallWorker) -> None:
+    result = await cli(call_worker, "start", "--person", PERSON, "--type", "winback", "--json")
+    assert result.exit_code == 0, result.output
+    made = uuid.UUID(json.loads(result.stdout)["callUuid"])
+    assert made.version == 4
+    await call_worker.client.get_workflow_handle(f"call-{made}").describe()
+
+
+@pytest.mark.parametrize(
+    ("flags", "field", "message"),
+    [
+        (["--person", "not-a-uuid", "--type", "verification"], "personUuid", "valid UUID"),
+        (["--person", PERSON, "--type", "robocall"], "type", "verification"),
+        (["--person", PERSON], "type", "required"),
+        (["--person", PERSON, "--type", "verification", "--requested-at", "2026-11-27T10:00"],
+         "requestedAt", "timezone"),
+        (["--person", PERSON, "--type", "verification", "--timezone", "Mars/Olympus"],
+         "timezone", "unknown IANA time zone"),
+        (["--person", PERSON, "--type", "verification", "--policy", '{"maxAttempts": 0}'],
+         "policy.maxAttempts", "greater than or equal to 1"),
+        (["--person", PERSON, "--type", "verification", "--policy", "{not json"],
+         "policy", "not valid JSON"),
+    ],
+)  # fmt: skip
+async def test_start_refuses_bad_input_naming_the_field_and_starts_nothing(
+    call_worker: CallWorker, flags: list[str], field: str, message: str
+) -> None:
+    call_uuid = str(uuid.uuid4())
+    result = await cli(call_worker, "start", "--uuid", call_uuid, *flags)
+    assert result.exit_code == 2, result.output
+    assert f"{field}: " in result.stderr
+    assert message in result.stderr
+    assert "nothing was sent" in result.stderr
+    await assert_not_started(call_worker, call_uuid)
+
+
+async def test_start_refuses_unknown_fields_and_non_v4_uuids_in_json(
+    call_worker: CallWorker, tmp_path: Any
+) -> None:
+    call_uuid = str(uuid.uuid4())
+    path = tmp_path / "call.json"
+    path.write_text(json.dumps({"uuid": call_uuid, "personUuid": PERSON, "type": "verification",
+                                "priority": "high"}))  # fmt: skip
+    result = await cli(call_worker, "start", "--file", str(path), "--json")
+    assert result.exit_code == 2
+    body = json.loads(result.stdout)
+    assert body["kind"] == "invalid"
+    assert body["problems"] == ["priority: unknown field"]
+    await assert_not_started(call_worker, call_uuid)
+
+    v1 = "6fa459ea-ee8a-11ea-b439-0242ac130003"  # a time-based (version 1) uuid
+    result = await cli(call_worker, "start", "--uuid", v1, "--person", PERSON, "--type", "winback")
+    assert result.exit_code == 2
+    assert "uuid: TapRaise accepts only version-4 UUIDs" in result.stderr
+    await assert_not_started(call_worker, v1)
+
+
+# ── actions ──────────────────────────────────────────────────────────────────────────────────
+
+
+async def test_attempt_reschedule_complete_by_update_then_final_call_refuses(
+    call_worker: CallWorker, lenient_sandbox: SandboxServer
+) -> None:
+    call_uuid = await start_call(call_worker)
+    await wait_phase(call_worker, call_uuid, CallPhase.SCHEDULED, CallPhase.DUE)
+
+    attempted = await cli(call_worker, "attempt", call_uuid, "--outcome", "no_answer", "--json")
+    assert attempted.exit_code == 0, attempted.output
+    body = json.loads(attempted.stdout)
+    assert body["accepted"] is True and body["phase"] == "scheduled"
+    assert "attempt 1 recorded (no_answer)" in body["detail"]
+
+    callback = (datetime.now(UTC) + timedelta(days=1)).replace(hour=10, minute=0, second=0)
+    rescheduled = await cli(call_worker, "reschedule", call_uuid, "--at", callback.isoformat())
+    assert rescheduled.exit_code == 0, rescheduled.output
+    assert "accepted reschedule" in rescheduled.stdout
+
+    completed = await cli(
+        call_worker, "complete", call_uuid, "--result-code", "confirmed", "--rating", "8",
+        "--duration", "184", "--notes", "happy donor",
+    )  # fmt: skip
+    assert completed.exit_code == 0, completed.output
+    assert "accepted complete" in completed.stdout and "phase completed" in completed.stdout
+
+    counts = await effects(lenient_sandbox, call_uuid)
+    assert counts["add-attempt"] == 1 and counts["complete"] == 1
+
+    again = await cli(call_worker, "complete", call_uuid, "--result-code", "confirmed")
+    assert again.exit_code == 1
+    assert "call is already completed" in again.stderr
+    late = await cli(call_worker, "attempt", call_uuid, "--outcome", "busy", "--json")
+    assert late.exit_code == 1
+    assert json.loads(late.stdout)["kind"] == "rejected"
+    assert (await effects(lenient_sandbox, call_uuid)) == counts
+
+    status = await cli(call_worker, "status", call_uuid)
+    assert status.exit_code == 0, status.output
+    for text in ("completed", "confirmed", "rating 8", "no_answer", "last events"):
+        assert text in status.stdout
+    state = json.loads((await cli(call_worker, "status", call_uuid, "--json")).stdout)
+    assert state["phase"] == "completed"
+    assert state["result"]["donorRetentionRating"] == 8
+    assert state["attempts"][0]["outcome"] == "no_answer"
+
+
+async def test_bad_action_payloads_are_refused_locally_and_change_nothing(
+    call_worker: CallWorker, lenient_sandbox: SandboxServer
+) -> None:
+    call_uuid = await start_call(call_worker)
+    await wait_phase(call_worker, call_uuid, CallPhase.SCHEDULED, CallPhase.DUE)
+    before = await effects(lenient_sandbox, call_uuid)
+
+    rating = await cli(call_worker, "complete", call_uuid, "--result-code", "x", "--rating", "11")
+    assert rating.exit_code == 2
+    assert "result.donorRetentionRating: Input should be less than or equal to 10" in rating.stderr
+
+    naive = await cli(call_worker, "attempt", call_uuid, "--outcome", "busy", "--at",
+                      "2026-11-27T10:00:00")  # fmt: skip
+    assert naive.exit_code == 2
+    assert "attemptAt: " in naive.stderr and "timezone" in naive.stderr
+
+    outcome = await cli(call_worker, "attempt", call_uuid, "--outcome", "hung_up")
+    assert outcome.exit_code == 2
+    assert "outcome: " in outcome.stderr
+
+    missing = await cli(call_worker, "complete", call_uuid)
+    assert missing.exit_code == 2
+    assert "--result-code" in missing.stderr
+
+    bad_uuid = await cli(call_worker, "cancel", "12345")
+    assert bad_uuid.exit_code == 2
+    assert "is not a UUID" in bad_uuid.stderr
+
+    state = await wait_phase(call_worker, call_uuid, CallPhase.SCHEDULED, CallPhase.DUE)
+    assert state["attempts"] == []
+    assert (await effects(lenient_sandbox, call_uuid)) == before
+
+
+async def test_workflow_refusal_is_reported_with_its_reason(call_worker: CallWorker) -> None:
+    call_uuid = await start_call(call_worker)
+    await wait_phase(call_worker, call_uuid, CallPhase.SCHEDULED, CallPhase.DUE)
+    future = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    result = await cli(call_worker, "attempt", call_uuid, "--outcome", "busy", "--at", future)
+    assert result.exit_code == 1
+    assert "attemptAt is in the future" in result.stderr
+
+
+async def test_actions_on_an_unknown_call_say_no_call(call_worker: CallWorker) -> None:
+    unknown = str(uuid.uuid4())
+    for args in (
+        ["attempt", unknown, "--outcome", "no_answer"],
+        ["complete", unknown, "--result-code", "confirmed"],
+        ["cancel", unknown, "--signal"],
+        ["status", unknown],
+    ):
+        result = await cli(call_worker, *args)
+        assert result.exit_code == 1, (args, result.output)
+        assert f"no call {unknown}" in result.stderr
+    await assert_not_started(call_worker, unknown)
+
+
+async def test_cancel_as_a_signal_is_fire_and_forget(
+    call_worker: CallWorker, lenient_sandbox: SandboxServer
+) -> None:
+    call_uuid = await start_call(call_worker)
+    sent = await cli(call_worker, "cancel", call_uuid, "--signal", "--reason", "moved", "--json")
+    assert sent.exit_code == 0, sent.output
+    assert json.loads(sent.stdout) == {
+        "workflowId": f"call-{call_uuid}",
+        "callUuid": call_uuid,
+        "signal": "cancel",
+        "sent": True,
+    }
+    state = await wait_phase(call_worker, call_uuid, CallPhase.CANCELLED)
+    assert state["finalReason"] == "cancelled: moved"
+    assert (await effects(lenient_sandbox, call_uuid))["cancel"] == 1
+
+
+# ── list ─────────────────────────────────────────────────────────────────────────────────────
+
+
+async def test_list_filters_by_search_attributes(call_worker: CallWorker) -> None:
+    person = DEMO_PERSON_UUIDS[7]
+    call_uuid = str(uuid.uuid4())
+    started = await cli(call_worker, "start", "--uuid", call_uuid, "--person", person, "--type",
+                        "winback")  # fmt: skip
+    assert started.exit_code == 0, started.output
+    query = f"TaskQueue = '{call_worker.task_queue}'"
+    body: dict[str, Any] = {}
+    for _ in range(100):  # visibility is eventually consistent
+        listed = await cli(call_worker, "list", "--person", person, "--type", "winback",
+                           "--query", query, "--json")  # fmt: skip
+        assert listed.exit_code == 0, listed.output
+        body = json.loads(listed.stdout)
+        if body["calls"] and body["calls"][0]["phase"] in ("scheduled", "due"):
+            break
+        await asyncio.sleep(0.1)
+    assert [c["workflowId"] for c in body["calls"]] == [f"call-{call_uuid}"]
+    assert body["query"].startswith("WorkflowType = 'CallWorkflow' AND CallType = 'winback'")
+    assert body["calls"][0]["type"] == "winback"
+
+    table = await cli(call_worker, "list", "--person", person, "--query", query)
+    assert table.exit_code == 0
+    assert f"call-{call_uuid}" in table.stdout
+
+    none = await cli(call_worker, "list", "--person", person, "--phase", "completed", "--query",
+                     query, "--json")  # fmt: skip
+    assert json.loads(none.stdout)["calls"] == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--phase", "ringing"], "phase: 'ringing' is not one of creating"),
+        (["--person", "x' OR '1'='1"], "person: "),
+        (["--due-before", "2026-11-27T10:00"], "due-before: '2026-11-27T10:00' has no time zone"),
+        (["--query", "NoSuchAttribute = 'x'"], "query: "),
+    ],
+)
+async def test_list_refuses_bad_filters(
+    call_worker: CallWorker, flags: list[str], message: str
+) -> None:
+    result = await cli(call_worker, "list", *flags)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+
+
+async def test_unreachable_temporal_is_a_clear_failure(call_worker: CallWorker) -> None:
+    result = await asyncio.to_thread(
+        runner.invoke, app, ["status", str(uuid.uuid4())],
+        env={"TEMPORAL_ADDRESS": "127.0.0.1:1"},
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "cannot reach Temporal at 127.0.0.1:1" in result.stderr
