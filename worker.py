@@ -22,7 +22,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities.calls import TapRaiseActivities
 from tapraise import TapRaiseClient, TapRaiseSettings
 from workflows.call import CallWorkflow
-from workflows.connect import connect, missing_search_attributes
+from workflows.connect import connect, load_env_file, missing_search_attributes
 from workflows.messages import TASK_QUEUE
 from workflows.policy import PolicyBook
 from workflows.policy_activity import PolicyActivities
@@ -110,6 +110,7 @@ async def run(stop: asyncio.Event | None = None) -> None:
 
 
 def main() -> None:
+    load_env_file()
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

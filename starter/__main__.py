@@ -1,6 +1,6 @@
 """`python -m starter …`: the same CLI as the `tapraise-calls` console script."""
 
-from starter.cli import app
+from starter.cli import main
 
 if __name__ == "__main__":
-    app(prog_name="python -m starter")
+    main(prog_name="python -m starter")

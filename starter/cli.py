@@ -47,7 +47,7 @@ from starter.calls import (
     parse_call,
     parse_call_uuid,
 )
-from workflows.connect import connect
+from workflows.connect import connect, load_env_file
 from workflows.messages import (
     ATTEMPT,
     CANCEL,
@@ -700,6 +700,7 @@ def serve(
 
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,  # --help goes on to the stack's own options
     epilog="Example: python -m starter dev --demo",
 )
 def dev(ctx: typer.Context) -> None:
@@ -711,6 +712,7 @@ def dev(ctx: typer.Context) -> None:
     raise typer.Exit(int(devstack.main(list(ctx.args)) or 0))
 
 
-def main() -> None:
-    """Console-script entry point (`tapraise-calls`)."""
-    app(prog_name="tapraise-calls")
+def main(prog_name: str = "tapraise-calls") -> None:
+    """Console-script entry point (`tapraise-calls`); reads `.env` first."""
+    load_env_file()
+    app(prog_name=prog_name)

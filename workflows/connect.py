@@ -8,6 +8,7 @@ our message models) and reads the connection from Temporal's own environment con
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
@@ -18,6 +19,16 @@ from temporalio.envconfig import ClientConfig
 from workflows.messages import SearchAttributes
 
 DEFAULT_ADDRESS = "localhost:7233"
+
+
+def load_env_file() -> None:
+    """Read `.env` in the working directory into the environment; real variables win.
+
+    Entry points call this first, so that every setting (Temporal's own included) can live there.
+    """
+    from dotenv import load_dotenv
+
+    load_dotenv(Path.cwd() / ".env", override=False)
 
 
 def connect_config(address: str | None = None, namespace: str | None = None) -> dict[str, Any]:

@@ -1,0 +1,504 @@
+"""The demo driver: a dozen calls, played through by a pretend agent, in every phase.
+
+`run_demo(client)` starts twelve calls of all three types on the compressed demo policy (minutes
+become seconds), then acts as the agents' tooling would, through the workflow's updates:
+unanswered attempts, a donor's callback request, completions, a cancellation. Within a minute
+the Web UI shows calls in every phase: scheduled, due, completed, cancelled, expired (by a wrong
+number, by attempts, by the deadline) and failed (a person TapRaise refuses with 403).
+
+Every demo call has a fixed uuid derived from its label, so a second run finds the calls of the
+first: running ones are left as they are and finished ones are reported, never started twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
+
+from tapraise.models import CallResult, CallType
+from tapraise.sandbox.seed import DEMO_ORGANIZATION_UUID, DEMO_PERSON_UUIDS, FOREIGN_PERSON_UUID
+from workflows.messages import (
+    ATTEMPT,
+    CANCEL,
+    COMPLETE,
+    RESCHEDULE,
+    STATE,
+    TASK_QUEUE,
+    WORKFLOW_TYPE,
+    ActionAccepted,
+    AttemptSignal,
+    CallInput,
+    CallPhase,
+    CallState,
+    CancelSignal,
+    CompleteSignal,
+    RescheduleSignal,
+    SearchAttributes,
+    workflow_id_for,
+)
+from workflows.policy import AttemptOutcome, demo_policy
+
+# How long the demo waits for any one call to reach its phase. The slowest is the call left to
+# expire by its deadline (20 s after it was requested).
+PHASE_TIMEOUT_SECONDS: Final = 75.0
+POLL_SECONDS: Final = 0.25
+# The calls left open stay open this long, so that there is time to drive them by hand.
+OPEN_CALL_DEADLINE: Final = timedelta(hours=1)
+
+Progress = Callable[[str], None]
+
+
+def demo_call_uuid(label: str) -> uuid.UUID:
+    """The fixed version-4 uuid of a demo call: the same label gives the same call every run."""
+    digest = hashlib.sha256(f"tapraise-calls:demo:{label}".encode()).digest()
+    return uuid.UUID(bytes=digest[:16], version=4)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """Where a call is, as the demo saw it."""
+
+    phase: CallPhase | None
+    attempts: int = 0
+    note: str = ""
+
+
+_FAILED_STATUSES: Final = frozenset(
+    {
+        WorkflowExecutionStatus.FAILED,
+        WorkflowExecutionStatus.TERMINATED,
+        WorkflowExecutionStatus.TIMED_OUT,
+        WorkflowExecutionStatus.CANCELED,
+    }
+)
+
+
+class Agent:
+    """The agents' tooling for one call: updates with progress lines, and phase waits."""
+
+    def __init__(self, label: str, handle: WorkflowHandle[Any, Any], progress: Progress) -> None:
+        self.label = label
+        self.handle = handle
+        self.progress = progress
+
+    def say(self, text: str) -> None:
+        self.progress(f"{self.label:<16} {text}")
+
+    async def state(self) -> CallState | None:
+        """The `state` query, or None while (or when) the workflow cannot answer it."""
+        try:
+            state: CallState = await self.handle.query(STATE, result_type=CallState)
+        except (RPCError, WorkflowQueryFailedError):
+            return None
+        return state
+
+    async def look(self, *, running_fallback: bool = False) -> Seen | None:
+        """Where the call is: from the `state` query, else from the workflow's description.
+
+        The query replays the call's history on the worker. A closed call whose history does
+        not replay (recorded by other workflow code) is read from its status and search
+        attributes instead; a running one too when `running_fallback` is set.
+        """
+        state = await self.state()
+        if state is not None:
+            return Seen(state.phase, state.attempts_made, _note(state))
+        try:
+            description = await self.handle.describe()
+        except RPCError:
+            return None
+        if description.status == WorkflowExecutionStatus.RUNNING and not running_fallback:
+            return None  # not answering yet: its first workflow task is still to run
+        attributes = description.typed_search_attributes
+        attempts = attributes.get(SearchAttributes.CALL_ATTEMPTS) or 0
+        if description.status in _FAILED_STATUSES:
+            return Seen(CallPhase.FAILED, attempts, await self._failure())
+        phase = attributes.get(SearchAttributes.CALL_PHASE)
+        known = CallPhase(phase) if phase in set(CallPhase) else None
+        return Seen(known, attempts, "(from its search attributes)")
+
+    async def _failure(self) -> str:
+        """The message the failed workflow ended with."""
+        try:
+            await self.handle.result()
+        except WorkflowFailureError as err:
+            cause = err.cause
+            return str(getattr(cause, "message", None) or cause)
+        except RPCError:
+            pass
+        return "failed"
+
+    async def wait(self, *phases: CallPhase, within: float = PHASE_TIMEOUT_SECONDS) -> Seen:
+        """Poll until the call is in one of `phases` (or final).
+
+        Raises:
+            TimeoutError: the call did not get there within `within` seconds.
+        """
+        deadline = time.monotonic() + within
+        while True:
+            seen = await self.look()
+            if seen is not None and seen.phase is not None:
+                if seen.phase in phases or seen.phase.is_final:
+                    return seen
+            if time.monotonic() > deadline:
+                now = seen.phase.value if seen and seen.phase else "no answer"
+                wanted = "/".join(p.value for p in phases)
+                raise TimeoutError(f"not {wanted} after {within:.0f} s (is {now})")
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def _update(self, name: str, message: Any, what: str) -> None:
+        try:
+            answer: ActionAccepted = await self.handle.execute_update(
+                name, message, result_type=ActionAccepted
+            )
+        except WorkflowUpdateFailedError as err:
+            cause = err.cause.message if hasattr(err.cause, "message") else err
+            self.say(f"{what}: refused ({cause})")
+            return
+        self.say(f"{what} -> {answer.phase.value}{f' ({answer.detail})' if answer.detail else ''}")
+
+    async def attempt(self, outcome: AttemptOutcome) -> None:
+        await self._update(ATTEMPT, AttemptSignal(outcome=outcome), f"attempt {outcome.value}")
+
+    async def complete(self, result_code: str, **result: Any) -> None:
+        message = CompleteSignal(result=CallResult(result_code=result_code, **result))
+        await self._update(COMPLETE, message, f"complete {result_code}")
+
+    async def reschedule(self, after: timedelta, notes: str) -> None:
+        at = datetime.now(UTC) + after
+        message = RescheduleSignal(at=at, notes=notes)
+        await self._update(RESCHEDULE, message, f"callback in {after.total_seconds() / 60:.0f} min")
+
+    async def cancel(self, reason: str) -> None:
+        await self._update(CANCEL, CancelSignal(reason=reason), "cancel")
+
+
+Play = Callable[[Agent], Awaitable[None]]
+
+
+async def _nothing(agent: Agent) -> None:
+    """Nobody reports anything: the call runs on its own timers."""
+
+
+async def _reached_first_time(agent: Agent) -> None:
+    await agent.wait(CallPhase.DUE)
+    await agent.complete("confirmed", duration=95, donor_retention_rating=8)
+
+
+async def _reached_second_time(agent: Agent) -> None:
+    await agent.wait(CallPhase.DUE)
+    await agent.attempt(AttemptOutcome.NO_ANSWER)
+    await agent.wait(CallPhase.DUE)  # the retry slot, 8 s later
+    await agent.complete("thanked", notes="happy with the newsletter")
+
+
+async def _busy_then_reached(agent: Agent) -> None:
+    await agent.wait(CallPhase.DUE)
+    await agent.attempt(AttemptOutcome.BUSY)
+    await agent.wait(CallPhase.DUE)  # the retry slot after a busy line, 4 s later
+    await agent.complete("reactivated", duration=240)
+
+
+async def _cancelled(agent: Agent) -> None:
+    await agent.wait(CallPhase.SCHEDULED, CallPhase.DUE)
+    await agent.cancel("the donor already called the office")
+
+
+async def _wrong_number(agent: Agent) -> None:
+    await agent.wait(CallPhase.DUE)
+    await agent.attempt(AttemptOutcome.WRONG_NUMBER)
+
+
+async def _never_answers(agent: Agent) -> None:
+    # The agent's tooling reports a day's worth of tries at once; the fifth is the last allowed.
+    await agent.wait(CallPhase.SCHEDULED, CallPhase.DUE)
+    for outcome in (
+        AttemptOutcome.NO_ANSWER,
+        AttemptOutcome.BUSY,
+        AttemptOutcome.VOICEMAIL,
+        AttemptOutcome.NO_ANSWER,
+        AttemptOutcome.NO_ANSWER,
+    ):
+        await agent.attempt(outcome)
+
+
+async def _callback(agent: Agent) -> None:
+    await agent.wait(CallPhase.DUE)
+    await agent.reschedule(timedelta(minutes=20), "donor is driving; call back later")
+
+
+async def _voicemail(agent: Agent) -> None:
+    await agent.wait(CallPhase.DUE)
+    await agent.attempt(AttemptOutcome.VOICEMAIL)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One demo call: who is called, what the agent does, and where the call should end up."""
+
+    label: str
+    call_type: CallType
+    person_uuid: str
+    expect: CallPhase
+    story: str
+    play: Play = _nothing
+    policy: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def call_uuid(self) -> uuid.UUID:
+        return demo_call_uuid(self.label)
+
+    @property
+    def workflow_id(self) -> str:
+        return workflow_id_for(self.call_uuid)
+
+    def summary(self) -> str:
+        """The static summary the Web UI shows in the list and on the workflow page."""
+        return f"{self.call_type.value} call to person {self.person_uuid} (demo: {self.story})"
+
+    def call_input(self) -> CallInput:
+        policy = demo_policy().model_copy(update=self.policy)
+        return CallInput(
+            uuid=self.call_uuid,
+            person_uuid=uuid.UUID(self.person_uuid),
+            type=self.call_type,
+            calling_organization_uuid=uuid.UUID(DEMO_ORGANIZATION_UUID),
+            notes=f"Demo call: {self.story}.",
+            policy=policy.model_dump(mode="json"),
+        )
+
+    def search_attributes(self) -> TypedSearchAttributes:
+        """Set at start so that the list filters find the call before its first task runs."""
+        sa = SearchAttributes
+        return TypedSearchAttributes(
+            [
+                SearchAttributePair(sa.CALL_PHASE, CallPhase.CREATING.value),
+                SearchAttributePair(sa.CALL_TYPE, self.call_type.value),
+                SearchAttributePair(sa.PERSON_UUID, self.person_uuid),
+                SearchAttributePair(sa.CALLING_ORGANIZATION_UUID, DEMO_ORGANIZATION_UUID),
+                SearchAttributePair(sa.CALL_ATTEMPTS, 0),
+            ]
+        )
+
+
+_OPEN = {"deadline": OPEN_CALL_DEADLINE}
+_V, _H, _W = CallType.VERIFICATION, CallType.HAPPY_CALL, CallType.WINBACK
+_P = DEMO_PERSON_UUIDS
+
+SCENARIOS: Final[tuple[Scenario, ...]] = (
+    Scenario("first-try", _V, _P[0], CallPhase.COMPLETED, "reached on the first try",
+             _reached_first_time),
+    Scenario("second-try", _H, _P[1], CallPhase.COMPLETED, "no answer, then reached",
+             _reached_second_time),
+    Scenario("busy-then-yes", _W, _P[2], CallPhase.COMPLETED, "busy, then won back",
+             _busy_then_reached),
+    Scenario("cancelled", _H, _P[3], CallPhase.CANCELLED, "cancelled before the first try",
+             _cancelled),
+    Scenario("wrong-number", _V, _P[4], CallPhase.EXPIRED, "wrong number ends the call",
+             _wrong_number),
+    Scenario("no-one-home", _W, _P[5], CallPhase.EXPIRED, "five unanswered attempts",
+             _never_answers),
+    Scenario("never-reported", _V, _P[6], CallPhase.EXPIRED,
+             "nobody reports: slots are missed until the 20 s deadline",
+             policy={"deadline": timedelta(seconds=20), "attempt_window": timedelta(seconds=5),
+                     "missed_slot_delay": timedelta(seconds=2)}),
+    Scenario("foreign-person", _V, FOREIGN_PERSON_UUID, CallPhase.FAILED,
+             "a person outside the account's organizations: TapRaise answers 403"),
+    Scenario("callback", _W, _P[7], CallPhase.SCHEDULED, "donor asked for a callback in 20 min",
+             _callback, policy=_OPEN),
+    Scenario("voicemail", _V, _P[8], CallPhase.SCHEDULED, "voicemail; next try in 20 min",
+             _voicemail,
+             policy={**_OPEN, "retry_delays": {**demo_policy().retry_delays,
+                                               AttemptOutcome.VOICEMAIL: timedelta(minutes=20)}}),
+    Scenario("first-slot-later", _H, _P[9], CallPhase.SCHEDULED, "first slot in 15 min",
+             policy={**_OPEN, "first_attempt_delay": timedelta(minutes=15)}),
+    Scenario("due-now", _H, _P[10], CallPhase.DUE, "due: waiting 30 min for an agent's report",
+             policy={**_OPEN, "attempt_window": timedelta(minutes=30)}),
+)  # fmt: skip
+"""The demo's calls: every call type, every phase."""
+
+
+@dataclass
+class DemoRow:
+    """One demo call in the final table."""
+
+    scenario: Scenario
+    phase: CallPhase | None
+    earlier: bool = False
+    attempts: int = 0
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """A call of this run reached its phase; one of an earlier run may have moved on."""
+        return self.earlier or self.phase == self.scenario.expect
+
+
+@dataclass
+class DemoReport:
+    """Where every demo call ended up."""
+
+    rows: list[DemoRow]
+
+    @property
+    def ok(self) -> bool:
+        return all(row.ok for row in self.rows)
+
+    @property
+    def phases(self) -> dict[str, CallPhase | None]:
+        """Workflow id → phase."""
+        return {row.scenario.workflow_id: row.phase for row in self.rows}
+
+    def open_call(self) -> uuid.UUID | None:
+        """A call still waiting for an agent (due first), to try the CLI on."""
+        for phase in (CallPhase.DUE, CallPhase.SCHEDULED):
+            for row in self.rows:
+                if row.phase == phase:
+                    return row.scenario.call_uuid
+        return None
+
+    def summary(self) -> str:
+        counts = Counter(row.phase.value if row.phase else "unknown" for row in self.rows)
+        text = f"{len(self.rows)} calls: " + ", ".join(f"{n} {p}" for p, n in counts.items())
+        earlier = sum(row.earlier for row in self.rows)
+        if earlier:
+            text += f" ({earlier} from an earlier run, left as they were)"
+        missed = [row.scenario.label for row in self.rows if not row.ok]
+        if missed:
+            text += f"; NOT as expected: {', '.join(missed)}"
+        return text
+
+    def table(self) -> str:
+        """A plain-text table: call → workflow id, type, phase, attempts, outcome."""
+        header = ("call", "workflow id", "type", "phase", "tries", "outcome")
+        lines = [
+            (
+                row.scenario.label + (" *" if row.earlier else ""),
+                row.scenario.workflow_id,
+                row.scenario.call_type.value,
+                (row.phase.value if row.phase else "?")
+                + ("" if row.ok else f" (expected {row.scenario.expect.value})"),
+                str(row.attempts),
+                _shorten(row.note),
+            )
+            for row in self.rows
+        ]
+        widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header) - 1)]
+        out = [
+            "  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
+            for r in [header, *lines]
+        ]
+        if any(row.earlier for row in self.rows):
+            out.append("* started by an earlier demo run")
+        return "\n".join(line.rstrip() for line in out)
+
+
+def _shorten(text: str, width: int = 72) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _note(state: CallState | None) -> str:
+    if state is None:
+        return ""
+    if state.failure:
+        return state.failure
+    if state.final_reason:
+        return state.final_reason
+    if state.callback_at:
+        return f"callback at {state.callback_at:%H:%M:%S} UTC"
+    if state.next_slot_at:
+        verb = "due until" if state.phase == CallPhase.DUE and state.due_until else "next slot"
+        at = state.due_until if verb == "due until" else state.next_slot_at
+        return f"{verb} {at:%H:%M:%S} UTC"
+    return ""
+
+
+async def _run_one(
+    client: Client, scenario: Scenario, task_queue: str, progress: Progress, started: datetime
+) -> DemoRow:
+    """Start (or find) one call, play it, and wait for its phase."""
+    earlier = False
+    try:
+        handle: WorkflowHandle[Any, Any] = await client.start_workflow(
+            WORKFLOW_TYPE,
+            scenario.call_input(),
+            id=scenario.workflow_id,
+            task_queue=task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            static_summary=scenario.summary(),
+            static_details=f"Demo scenario **{scenario.label}**: {scenario.story}.",
+            search_attributes=scenario.search_attributes(),
+        )
+        description = await handle.describe()
+        # USE_EXISTING hands back a call that is still running from an earlier run.
+        earlier = description.start_time < started - timedelta(seconds=1)
+    except WorkflowAlreadyStartedError:
+        handle = client.get_workflow_handle(scenario.workflow_id)
+        earlier = True
+    agent = Agent(scenario.label, handle, progress)
+    if earlier:
+        seen = await agent.look(running_fallback=True) or Seen(None)
+        agent.say(f"from an earlier run, {_phase_text(seen)}: left as is")
+        return DemoRow(scenario, seen.phase, True, seen.attempts, seen.note)
+    agent.say(f"started {scenario.workflow_id} ({scenario.story})")
+    try:
+        await scenario.play(agent)
+        seen = await agent.wait(scenario.expect)
+    except TimeoutError as exc:
+        agent.say(str(exc))
+        seen = await agent.look(running_fallback=True) or Seen(None)
+    agent.say(f"is {_phase_text(seen)}")
+    return DemoRow(scenario, seen.phase, False, seen.attempts, seen.note)
+
+
+def _phase_text(seen: Seen) -> str:
+    return seen.phase.value if seen.phase else "in an unknown phase"
+
+
+async def run_demo(
+    client: Client,
+    *,
+    task_queue: str = TASK_QUEUE,
+    progress: Progress = print,
+    scenarios: Iterable[Scenario] = SCENARIOS,
+) -> DemoReport:
+    """Start the demo calls, play agents through them, and report where each ended up.
+
+    Args:
+        client: a client from `workflows.connect.connect` (the pydantic data converter).
+        task_queue: where the worker listens.
+        progress: receives one line per step.
+        scenarios: the calls to play (default: all twelve).
+
+    Returns:
+        The report; `report.ok` when every call of this run reached its phase.
+    """
+    started = datetime.now(UTC)
+    rows = await asyncio.gather(
+        *(_run_one(client, s, task_queue, progress, started) for s in scenarios)
+    )
+    return DemoReport(list(rows))

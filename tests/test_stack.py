@@ -1,0 +1,321 @@
+"""End to end: the embedded stack as `make demo` runs it, then stopped with Ctrl-C.
+
+One run of `python -m starter.devstack --demo` on free ports and a fresh data directory serves
+the module: it must become healthy, drive the demo calls into every phase, and stop every
+process it started on SIGINT. A second run on the same directory must resume and leave the
+demo calls of the first alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from starter.demo import SCENARIOS
+from tests.sandbox_fixture import REPO_ROOT, free_port
+from workflows.connect import connect
+from workflows.messages import CallPhase
+
+pytestmark = pytest.mark.timeout(180)
+
+# Startup takes 2-5 s; the slowest demo call expires by its 20 s deadline.
+READY_TIMEOUT = 60.0
+DEMO_TIMEOUT = 90.0
+STOP_TIMEOUT = 40.0
+
+_PID_LINE = re.compile(r"^\s+(?P<name>\w+)\s+pid (?P<pid>\d+)\s+log ")
+
+
+class StackProcess:
+    """`python -m starter.devstack` as a child of the test, with its output collected."""
+
+    def __init__(self, data_dir: Path, *extra: str) -> None:
+        self.data_dir = data_dir
+        self.temporal_port, self.ui_port = free_port(), free_port()
+        self.sandbox_port, self.gateway_port = free_port(), free_port()
+        self.extra = list(extra)
+        self.lines: list[str] = []
+        self.process: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+        self.started_at = 0.0
+
+    @property
+    def temporal_address(self) -> str:
+        return f"127.0.0.1:{self.temporal_port}"
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.temporal_port, self.ui_port, self.sandbox_port, self.gateway_port]
+
+    def start(self, env: dict[str, str] | None = None) -> None:
+        command = [
+            sys.executable, "-m", "starter.devstack",
+            "--data-dir", str(self.data_dir),
+            "--temporal-port", str(self.temporal_port),
+            "--ui-port", str(self.ui_port),
+            "--sandbox-port", str(self.sandbox_port),
+            "--gateway-port", str(self.gateway_port),
+            *self.extra,
+        ]  # fmt: skip
+        full_env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("TAPRAISE_", "GATEWAY_"))
+        }
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
+        )
+        full_env["PYTHONUNBUFFERED"] = "1"
+        full_env.update(env or {})
+        self.started_at = time.monotonic()
+        # The data directory's parent is the working directory: no developer's .env applies.
+        self.process = subprocess.Popen(
+            command,
+            cwd=self.data_dir.parent,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float) -> float:
+        """Wait until a line contains `text`; return the seconds since start."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.lines):
+                return time.monotonic() - self.started_at
+            if self.process.poll() is not None:
+                time.sleep(0.2)  # the last lines
+                if any(text in line for line in self.lines):
+                    return time.monotonic() - self.started_at
+                pytest.fail(
+                    f"stack exited with {self.process.returncode} before {text!r}:\n{self.output}"
+                )
+            time.sleep(0.1)
+        pytest.fail(f"no {text!r} after {timeout} s:\n{self.output}")
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.process is not None
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"stack still running after {timeout} s:\n{self.output}")
+        if self._reader is not None:
+            self._reader.join(5)
+        return code
+
+    def child_pids(self) -> dict[str, int]:
+        """The processes the stack reported starting, by name."""
+        return {m["name"]: int(m["pid"]) for line in self.lines if (m := _PID_LINE.match(line))}
+
+    def interrupt(self) -> int:
+        """Ctrl-C, as in a terminal; returns the exit code."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGINT)
+        return self.wait_exit(STOP_TIMEOUT)
+
+    def cleanup(self) -> None:
+        """After a failed test: stop the stack, and any child it left, by pid."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for pid in self.child_pids().values():
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this pid exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def table_phases(output: str) -> dict[str, tuple[str, bool]]:
+    """Demo label → (phase, from an earlier run) from the final table."""
+    rows: dict[str, tuple[str, bool]] = {}
+    for line in output.splitlines():
+        cells = line.split()
+        if len(cells) >= 4 and cells[0] in {s.label for s in SCENARIOS}:
+            earlier = cells[1] == "*"
+            rest = cells[2:] if earlier else cells[1:]
+            if rest[0].startswith("call-"):
+                rows[cells[0]] = (rest[2], earlier)
+    return rows
+
+
+@dataclass
+class FirstRun:
+    """What the module's stack run showed."""
+
+    stack: StackProcess
+    ready_seconds: float
+    demo_seconds: float
+    health: dict[str, int]
+    counts: dict[str, int]
+    pids: dict[str, int]
+    exit_code: int
+    output: str
+
+
+async def _count_by_phase(address: str) -> dict[str, int]:
+    client = await connect(address, "default")
+    return {
+        phase.value: (await client.count_workflows(f'CallPhase = "{phase.value}"')).count
+        for phase in CallPhase
+    }
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirstRun]:
+    stack = StackProcess(tmp_path_factory.mktemp("stack") / "data", "--demo")
+    stack.start()
+    try:
+        ready = stack.wait_for("Ready in", READY_TIMEOUT)
+        demo = stack.wait_for("Demo finished:", DEMO_TIMEOUT)
+        health = {
+            "sandbox": httpx.get(
+                f"http://127.0.0.1:{stack.sandbox_port}/_sandbox/health"
+            ).status_code,
+            "gateway": httpx.get(f"http://127.0.0.1:{stack.gateway_port}/healthz").status_code,
+            "web ui": httpx.get(f"http://127.0.0.1:{stack.ui_port}/").status_code,
+        }
+        counts = asyncio.run(_count_by_phase(stack.temporal_address))
+        pids = stack.child_pids()
+        code = stack.interrupt()
+        yield FirstRun(stack, ready, demo, health, counts, pids, code, stack.output)
+    finally:
+        stack.cleanup()
+
+
+def test_stack_becomes_healthy_and_prints_the_guide(first_run: FirstRun) -> None:
+    assert first_run.ready_seconds < 30, first_run.output
+    assert first_run.health == {"sandbox": 200, "gateway": 200, "web ui": 200}
+    assert set(first_run.pids) == {"temporal", "sandbox", "worker", "gateway"}
+    out = first_run.output
+    assert f"http://localhost:{first_run.stack.ui_port}/namespaces/default/workflows" in out
+    assert f"http://127.0.0.1:{first_run.stack.gateway_port}/docs" in out
+    for command in ("python -m starter list", "python -m starter status <uuid>",
+                    "python -m starter complete <uuid> --result-code confirmed"):  # fmt: skip
+        assert command in out
+    assert "Ctrl-C stops everything" in out
+
+
+def test_demo_drives_calls_into_every_phase_within_the_time_budget(first_run: FirstRun) -> None:
+    phases = table_phases(first_run.output)
+    assert phases == {s.label: (s.expect.value, False) for s in SCENARIOS}, first_run.output
+    seen = {phase for phase, _ in phases.values()}
+    assert {"completed", "cancelled", "expired", "failed", "scheduled", "due"} <= seen
+    assert "NOT as expected" not in first_run.output
+    assert first_run.demo_seconds < 90, first_run.output
+
+
+def test_phases_reach_the_search_attributes_the_web_ui_filters_on(first_run: FirstRun) -> None:
+    # Each call's *final* phase is in visibility; the open ones may move between scheduled/due.
+    expected = {p.value: sum(s.expect == p for s in SCENARIOS) for p in CallPhase if p.is_final}
+    assert {p: first_run.counts[p] for p in expected} == expected
+    open_calls = sum(first_run.counts[p] for p in ("scheduled", "due"))
+    assert open_calls == sum(not s.expect.is_final for s in SCENARIOS)
+
+
+def test_sigint_stops_every_process_the_stack_started(first_run: FirstRun) -> None:
+    assert first_run.exit_code == 0, first_run.output
+    assert "Stopped: " in first_run.output
+    deadline = time.monotonic() + 2
+    while any(alive(pid) for pid in first_run.pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = {name: pid for name, pid in first_run.pids.items() if alive(pid)}
+    assert not left, f"still running after Ctrl-C: {left}"
+    assert all(port_free(port) for port in first_run.stack.ports)
+
+
+def test_second_run_resumes_and_leaves_the_first_runs_demo_calls_alone(first_run: FirstRun) -> None:
+    again = StackProcess(first_run.stack.data_dir, "--demo", "--exit-after-demo", "--no-gateway")
+    again.temporal_port, again.ui_port = first_run.stack.temporal_port, first_run.stack.ui_port
+    again.sandbox_port = first_run.stack.sandbox_port
+    again.start()
+    try:
+        code = again.wait_exit(60)
+    finally:
+        again.cleanup()
+    assert code == 0, again.output
+    phases = table_phases(again.output)
+    first = table_phases(first_run.output)
+    assert set(phases) == set(first)
+    assert all(earlier for _, earlier in phases.values()), again.output
+    # Finished calls are exactly as they were; none was started a second time.
+    for label, (phase, _) in first.items():
+        if CallPhase(phase).is_final:
+            assert phases[label][0] == phase
+    assert f"{len(SCENARIOS)} from an earlier run" in again.output
+    assert "started call-" not in again.output
+
+
+def test_a_port_in_use_is_named_before_anything_starts(tmp_path: Path) -> None:
+    stack = StackProcess(tmp_path / "data", "--no-gateway")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        stack.temporal_port = taken.getsockname()[1]
+        stack.start()
+        code = stack.wait_exit(30)
+    assert code == 1
+    assert f"port {stack.temporal_port} for Temporal is in use" in stack.output
+    assert not stack.child_pids()
+
+
+def test_a_process_that_dies_at_start_is_named_with_its_last_lines(tmp_path: Path) -> None:
+    stack = StackProcess(tmp_path / "data", "--no-gateway")
+    stack.start(env={"CALL_POLICY_FILE": str(tmp_path / "no-such-policies.toml")})
+    try:
+        code = stack.wait_exit(60)
+    finally:
+        stack.cleanup()
+    assert code == 1
+    assert "worker: exited with code" in stack.output, stack.output
+    assert "no-such-policies.toml" in stack.output  # from the tail of the worker's log
+    assert "Stopped: temporal" in stack.output
