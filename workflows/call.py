@@ -59,6 +59,7 @@ with workflow.unsafe.imports_passed_through():
         CallEvent,
         CallInput,
         CallPhase,
+        CallResume,
         CallState,
         CancelSignal,
         CompleteSignal,
@@ -87,8 +88,8 @@ _TAPRAISE_TIMEOUTS: dict[str, Any] = {
 }
 # Time a reported message may lie in the future of the workflow's clock (agents' machines drift).
 _CLOCK_TOLERANCE = timedelta(minutes=5)
-# A call never needs this many events; past it, the workflow continues as new with its state.
-HISTORY_EVENT_LIMIT = 10_000
+# How much of the event log a continued run carries over.
+_CARRIED_EVENTS = 100
 
 _STATUS_PHASE = {
     CallStatus.COMPLETED: CallPhase.COMPLETED,
@@ -170,6 +171,8 @@ class CallWorkflow:
         self._published: dict[str, Any] = {
             pair.key.name: pair.value for pair in workflow.info().typed_search_attributes
         }
+        if input.resume is not None:
+            self._restore(input.resume)
 
     # ── the lifecycle ────────────────────────────────────────────────────────────────────────
 
@@ -178,24 +181,28 @@ class CallWorkflow:
         if self._input_error is not None:
             self._fail(f"invalid input: {self._input_error}", INVALID_INPUT)
         self._check_identity()
-        self._publish()
-        self._policy = await workflow.execute_local_activity(
-            "resolve_policy",
-            ResolvePolicyInput(
-                call_type=self._input.type.value,
-                organization_uuid=self._input.calling_organization_uuid,
-                overrides=self._input.policy,
-                requested_at=self._requested_at,
-            ),
-            result_type=CallPolicy,
-            start_to_close_timeout=timedelta(seconds=10),
-        )
-        self._timezone = schedule.effective_timezone(self._policy, self._input.timezone)
-        await self._create()
+        if self._input.resume is None:  # a continued run has both already
+            self._publish()
+            self._policy = await workflow.execute_local_activity(
+                "resolve_policy",
+                ResolvePolicyInput(
+                    call_type=self._input.type.value,
+                    organization_uuid=self._input.calling_organization_uuid,
+                    overrides=self._input.policy,
+                    requested_at=self._requested_at,
+                ),
+                result_type=CallPolicy,
+                start_to_close_timeout=timedelta(seconds=10),
+            )
+            self._timezone = schedule.effective_timezone(self._policy, self._input.timezone)
+            await self._create()
         while not self._phase.is_final:
             if self._inbox:
                 await self._carry_out(self._inbox[0])
                 self._inbox.pop(0).done = True
+                continue
+            if self._history_outgrown():
+                await self._continue_as_new()
                 continue
             decision = self._next_slot()
             if not isinstance(decision, schedule.Slot):
@@ -274,6 +281,50 @@ class CallWorkflow:
         except TimeoutError:
             return False
         return True
+
+    def _history_outgrown(self) -> bool:
+        info = workflow.info()
+        assert self._policy is not None
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() >= self._policy.history_limit
+        )
+
+    async def _continue_as_new(self) -> None:
+        """Carry the call's state into a fresh run once no message is being handled."""
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        if self._inbox:
+            return  # a message arrived meanwhile: carry it out first
+        assert self._policy is not None
+        resume = CallResume(
+            call_uuid=self._call_uuid,
+            requested_at=self._requested_at,
+            policy=self._policy,
+            timezone=self._timezone,
+            status=self._status,
+            attempts=self._progress.attempts,
+            missed_slots=self._progress.missed_slots,
+            missed_slot_at=self._progress.missed_slot_at,
+            callback_at=self._progress.callback_at,
+            events=[*self._events[-_CARRIED_EVENTS:], self._event("continued", "new run")],
+        )
+        self._publish()
+        workflow.continue_as_new(self._input.model_copy(update={"resume": resume}))
+
+    def _restore(self, resume: CallResume) -> None:
+        self._call_uuid = resume.call_uuid
+        self._requested_at = resume.requested_at
+        self._policy = resume.policy
+        self._timezone = resume.timezone
+        self._status = resume.status
+        self._progress = _Progress(
+            attempts=list(resume.attempts),
+            missed_slot_at=resume.missed_slot_at,
+            missed_slots=resume.missed_slots,
+            callback_at=resume.callback_at,
+        )
+        self._events = list(resume.events)
+        self._phase = CallPhase.SCHEDULED
 
     def _missed_slot(self) -> None:
         self._progress.missed_slots += 1
@@ -573,8 +624,11 @@ class CallWorkflow:
         if phase.is_final:
             self._slot = None
 
+    def _event(self, kind: str, detail: str) -> CallEvent:
+        return CallEvent(at=workflow.now(), kind=kind, detail=detail)
+
     def _log(self, kind: str, detail: str) -> None:
-        self._events.append(CallEvent(at=workflow.now(), kind=kind, detail=detail))
+        self._events.append(self._event(kind, detail))
 
     def _publish(self) -> None:
         """Upsert the search attributes that changed, and refresh the UI's current details."""

@@ -25,7 +25,7 @@ from pydantic.alias_generators import to_camel
 from temporalio.common import SearchAttributeKey
 
 from tapraise.models import CallResult, CallStatus, CallType, ExternalMetadata
-from workflows.policy import AttemptOutcome, PolicyOverrides
+from workflows.policy import AttemptOutcome, CallPolicy, PolicyOverrides
 
 TASK_QUEUE: Final = "tapraise-calls"
 WORKFLOW_TYPE: Final = "CallWorkflow"
@@ -111,6 +111,37 @@ class _Message(BaseModel):
     )
 
 
+class AttemptRecord(_Message):
+    """One unsuccessful attempt as recorded in TapRaise."""
+
+    attempt_at: datetime
+    outcome: AttemptOutcome
+    user_uuid: UUID | None = None
+
+
+class CallEvent(_Message):
+    """One line of the call's event log (shown by `status` and the `state` query)."""
+
+    at: datetime
+    kind: str
+    detail: str = ""
+
+
+class CallResume(_Message):
+    """What a call carries into a new run when its history outgrew the policy's bound."""
+
+    call_uuid: UUID
+    requested_at: datetime
+    policy: CallPolicy
+    timezone: str
+    status: CallStatus | None = None
+    attempts: list[AttemptRecord] = Field(default_factory=list)
+    missed_slots: int = 0
+    missed_slot_at: datetime | None = None
+    callback_at: datetime | None = None
+    events: list[CallEvent] = Field(default_factory=list)
+
+
 class CallInput(_Message):
     """The workflow's input: one call as the CRM asked for it (TapRaise's field names)."""
 
@@ -125,6 +156,8 @@ class CallInput(_Message):
     external_metadata: ExternalMetadata | None = None
     timezone: str | None = None
     policy: PolicyOverrides | None = None
+    # Set only by the workflow itself when it continues as new; never by a caller.
+    resume: CallResume | None = None
 
     @field_validator("timezone")
     @classmethod
@@ -178,22 +211,6 @@ class CancelSignal(_Message):
 
     cancelled_at: AwareDatetime | None = None
     reason: str | None = Field(default=None, max_length=2_000)
-
-
-class AttemptRecord(_Message):
-    """One unsuccessful attempt as recorded in TapRaise."""
-
-    attempt_at: datetime
-    outcome: AttemptOutcome
-    user_uuid: UUID | None = None
-
-
-class CallEvent(_Message):
-    """One line of the call's event log (shown by `status` and the `state` query)."""
-
-    at: datetime
-    kind: str
-    detail: str = ""
 
 
 class ActionAccepted(_Message):

@@ -217,6 +217,9 @@ class CallPolicy(_Wire):
     attempt_window: PositiveDuration = timedelta(hours=2)
     missed_slot_delay: Duration = timedelta(hours=1)
     timezone: TimeZoneName | None = DEFAULT_TIMEZONE
+    # A safety bound, not a calling rule: past this many history events the call continues as a
+    # new run with its state carried over. A real call stays far below it.
+    history_limit: int = Field(default=10_000, ge=20)
 
     @field_validator("blackout_dates")
     @classmethod
@@ -255,6 +258,7 @@ class PolicyOverrides(_Wire):
     retry_delays: dict[AttemptOutcome, Duration] | None = None
     final_outcomes: list[AttemptOutcome] | None = None
     max_attempts: int | None = Field(default=None, ge=1)
+    history_limit: int | None = Field(default=None, ge=20)
     deadline: PositiveDuration | None = None
     attempt_window: PositiveDuration | None = None
     missed_slot_delay: Duration | None = None
