@@ -30,15 +30,9 @@ from temporalio.client import (
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
 )
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
-)
-from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
+from starter.calls import CallService, StartStatus
 from tapraise.models import CallResult, CallType
 from tapraise.sandbox.seed import DEMO_ORGANIZATION_UUID, DEMO_PERSON_UUIDS, FOREIGN_PERSON_UUID
 from workflows.messages import (
@@ -48,7 +42,6 @@ from workflows.messages import (
     RESCHEDULE,
     STATE,
     TASK_QUEUE,
-    WORKFLOW_TYPE,
     ActionAccepted,
     AttemptSignal,
     CallInput,
@@ -275,10 +268,6 @@ class Scenario:
     def workflow_id(self) -> str:
         return workflow_id_for(self.call_uuid)
 
-    def summary(self) -> str:
-        """The static summary the Web UI shows in the list and on the workflow page."""
-        return f"{self.call_type.value} call to person {self.person_uuid} (demo: {self.story})"
-
     def call_input(self) -> CallInput:
         policy = demo_policy().model_copy(update=self.policy)
         return CallInput(
@@ -288,19 +277,6 @@ class Scenario:
             calling_organization_uuid=uuid.UUID(DEMO_ORGANIZATION_UUID),
             notes=f"Demo call: {self.story}.",
             policy=policy.model_dump(mode="json"),
-        )
-
-    def search_attributes(self) -> TypedSearchAttributes:
-        """Set at start so that the list filters find the call before its first task runs."""
-        sa = SearchAttributes
-        return TypedSearchAttributes(
-            [
-                SearchAttributePair(sa.CALL_PHASE, CallPhase.CREATING.value),
-                SearchAttributePair(sa.CALL_TYPE, self.call_type.value),
-                SearchAttributePair(sa.PERSON_UUID, self.person_uuid),
-                SearchAttributePair(sa.CALLING_ORGANIZATION_UUID, DEMO_ORGANIZATION_UUID),
-                SearchAttributePair(sa.CALL_ATTEMPTS, 0),
-            ]
         )
 
 
@@ -437,28 +413,13 @@ def _note(state: CallState | None) -> str:
 
 
 async def _run_one(
-    client: Client, scenario: Scenario, task_queue: str, progress: Progress, started: datetime
+    client: Client, scenario: Scenario, task_queue: str, progress: Progress
 ) -> DemoRow:
     """Start (or find) one call, play it, and wait for its phase."""
-    earlier = False
-    try:
-        handle: WorkflowHandle[Any, Any] = await client.start_workflow(
-            WORKFLOW_TYPE,
-            scenario.call_input(),
-            id=scenario.workflow_id,
-            task_queue=task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            static_summary=scenario.summary(),
-            static_details=f"Demo scenario **{scenario.label}**: {scenario.story}.",
-            search_attributes=scenario.search_attributes(),
-        )
-        description = await handle.describe()
-        # USE_EXISTING hands back a call that is still running from an earlier run.
-        earlier = description.start_time < started - timedelta(seconds=1)
-    except WorkflowAlreadyStartedError:
-        handle = client.get_workflow_handle(scenario.workflow_id)
-        earlier = True
+    # Started exactly as a CRM starts a call; a second demo run finds the calls of the first.
+    result = await CallService(client, task_queue=task_queue).start(scenario.call_input())
+    earlier = result.status is not StartStatus.STARTED
+    handle: WorkflowHandle[Any, Any] = client.get_workflow_handle(scenario.workflow_id)
     agent = Agent(scenario.label, handle, progress)
     if earlier:
         seen = await agent.look(running_fallback=True) or Seen(None)
@@ -497,8 +458,5 @@ async def run_demo(
     Returns:
         The report; `report.ok` when every call of this run reached its phase.
     """
-    started = datetime.now(UTC)
-    rows = await asyncio.gather(
-        *(_run_one(client, s, task_queue, progress, started) for s in scenarios)
-    )
+    rows = await asyncio.gather(*(_run_one(client, s, task_queue, progress) for s in scenarios))
     return DemoReport(list(rows))
