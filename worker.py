@@ -20,7 +20,13 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.calls import TapRaiseActivities
-from tapraise import TapRaiseClient, TapRaiseSettings
+from tapraise import (
+    APIConnectionError,
+    AuthenticationError,
+    PermissionDeniedError,
+    TapRaiseClient,
+    TapRaiseSettings,
+)
 from workflows.call import CallWorkflow
 from workflows.connect import connect, load_env_file, missing_search_attributes
 from workflows.messages import TASK_QUEUE
@@ -77,6 +83,28 @@ def build_worker(
     )
 
 
+async def check_tapraise(tapraise: TapRaiseClient) -> None:
+    """One cheap read, so that a wrong URL or refused credentials stop the worker at start-up.
+
+    Raises:
+        RuntimeError: naming the URL and what to check.
+    """
+    try:
+        await tapraise.list_calls_page(first=1)
+    except APIConnectionError as exc:
+        raise RuntimeError(
+            f"cannot reach TapRaise at {tapraise.base_url}: {exc}. Start the sandbox "
+            "(`make run` or `python -m tapraise.sandbox`) or check TAPRAISE_BASE_URL."
+        ) from exc
+    except AuthenticationError as exc:
+        raise RuntimeError(
+            f"TapRaise at {tapraise.base_url} refused the service account: {exc}. Check "
+            "TAPRAISE_ACCOUNT_EMAIL, TAPRAISE_PRIVATE_KEY_ID and the private key."
+        ) from exc
+    except PermissionDeniedError:
+        log.warning("the service account may not list calls: duplicate starts cannot be adopted")
+
+
 async def run(stop: asyncio.Event | None = None) -> None:
     """Connect, check the namespace, and run until `stop` is set (or a signal arrives)."""
     settings = TapRaiseSettings()
@@ -96,6 +124,7 @@ async def run(stop: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with settings.make_client() as tapraise:
+        await check_tapraise(tapraise)
         worker = build_worker(client, tapraise, policy_book=book)
         log.info(
             "worker ready: task queue %s on %s (namespace %s), TapRaise at %s",
@@ -117,7 +146,7 @@ def main() -> None:
     )
     try:
         asyncio.run(run())
-    except RuntimeError as exc:  # unreachable Temporal or a misconfiguration: say what to do
+    except (RuntimeError, ValueError) as exc:  # unreachable or misconfigured: say what to do
         print(f"worker: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
 

@@ -1,0 +1,82 @@
+"""The worker refuses to start, saying what to do, when Temporal or TapRaise is not usable."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from tapraise import ServiceAccount, TapRaiseClient
+from tests.sandbox_fixture import SandboxServer
+from tests.temporal_fixture import temporal_cli
+from worker import check_tapraise
+from workflows.connect import missing_search_attributes
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def run_worker(env: dict[str, str], cwd: Path) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        cwd=cwd,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=30)
+    return process.returncode or 0, output.decode()
+
+
+async def test_worker_without_temporal_exits_naming_the_address(tmp_path: Path) -> None:
+    code, output = await run_worker({"TEMPORAL_ADDRESS": "127.0.0.1:9"}, tmp_path)
+    assert code == 1
+    assert "cannot reach Temporal at 127.0.0.1:9" in output and "TEMPORAL_ADDRESS" in output
+
+
+async def test_worker_refuses_a_namespace_without_the_search_attributes(tmp_path: Path) -> None:
+    async with await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_cli(), data_converter=pydantic_data_converter
+    ) as bare:
+        assert "CallPhase (Keyword)" in await missing_search_attributes(bare.client)
+        target = bare.client.service_client.config.target_host
+        code, output = await run_worker({"TEMPORAL_ADDRESS": target}, tmp_path)
+    assert code != 0
+    assert "lacks the search attributes" in output and "CallPhase" in output
+
+
+async def test_unreachable_tapraise_is_reported_with_its_url(sandbox: SandboxServer) -> None:
+    account = ServiceAccount(sandbox.account_email, sandbox.private_key_id, sandbox.private_key_pem)
+    async with TapRaiseClient("http://127.0.0.1:9", account) as client:
+        with pytest.raises(RuntimeError, match=r"cannot reach TapRaise at http://127\.0\.0\.1:9"):
+            await check_tapraise(client)
+
+
+async def test_refused_credentials_are_reported_before_any_call_runs(
+    sandbox: SandboxServer,
+) -> None:
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = stranger.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    account = ServiceAccount(sandbox.account_email, sandbox.private_key_id, pem)
+    async with TapRaiseClient(sandbox.base_url, account) as client:
+        with pytest.raises(RuntimeError, match="refused the service account") as refused:
+            await check_tapraise(client)
+    assert pem.splitlines()[1] not in str(refused.value)
+
+
+async def test_good_credentials_pass_the_start_up_check(sandbox: SandboxServer) -> None:
+    account = ServiceAccount(sandbox.account_email, sandbox.private_key_id, sandbox.private_key_pem)
+    async with TapRaiseClient(sandbox.base_url, account) as client:
+        await check_tapraise(client)
