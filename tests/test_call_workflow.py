@@ -23,7 +23,7 @@ from temporalio.service import RPCError
 from tapraise import CallResult, CallStatus, CompleteCallRequest, CreateCallRequest, TapRaiseClient
 from tapraise.sandbox.seed import DEMO_PERSON_UUIDS, FOREIGN_PERSON_UUID
 from tests.sandbox_fixture import SandboxServer
-from tests.temporal_fixture import CallWorker, record_history
+from tests.temporal_fixture import CallWorker, record_history, temporal_cli
 from workflows.call import CallWorkflow
 from workflows.messages import (
     AttemptSignal,
@@ -534,3 +534,37 @@ async def test_a_history_past_its_bound_continues_as_new_without_losing_or_repea
         "cancel": 0,
         "expire": 0,
     }
+
+
+async def _temporal(*args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        temporal_cli(),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 0, output.decode()
+    return output.decode()
+
+
+async def test_the_plain_temporal_cli_drives_a_call_end_to_end(
+    call_worker: CallWorker, lenient_sandbox: SandboxServer
+) -> None:
+    call_uuid = uuid.uuid4()
+    address = call_worker.client.service_client.config.target_host
+    await _temporal(
+        "workflow", "start", "--address", address,
+        "--type", "CallWorkflow", "--task-queue", call_worker.task_queue,
+        "--workflow-id", f"call-{call_uuid}",
+        "--input", f'{{"uuid": "{call_uuid}", "personUuid": "{PERSON}", "type": "verification"}}',
+    )  # fmt: skip
+    handle = call_worker.client.get_workflow_handle(f"call-{call_uuid}")
+    await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    await _temporal(
+        "workflow", "signal", "--address", address, "--workflow-id", f"call-{call_uuid}",
+        "--name", "complete", "--input", '{"result": {"resultCode": "confirmed"}}',
+    )  # fmt: skip
+    final = CallState.model_validate(await handle.result())
+    assert final.phase == CallPhase.COMPLETED and final.status == CallStatus.COMPLETED
+    assert lenient_sandbox.effects(str(call_uuid))["complete"] == 1
