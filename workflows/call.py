@@ -182,19 +182,7 @@ class CallWorkflow:
             self._fail(f"invalid input: {self._input_error}", INVALID_INPUT)
         self._check_identity()
         if self._input.resume is None:  # a continued run has both already
-            self._publish()
-            self._policy = await workflow.execute_local_activity(
-                "resolve_policy",
-                ResolvePolicyInput(
-                    call_type=self._input.type.value,
-                    organization_uuid=self._input.calling_organization_uuid,
-                    overrides=self._input.policy,
-                    requested_at=self._requested_at,
-                ),
-                result_type=CallPolicy,
-                start_to_close_timeout=timedelta(seconds=10),
-            )
-            self._timezone = schedule.effective_timezone(self._policy, self._input.timezone)
+            await self._resolve_policy()
             await self._create()
         while not self._phase.is_final:
             if self._inbox:
@@ -219,6 +207,22 @@ class CallWorkflow:
         self._publish()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self._snapshot()
+
+    async def _resolve_policy(self) -> None:
+        """Defaults + call type + organization + the call's overrides, recorded in history."""
+        self._publish()
+        self._policy = await workflow.execute_local_activity(
+            "resolve_policy",
+            ResolvePolicyInput(
+                call_type=self._input.type.value,
+                organization_uuid=self._input.calling_organization_uuid,
+                overrides=self._input.policy,
+                requested_at=self._requested_at,
+            ),
+            result_type=CallPolicy,
+            start_to_close_timeout=timedelta(seconds=10),
+        )
+        self._timezone = schedule.effective_timezone(self._policy, self._input.timezone)
 
     async def _create(self) -> None:
         """Create the call in TapRaise; on 409 adopt the state TapRaise already holds."""
