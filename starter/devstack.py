@@ -637,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m starter dev",
         description="Run the whole stack on this machine: Temporal dev server (with its Web UI), "
         "the TapRaise sandbox, the worker and the HTTP gateway. Ctrl-C stops it.",
+        epilog="Example: python -m starter dev --demo   (make demo runs exactly this)",
     )
     parser.add_argument(
         "--data-dir",
