@@ -1,0 +1,172 @@
+"""Batch start: a CSV file through the starter's `start-batch` versus raw `start_workflow` calls.
+
+A CSV file of `--n` rows (default 10,000; columns `uuid,personUuid,type`, every uuid distinct)
+is started the way `python -m starter start-batch FILE` starts it: read and validate every row
+(`starter.batch.read_batch`), then `CallService.start_many` at `--concurrency`. The baseline
+starts the same number of other calls with plain `client.start_workflow` at the same
+concurrency. No worker runs: this measures starts only.
+
+The raw starts run in two halves, before and after the batch (raw, batch, raw), so that a drift
+of the machine or the growing database weighs on both alike. The starter's extra work per call (row
+validation, search attributes and the Web UI summary in the start request, "already started"
+handling) is what the ratio shows.
+
+    python -m bench.batch --n 10000 --concurrency 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import time
+from typing import Any
+
+from bench import calls as bench_calls
+from bench.report import Result, bounded, main, per_second, progress
+from bench.stack import Stack
+from workflows.messages import WORKFLOW_TYPE, CallInput, workflow_id_for
+
+GOAL = 0.9
+DEFAULT_N = 10_000
+DEFAULT_CONCURRENCY = 50
+BATCH_TASK_QUEUE = "bench-batch"  # no worker polls it: the calls are started, never run
+
+try:
+    from starter.batch import BatchFormat, read_batch
+    from starter.calls import CallService, StartStatus
+except ImportError:  # the starter's batch support is not installed
+    read_batch = None  # type: ignore[assignment]
+
+
+def make_csv(rows: int) -> str:
+    """A CSV batch file with `rows` distinct calls."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["uuid", "personUuid", "type"])
+    for i in range(rows):
+        call = bench_calls.make_call(i)
+        writer.writerow([call.uuid, call.person_uuid, call.type.value])
+    return buffer.getvalue()
+
+
+async def raw_round(stack: Stack, calls: list[CallInput], concurrency: int) -> float:
+    """Start `calls` with plain `start_workflow`; returns the seconds it took."""
+
+    async def one(i: int) -> None:
+        call = calls[i]
+        assert call.uuid is not None
+        await stack.client.start_workflow(
+            WORKFLOW_TYPE, call, id=workflow_id_for(call.uuid), task_queue=BATCH_TASK_QUEUE
+        )
+
+    with progress("raw start_workflow", len(calls)) as advance:
+        began = time.perf_counter()
+        await bounded(len(calls), concurrency, one, advance)
+        return time.perf_counter() - began
+
+
+async def batch_round(stack: Stack, text: str, concurrency: int) -> tuple[float, int]:
+    """Run a CSV file through the starter's batch path; returns seconds and calls started."""
+    assert read_batch is not None
+    service = CallService(stack.client, task_queue=BATCH_TASK_QUEUE)
+    began = time.perf_counter()
+    batch = read_batch(text, BatchFormat.CSV)
+    good = [row.call for row in batch.good if row.call is not None]
+    if len(good) != len(batch.rows):
+        raise AssertionError(f"{len(batch.rows) - len(good)} rows refused: {batch.bad[:3]}")
+    with progress("start-batch", len(good)) as advance:
+        results = await service.start_many(good, concurrency, lambda _c, _r: advance(1))
+    seconds = time.perf_counter() - began
+    started = sum(1 for r in results if r.status is StartStatus.STARTED)
+    if started != len(good):
+        problems = [r for r in results if r.status is not StartStatus.STARTED][:3]
+        raise AssertionError(f"{len(good) - started} calls not started: {problems}")
+    return seconds, started
+
+
+async def measure(stack: Stack, n: int, concurrency: int) -> dict[str, Any]:
+    """Raw and batch rounds, alternating, on a started stack (no worker needed)."""
+    halves = (n // 2, n - n // 2)
+    # Warm both paths (connections, imports) before timing.
+    await raw_round(stack, [bench_calls.make_call(i) for i in range(10)], concurrency)
+    await batch_round(stack, make_csv(10), concurrency)
+    raw_seconds = await raw_round(
+        stack, [bench_calls.make_call(i) for i in range(halves[0])], concurrency
+    )
+    batch_seconds, batch_count = await batch_round(stack, make_csv(n), concurrency)
+    raw_seconds += await raw_round(
+        stack, [bench_calls.make_call(i) for i in range(halves[1])], concurrency
+    )
+    raw_count = n
+    return {
+        "n": n,
+        "concurrency": concurrency,
+        "rawCount": raw_count,
+        "rawSeconds": raw_seconds,
+        "batchCount": batch_count,
+        "batchSeconds": batch_seconds,
+    }
+
+
+def result_of(figures: dict[str, Any]) -> Result:
+    """The printed result of a `measure` run."""
+    raw = per_second(figures["rawCount"], figures["rawSeconds"])
+    batch = per_second(figures["batchCount"], figures["batchSeconds"])
+    ratio = batch / raw if raw else None
+    result = Result(
+        name="batch",
+        title="starting calls from a CSV file (start-batch) vs raw start_workflow",
+        ratio=ratio,
+        ratio_label="start-batch / raw",
+        goal=f">= {GOAL}x",
+        met=None if ratio is None else ratio >= GOAL,
+    )
+    result.add(
+        "rows started/s",
+        f"{batch:.0f}",
+        f"{raw:.0f}",
+        f"{figures['n']:,} rows vs {figures['n']:,} raw starts, {figures['concurrency']} in flight",
+    )
+    result.add(
+        "time",
+        f"{figures['batchSeconds']:.1f} s",
+        f"{figures['rawSeconds']:.1f} s",
+        "batch includes reading and validating the CSV",
+    )
+    result.figures = {**figures, "batchPerSecond": batch, "rawPerSecond": raw}
+    return result
+
+
+def not_available() -> Result:
+    """The result when the starter has no batch support to measure."""
+    return Result(
+        name="batch",
+        title="starting calls from a CSV file (start-batch) vs raw start_workflow",
+        ratio=None,
+        ratio_label="start-batch / raw",
+        goal=f">= {GOAL}x",
+        met=None,
+        notes=["not available: starter.batch (start-batch) is not installed"],
+    )
+
+
+async def run(n: int = DEFAULT_N, concurrency: int = DEFAULT_CONCURRENCY) -> Result:
+    """Start a stack (server only), measure, stop it."""
+    if read_batch is None:
+        return not_available()
+    async with Stack(sandbox=False, worker=False) as stack:
+        return result_of(await measure(stack, n, concurrency))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.batch", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--n", type=int, default=DEFAULT_N, help="Rows in the CSV file.")
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
+    return parser
+
+
+if __name__ == "__main__":
+    main(_parser(), lambda a: run(a.n, a.concurrency))

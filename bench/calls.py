@@ -1,0 +1,116 @@
+"""Calls as the benchmarks make and drive them: policies, inputs, and the typical path.
+
+A benchmark starts calls the way the starter CLI does (`CallService.start`: the search
+attributes set at start, the Web UI summary) and drives them as the agent's tooling would, with
+updates, so that each step is known to be done before the next is sent.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle
+
+from starter.calls import CallService, StartStatus
+from tapraise.models import CallResult, CallType
+from tapraise.sandbox.seed import DEMO_PERSON_UUIDS
+from workflows.messages import (
+    ATTEMPT,
+    COMPLETE,
+    ActionAccepted,
+    AttemptSignal,
+    CallInput,
+    CallPhase,
+    CallState,
+    CompleteSignal,
+    workflow_id_for,
+)
+from workflows.policy import AttemptOutcome, PolicyOverrides
+
+ALWAYS_OPEN: dict[str, Any] = {
+    day: [{"start": "00:00", "end": "24:00"}]
+    for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+}
+
+
+def policy(**fields: Any) -> PolicyOverrides:
+    """A call policy override: windows always open, no holidays, plus `fields` (camelCase)."""
+    return PolicyOverrides.model_validate(
+        {"windows": ALWAYS_OPEN, "holidayCountries": [], "blackoutDates": [], **fields}
+    )
+
+
+# Every slot is due at once and stays due for an hour: the typical path without any waiting,
+# driven entirely by the messages the benchmark sends.
+NO_WAIT = policy(
+    firstAttemptDelay=0,
+    retryDelays={"no_answer": 0, "busy": 0, "voicemail": 0},
+    attemptWindow=3600,
+    missedSlotDelay=0,
+    deadline="P3D",
+)
+
+# The first slot three days away: a call that only waits.
+WAITING = policy(firstAttemptDelay="P3D", deadline="P7D")
+
+# The TapRaise effects of a call on the typical path: created, two attempts, completed.
+TYPICAL_EFFECTS = {"create": 1, "add-attempt": 2, "complete": 1, "cancel": 0, "expire": 0}
+
+
+def make_call(i: int, call_policy: PolicyOverrides | None = None) -> CallInput:
+    """A verification call to one of the sandbox's demo persons, with a fresh uuid."""
+    return CallInput(
+        uuid=uuid.uuid4(),
+        person_uuid=uuid.UUID(DEMO_PERSON_UUIDS[i % len(DEMO_PERSON_UUIDS)]),
+        type=CallType.VERIFICATION,
+        policy=call_policy,
+    )
+
+
+def handle_of(client: Client, call: CallInput) -> WorkflowHandle[Any, CallState]:
+    """The call's workflow handle."""
+    assert call.uuid is not None
+    return client.get_workflow_handle(workflow_id_for(call.uuid), result_type=CallState)
+
+
+async def start_call(service: CallService, call: CallInput) -> None:
+    """Start a call as the starter does; fail unless it was newly started."""
+    result = await service.start(call)
+    if result.status is not StartStatus.STARTED:
+        raise RuntimeError(f"call {call.uuid} not started: {result.status} {result.detail}")
+
+
+def unanswered() -> AttemptSignal:
+    """The message of an attempt nobody answered."""
+    return AttemptSignal(outcome=AttemptOutcome.NO_ANSWER)
+
+
+async def attempt(handle: WorkflowHandle[Any, Any]) -> ActionAccepted:
+    """Report an unanswered attempt (update: returns once TapRaise has recorded it)."""
+    return await handle.execute_update(ATTEMPT, unanswered(), result_type=ActionAccepted)
+
+
+def completion() -> CompleteSignal:
+    """The message of a call that reached the donor."""
+    return CompleteSignal(result=CallResult(result_code="confirmed"))
+
+
+async def complete(handle: WorkflowHandle[Any, Any]) -> ActionAccepted:
+    """Complete the call (update: returns once TapRaise has completed it)."""
+    return await handle.execute_update(COMPLETE, completion(), result_type=ActionAccepted)
+
+
+async def typical_path(service: CallService, call: CallInput) -> CallState:
+    """Create, two unanswered attempts, completion; returns the call's final state."""
+    await start_call(service, call)
+    handle = handle_of(service.client, call)
+    await attempt(handle)
+    await attempt(handle)
+    await complete(handle)
+    state = await handle.result()
+    if state.phase is not CallPhase.COMPLETED or state.attempts_made != 2:
+        raise RuntimeError(
+            f"call {call.uuid} ended {state.phase} with {state.attempts_made} attempts"
+        )
+    return state

@@ -1,0 +1,316 @@
+"""Cost per call, counted from real histories: history events and Temporal Cloud actions.
+
+Paths, each one real call on the dev server with the real worker and the sandbox:
+
+- typical: created, its first slot comes due, an unanswered attempt, the next slot comes due,
+  another unanswered attempt, the next slot comes due, completed. Slots are seconds apart
+  (a compressed policy) so that each wait is a real durable timer that fires;
+- typical, no waits: the same messages sent back to back (the throughput benchmark's path);
+- cancelled while waiting for its first slot;
+- expired by attempts: `maxAttempts` 2, two unanswered attempts;
+- expired by deadline: a deadline of a few seconds, the due slot lapses, the call expires;
+- waiting: a call whose first slot is days away, watched for `--wait` seconds with no message.
+  Waiting must add no event and no action at all: one durable timer, no polling.
+
+Counting rules (Temporal Cloud's published action definitions, as we read them; one history
+event counts at most once):
+
+- workflow started: 1 (`WorkflowExecutionStarted`); search attributes given at start are free;
+- signal: 1 per `WorkflowExecutionSignaled`;
+- update: 1 per `WorkflowExecutionUpdateAccepted` (rejected updates count too but leave no
+  event; these paths send none);
+- activity: 1 per attempt of a regular activity (`ActivityTaskStarted`); a local activity
+  counts 1 per `MarkerRecorded` named `core_local_activity` (conservative: Cloud bills all
+  local activities of one workflow task as one action, shown as "LA per task" for reference);
+- timer: 1 per `TimerStarted` (a wait with a timeout starts one);
+- search attributes: 1 per `UpsertWorkflowSearchAttributes`, however many attributes it sets;
+- free: workflow tasks, timer fired/cancelled, workflow completion, other markers (version
+  markers; side effects are recorded by the Go and Java SDKs only), memo/summary updates;
+- not in a history but billed: each query (e.g. `starter status`) is 1 action. The driver here
+  sends none.
+
+The baseline is a naive design that polls TapRaise every 15 minutes for the same 3 days: each
+poll a timer and an activity, 3 * 24 * 4 * 2 = 576 actions (computed, not run).
+
+    python -m bench.cost --wait 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import History
+from temporalio.client import WorkflowHandle
+
+from bench import calls as bench_calls
+from bench.report import Result, main
+from bench.stack import Stack
+from starter.calls import CallService
+from workflows.messages import CANCEL, CallPhase, CancelSignal, SearchAttributes
+from workflows.policy import PolicyOverrides
+
+GOAL_ACTIONS = 15
+GOAL_EVENTS = 60
+DEFAULT_WAIT_SECONDS = 10.0
+NAIVE_POLLS = 3 * 24 * 4  # every 15 minutes for 3 days
+NAIVE_ACTIONS = NAIVE_POLLS * 2  # a timer and an activity each
+LOCAL_ACTIVITY_MARKER = "core_local_activity"
+
+# Slots a second apart that stay due for an hour: each wait is a timer that really fires.
+SPACED = bench_calls.policy(
+    firstAttemptDelay=1,
+    retryDelays={"no_answer": 1, "busy": 1, "voicemail": 1},
+    attemptWindow=3600,
+    deadline="P3D",
+)
+BY_ATTEMPTS = bench_calls.policy(
+    firstAttemptDelay=0,
+    retryDelays={"no_answer": 0, "busy": 0, "voicemail": 0},
+    attemptWindow=3600,
+    maxAttempts=2,
+)
+BY_DEADLINE = bench_calls.policy(firstAttemptDelay=0, attemptWindow=3600, deadline=3)
+
+E = EventType
+
+
+@dataclass
+class Cost:
+    """What one call's history holds."""
+
+    path: str
+    events: int
+    bytes: int
+    actions: Counter[str]
+    la_tasks: int
+    phase: str
+
+    @property
+    def total(self) -> int:
+        return sum(self.actions.values())
+
+    @property
+    def total_la_per_task(self) -> int:
+        """Actions if all local activities of one workflow task count once (Cloud's rule)."""
+        return self.total - self.actions["local activity"] + self.la_tasks
+
+
+def count_actions(events: list[Any]) -> tuple[Counter[str], int]:
+    """Billable actions per kind in a history, and the number of tasks with local activities."""
+    actions: Counter[str] = Counter()
+    la_tasks: set[int] = set()
+    for event in events:
+        kind = event.event_type
+        if kind == E.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+            actions["start"] += 1
+        elif kind == E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+            actions["signal"] += 1
+        elif kind == E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
+            actions["update"] += 1
+        elif kind == E.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            actions["activity"] += 1
+        elif kind == E.EVENT_TYPE_TIMER_STARTED:
+            actions["timer"] += 1
+        elif kind == E.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES:
+            fields = event.upsert_workflow_search_attributes_event_attributes.search_attributes
+            if set(fields.indexed_fields) - {"TemporalChangeVersion"}:
+                actions["search attributes"] += 1
+        elif kind == E.EVENT_TYPE_MARKER_RECORDED:
+            marker = event.marker_recorded_event_attributes
+            if marker.marker_name == LOCAL_ACTIVITY_MARKER:
+                actions["local activity"] += 1
+                la_tasks.add(marker.workflow_task_completed_event_id)
+    return actions, len(la_tasks)
+
+
+async def cost_of(path: str, handle: WorkflowHandle[Any, Any]) -> Cost:
+    """Count a call's history as it is now."""
+    history = await handle.fetch_history()
+    events = list(history.events)
+    actions, la_tasks = count_actions(events)
+    description = await handle.describe()
+    phase = description.typed_search_attributes.get(SearchAttributes.CALL_PHASE) or "?"
+    return Cost(path, len(events), History(events=events).ByteSize(), actions, la_tasks, phase)
+
+
+async def wait_for_phase(handle: WorkflowHandle[Any, Any], phase: CallPhase) -> None:
+    """Poll the `CallPhase` search attribute (describe is free; a query would be an action)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        description = await handle.describe()
+        if description.typed_search_attributes.get(SearchAttributes.CALL_PHASE) == phase.value:
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"{handle.id} never reached phase {phase.value}")
+
+
+async def _started(service: CallService, call_policy: PolicyOverrides) -> WorkflowHandle[Any, Any]:
+    call = bench_calls.make_call(0, call_policy)
+    await bench_calls.start_call(service, call)
+    return bench_calls.handle_of(service.client, call)
+
+
+async def typical(service: CallService) -> Cost:
+    handle = await _started(service, SPACED)
+    for _ in range(2):
+        await wait_for_phase(handle, CallPhase.DUE)
+        await bench_calls.attempt(handle)
+    await wait_for_phase(handle, CallPhase.DUE)
+    await bench_calls.complete(handle)
+    await handle.result()
+    return await cost_of("typical (slots come due)", handle)
+
+
+async def typical_no_waits(service: CallService) -> Cost:
+    call = bench_calls.make_call(1, bench_calls.NO_WAIT)
+    await bench_calls.typical_path(service, call)
+    return await cost_of("typical, no waits", bench_calls.handle_of(service.client, call))
+
+
+async def cancelled(service: CallService) -> Cost:
+    handle = await _started(service, bench_calls.WAITING)
+    await wait_for_phase(handle, CallPhase.SCHEDULED)
+    await handle.execute_update(CANCEL, CancelSignal(reason="no longer wanted"))
+    await handle.result()
+    return await cost_of("cancelled while waiting", handle)
+
+
+async def expired_by_attempts(service: CallService) -> Cost:
+    handle = await _started(service, BY_ATTEMPTS)
+    await bench_calls.attempt(handle)
+    await bench_calls.attempt(handle)
+    await handle.result()
+    return await cost_of("expired by attempts (2)", handle)
+
+
+async def expired_by_deadline(service: CallService) -> Cost:
+    handle = await _started(service, BY_DEADLINE)
+    await handle.result()
+    return await cost_of("expired by deadline (3 s)", handle)
+
+
+async def waiting(service: CallService, seconds: float) -> tuple[Cost, Cost]:
+    """A call waiting for its first slot, counted before and after `seconds` of silence."""
+    handle = await _started(service, bench_calls.WAITING)
+    await wait_for_phase(handle, CallPhase.SCHEDULED)
+    before = await cost_of("waiting: first slot days away", handle)
+    await asyncio.sleep(seconds)
+    after = await cost_of(f"waiting: {seconds:g} s later", handle)
+    await handle.signal(CANCEL, CancelSignal(reason="benchmark done"))
+    return before, after
+
+
+async def measure(stack: Stack, wait_seconds: float) -> dict[str, Any]:
+    """Run every path at once on a started stack (worker running)."""
+    service = CallService(stack.client)
+    paths: list[Callable[[CallService], Awaitable[Cost]]] = [
+        typical,
+        typical_no_waits,
+        cancelled,
+        expired_by_attempts,
+        expired_by_deadline,
+    ]
+    results = await asyncio.gather(
+        *(path(service) for path in paths), waiting(service, wait_seconds)
+    )
+    costs: list[Cost] = list(results[:-1])  # type: ignore[arg-type]
+    before, after = results[-1]  # type: ignore[misc]
+    return {"costs": costs, "waitBefore": before, "waitAfter": after, "waitSeconds": wait_seconds}
+
+
+def result_of(figures: dict[str, Any]) -> Result:
+    """The printed result of a `measure` run."""
+    costs: list[Cost] = figures["costs"]
+    before: Cost = figures["waitBefore"]
+    after: Cost = figures["waitAfter"]
+    typical_cost = costs[0]
+    idle_events = after.events - before.events
+    idle_actions = after.total - before.total
+    ratio = typical_cost.total / NAIVE_ACTIONS
+    met = (
+        typical_cost.total <= GOAL_ACTIONS
+        and typical_cost.events <= GOAL_EVENTS
+        and idle_events == 0
+        and idle_actions == 0
+    )
+    result = Result(
+        name="cost",
+        title="history events and billable actions per call, from real histories",
+        ratio=ratio,
+        ratio_label="typical-path actions / naive 15-min polling for 3 days",
+        goal=f"typical <= {GOAL_ACTIONS} actions, <= {GOAL_EVENTS} events; 0 while waiting",
+        met=met,
+        notes=[],
+    )
+    for cost in [*costs, before, after]:
+        parts = ", ".join(f"{kind} {n}" for kind, n in sorted(cost.actions.items()))
+        result.add(
+            cost.path,
+            f"{cost.total} actions",
+            f"{cost.events} events, {cost.bytes / 1024:.1f} KiB",
+            f"{parts}; LA per task: {cost.total_la_per_task}; phase {cost.phase}",
+        )
+    result.add(
+        f"waiting {figures['waitSeconds']:g} s, no message",
+        f"+{idle_actions} actions",
+        f"+{idle_events} events",
+        "one durable timer; nothing happens until it fires or a message arrives",
+    )
+    result.add(
+        "naive: poll every 15 min for 3 days",
+        f"{NAIVE_ACTIONS} actions",
+        f"{NAIVE_POLLS} polls",
+        "a timer and an activity per poll (computed)",
+    )
+    result.notes.append(
+        "Actions count each local activity once (conservative); 'LA per task' counts all local "
+        "activities of one workflow task as one, as Temporal Cloud bills them."
+    )
+    result.figures = {
+        "paths": {
+            c.path: {
+                "events": c.events,
+                "bytes": c.bytes,
+                "actions": c.total,
+                "actionsLaPerTask": c.total_la_per_task,
+                "byKind": dict(c.actions),
+                "phase": c.phase,
+            }
+            for c in [*costs, before, after]
+        },
+        "waitSeconds": figures["waitSeconds"],
+        "waitingAddedEvents": idle_events,
+        "waitingAddedActions": idle_actions,
+        "naiveActions": NAIVE_ACTIONS,
+    }
+    return result
+
+
+async def run(wait_seconds: float = DEFAULT_WAIT_SECONDS) -> Result:
+    """Start a stack (server, sandbox, worker), measure, stop it."""
+    async with Stack(worker=True) as stack:
+        return result_of(await measure(stack, wait_seconds))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.cost", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=DEFAULT_WAIT_SECONDS,
+        help="Seconds to watch a waiting call for new events.",
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    main(_parser(), lambda a: run(a.wait))

@@ -1,0 +1,232 @@
+"""Open calls at scale: many calls waiting on their timers, the worker's memory, history size.
+
+`--n` calls (default 10,000) are started as the starter starts them, each with a first slot
+three days away, so that after its first workflow task (policy, TapRaise create, one timer) each
+call just waits. Then every call is completed with a `complete` signal.
+
+Measured:
+- the worker's resident memory (`python -m worker`, a process of its own), sampled from
+  `/proc/<pid>/status`: idle before the first call (the baseline), with every call open, and its
+  peak (`VmHWM`) over the whole run. Goal: peak <= 300 MB;
+- history size per call, from a sample of histories (events and bytes), while waiting and once
+  completed, and the total for all calls;
+- that the sandbox created and completed every call exactly once.
+
+    python -m bench.scale --n 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from temporalio.api.history.v1 import History
+from temporalio.client import Client
+
+from bench import calls as bench_calls
+from bench.report import Result, bounded, main, per_second, progress
+from bench.stack import Stack, read_kb, sampling
+from starter.calls import CallService
+from workflows.messages import COMPLETE, CallInput
+
+GOAL_MB = 300
+DEFAULT_N = 10_000
+DEFAULT_CONCURRENCY = 50
+HISTORY_SAMPLE = 20
+STALL_SECONDS = 120.0
+
+
+async def wait_for_count(client: Client, query: str, target: int, description: str) -> None:
+    """Poll a visibility count until it reaches `target`; fail if it stops moving."""
+    with progress(description, target) as advance:
+        seen, moved = 0, time.monotonic()
+        while seen < target:
+            count = (await client.count_workflows(query)).count
+            if count > seen:
+                advance(count - seen)
+                seen, moved = count, time.monotonic()
+            elif time.monotonic() - moved > STALL_SECONDS:
+                raise RuntimeError(f"stuck at {seen}/{target} for {query!r}")
+            if seen < target:
+                await asyncio.sleep(0.5)
+
+
+async def history_sample(client: Client, made: list[CallInput]) -> tuple[float, float]:
+    """Mean events and bytes per call over an evenly spread sample of histories."""
+    step = max(1, len(made) // HISTORY_SAMPLE)
+    events, sizes = [], []
+    for call in made[::step][:HISTORY_SAMPLE]:
+        history = await bench_calls.handle_of(client, call).fetch_history()
+        events.append(len(history.events))
+        sizes.append(History(events=list(history.events)).ByteSize())
+    return statistics.mean(events), statistics.mean(sizes)
+
+
+async def _all(
+    description: str, made: list[CallInput], concurrency: int, work: Callable[[int], Awaitable[Any]]
+) -> float:
+    """Run `work` for each call; returns the seconds it took."""
+    began = time.perf_counter()
+    with progress(description, len(made)) as advance:
+
+        async def one(i: int) -> None:
+            await work(i)
+
+        await bounded(len(made), concurrency, one, advance)
+    return time.perf_counter() - began
+
+
+async def measure(stack: Stack, n: int, concurrency: int) -> dict[str, Any]:
+    """Start, hold and complete `n` calls on a started stack (worker running)."""
+    assert stack.worker is not None
+    worker = stack.worker
+    client = stack.client
+    service = CallService(client)
+    await asyncio.sleep(2)  # let the worker settle after its first polls
+    idle_kb = worker.rss_kb()
+    made = [bench_calls.make_call(i, bench_calls.WAITING) for i in range(n)]
+    already = (await client.count_workflows("ExecutionStatus = 'Completed'")).count
+
+    with sampling(worker) as samples:
+        start_seconds = await _all(
+            "starting calls",
+            made,
+            concurrency,
+            lambda i: bench_calls.start_call(service, made[i]),
+        )
+        began = time.perf_counter()
+        await wait_for_count(client, "CallPhase = 'scheduled'", n, "calls created, waiting")
+        settle_seconds = time.perf_counter() - began
+        open_kb = worker.rss_kb()
+        open_events, open_bytes = await history_sample(client, made)
+
+        completion = bench_calls.completion()
+        signal_seconds = await _all(
+            "completing (signals)",
+            made,
+            concurrency,
+            lambda i: bench_calls.handle_of(client, made[i]).signal(COMPLETE, completion),
+        )
+        began = time.perf_counter()
+        await wait_for_count(
+            client, "ExecutionStatus = 'Completed'", n + already, "calls completed"
+        )
+        finish_seconds = time.perf_counter() - began
+    peak_kb = read_kb(worker.pid, "VmHWM")
+    done_events, done_bytes = await history_sample(client, made)
+    stats = await stack.sandbox("stats")
+    for call in made[:: max(1, n // HISTORY_SAMPLE)]:
+        effects = await stack.sandbox(f"calls/{call.uuid}/effects")
+        expected = {**bench_calls.TYPICAL_EFFECTS, "add-attempt": 0}
+        if effects != expected:
+            raise AssertionError(f"call {call.uuid}: TapRaise effects {effects}")
+    return {
+        "n": n,
+        "idleKb": idle_kb,
+        "openKb": open_kb,
+        "peakKb": peak_kb,
+        "sampledPeakKb": max(samples, default=0),
+        "openEvents": open_events,
+        "openBytes": open_bytes,
+        "doneEvents": done_events,
+        "doneBytes": done_bytes,
+        "startSeconds": start_seconds,
+        "settleSeconds": settle_seconds,
+        "signalSeconds": signal_seconds,
+        "finishSeconds": finish_seconds,
+        "sandboxCreated": stats["effects"]["create"],
+        "sandboxCompleted": stats["effects"]["complete"],
+    }
+
+
+def result_of(figures: dict[str, Any]) -> Result:
+    """The printed result of a `measure` run."""
+    n = figures["n"]
+    mb = 1024
+    idle, open_, peak = figures["idleKb"] / mb, figures["openKb"] / mb, figures["peakKb"] / mb
+    ratio = peak / idle if idle else None
+    result = Result(
+        name="scale",
+        title=f"{n:,} open calls waiting on timers: worker memory and history size",
+        ratio=ratio,
+        ratio_label="worker peak RSS / idle RSS",
+        goal=f"peak <= {GOAL_MB} MB",
+        met=peak <= GOAL_MB,
+    )
+    result.add("worker RSS, peak (VmHWM)", f"{peak:.0f} MB", f"{idle:.0f} MB idle", "whole run")
+    result.add("worker RSS, all calls open", f"{open_:.0f} MB", f"{idle:.0f} MB idle", "")
+    result.add(
+        "history per waiting call",
+        f"{figures['openBytes'] / 1024:.1f} KiB",
+        f"{figures['openEvents']:.0f} events",
+        f"sample of {HISTORY_SAMPLE}",
+    )
+    result.add(
+        "history per completed call",
+        f"{figures['doneBytes'] / 1024:.1f} KiB",
+        f"{figures['doneEvents']:.0f} events",
+        f"sample of {HISTORY_SAMPLE}",
+    )
+    result.add(
+        "history, all calls completed",
+        f"{figures['doneBytes'] * n / 1024 / 1024:.1f} MiB",
+        f"{figures['doneEvents'] * n:,.0f} events",
+        "estimated from the sample",
+    )
+    started = figures["startSeconds"] + figures["settleSeconds"]
+    finished = figures["signalSeconds"] + figures["finishSeconds"]
+    result.add(
+        "calls started and waiting",
+        f"{per_second(n, started):.0f}/s",
+        f"{started:.0f} s",
+        "start requests, then policy + TapRaise create + timer each",
+    )
+    result.add(
+        "calls completed by signal",
+        f"{per_second(n, finished):.0f}/s",
+        f"{finished:.0f} s",
+        "signal, then TapRaise complete each",
+    )
+    result.add(
+        "TapRaise effects",
+        f"{figures['sandboxCreated']:,} created",
+        f"{figures['sandboxCompleted']:,} completed",
+        "each call exactly once (sample checked per call)",
+    )
+    result.figures = {
+        **figures,
+        "idleMb": idle,
+        "openMb": open_,
+        "peakMb": peak,
+    }
+    return result
+
+
+async def run(
+    n: int = DEFAULT_N, concurrency: int = DEFAULT_CONCURRENCY, bytecode_cache: bool = True
+) -> Result:
+    """Start a stack (server, sandbox, worker process), measure, stop it."""
+    async with Stack(worker=True, bytecode_cache=bytecode_cache) as stack:
+        return result_of(await measure(stack, n, concurrency))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.scale", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--n", type=int, default=DEFAULT_N, help="Calls to hold open.")
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
+    parser.add_argument(
+        "--no-bytecode-cache",
+        action="store_true",
+        help="Run the workers without cached bytecode (as with PYTHONDONTWRITEBYTECODE=1).",
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    main(_parser(), lambda a: run(a.n, a.concurrency, not a.no_bytecode_cache))
