@@ -83,6 +83,22 @@ def build_worker(
     )
 
 
+# Each cached workflow keeps its sandboxed copy of the workflow modules (about 0.3 MB). Calls
+# wait for hours between messages, so a smaller cache costs only a short replay when one wakes.
+DEFAULT_CACHED_WORKFLOWS = 400
+
+
+def cached_workflows() -> int:
+    """How many workflows the worker keeps in memory (`WORKER_MAX_CACHED_WORKFLOWS`)."""
+    value = os.environ.get("WORKER_MAX_CACHED_WORKFLOWS", str(DEFAULT_CACHED_WORKFLOWS))
+    try:
+        return max(1, int(value))
+    except ValueError:
+        raise ValueError(
+            f"WORKER_MAX_CACHED_WORKFLOWS must be a whole number, not {value!r}"
+        ) from None
+
+
 async def check_tapraise(tapraise: TapRaiseClient) -> None:
     """One cheap read, so that a wrong URL or refused credentials stop the worker at start-up.
 
@@ -125,7 +141,9 @@ async def run(stop: asyncio.Event | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with settings.make_client() as tapraise:
         await check_tapraise(tapraise)
-        worker = build_worker(client, tapraise, policy_book=book)
+        worker = build_worker(
+            client, tapraise, policy_book=book, max_cached_workflows=cached_workflows()
+        )
         log.info(
             "worker ready: task queue %s on %s (namespace %s), TapRaise at %s",
             TASK_QUEUE,
