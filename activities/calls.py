@@ -179,12 +179,14 @@ class TapRaiseActivities:
     async def add_attempt(self, data: AddAttemptInput) -> Call:
         """Record an unsuccessful attempt (`PUT /api/v1/calls/{uuid}/actions/add-attempt`).
 
-        Retry safety: `attemptAt` is fixed by the workflow. On every try after the first, the
-        call is looked up first and nothing is sent when an attempt with the same `attemptAt` (and
-        user) is already recorded: a lost answer never records a second attempt.
+        Retry safety: `attemptAt` is fixed by the workflow. Before sending, the call is looked up
+        and nothing is sent when an attempt with the same `attemptAt` (and user) is already
+        recorded: a lost answer never records a second attempt. Run as a local activity, this
+        look-up happens on every try, because a local activity whose worker died starts again
+        at attempt 1 on another worker.
         """
         action = f"add attempt to call {data.call_uuid}"
-        if activity.info().attempt > 1:
+        if activity.info().attempt > 1 or activity.info().is_local:
             call = await self._require(data, action)
             for recorded in call.attempts:
                 same_user = data.user_uuid is None or recorded.user_uuid == data.user_uuid

@@ -568,3 +568,32 @@ async def test_the_plain_temporal_cli_drives_a_call_end_to_end(
     final = CallState.model_validate(await handle.result())
     assert final.phase == CallPhase.COMPLETED and final.status == CallStatus.COMPLETED
     assert lenient_sandbox.effects(str(call_uuid))["complete"] == 1
+
+
+async def test_a_message_queued_while_adopting_a_finished_call_is_refused_not_left_hanging(
+    call_worker: CallWorker,
+    tapraise_client: TapRaiseClient,
+    lenient_sandbox: SandboxServer,
+    clean_faults: None,
+) -> None:
+    call_uuid = uuid.uuid4()
+    requested_at = datetime.now(UTC).replace(microsecond=0)
+    await tapraise_client.create_call(
+        CreateCallRequest(
+            uuid=call_uuid, requested_at=requested_at, person_uuid=PERSON, type="verification"
+        )
+    )
+    await tapraise_client.cancel_call(call_uuid)
+    # The create is slow, so the attempt below waits in the queue while the call is adopted.
+    lenient_sandbox.set_faults([{"endpoint": "create", "next": ["latency"], "latencySeconds": 1.0}])
+    handle = await call_worker.start(
+        uuid=call_uuid, person_uuid=PERSON, type="verification", requested_at=requested_at
+    )
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update(
+            CallWorkflow.attempt_update, AttemptSignal(outcome=AttemptOutcome.NO_ANSWER)
+        )
+    assert "already cancelled" in str(refused.value.cause)
+    final = await handle.result()
+    assert final.phase == CallPhase.CANCELLED and final.attempts == []
+    assert lenient_sandbox.effects(str(call_uuid))["add-attempt"] == 0

@@ -112,6 +112,7 @@ class _Action:
     received_at: datetime
     done: bool = False
     detail: str = ""
+    refusal: str | None = None  # set when it could not be carried out after all
 
 
 @dataclass
@@ -204,6 +205,8 @@ class CallWorkflow:
             self._progress.callback_at = None  # the callback slot is here; it is used up
             if not await self._wait_until(decision.due_until, "attempt window"):
                 self._missed_slot()
+        for action in self._inbox:  # accepted while the call closed: refuse, never hang
+            action.refusal, action.done = f"call is already {self._phase.value}", True
         self._publish()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self._snapshot()
@@ -341,7 +344,7 @@ class CallWorkflow:
 
     async def _carry_out(self, action: _Action) -> None:
         if self._phase.is_final:
-            action.detail = f"call is already {self._phase.value}"
+            action.refusal = f"call is already {self._phase.value}"
             return
         msg = action.message
         if isinstance(msg, AttemptSignal):
@@ -388,8 +391,8 @@ class CallWorkflow:
                 self._policy, self._timezone, self._requested_at, msg.at, workflow.now()
             )
         except ValueError as exc:
-            action.detail = f"callback refused: {exc}"
-            self._log("ignored", action.detail)
+            action.refusal = f"callback refused: {exc}"
+            self._log("ignored", action.refusal)
             return
         self._progress.callback_at = at
         self._slot = None
@@ -430,6 +433,7 @@ class CallWorkflow:
         action.detail = f"call {self._phase.value}"
 
     async def _expire(self, decision: schedule.Expire) -> None:
+        self._closing = "expired"  # a completion or cancellation arriving now is refused
         request = ExpireCallRequest(expired_at=_ms(workflow.now()))
         call = await self._finish_in_tapraise(
             "expire",
@@ -542,6 +546,8 @@ class CallWorkflow:
         if action is None:  # the state changed between validator and handler
             raise ApplicationError(self._refusal(kind, msg) or "refused", type=ACTION_REJECTED)
         await workflow.wait_condition(lambda: action.done)
+        if action.refusal is not None:  # e.g. the call expired while this waited its turn
+            raise ApplicationError(action.refusal, type=ACTION_REJECTED)
         return ActionAccepted(phase=self._phase, detail=action.detail)
 
     @workflow.signal(name=ATTEMPT)
