@@ -270,8 +270,10 @@ class TapRaiseClient:
     async def find_call(self, call_uuid: UUID | str, requested_at: datetime) -> Call | None:
         """Find one call by uuid (TapRaise has no GET by uuid).
 
-        Pages the list from one second before ``requested_at`` (TapRaise compares times with
-        millisecond precision, and the filter may be exclusive).
+        Lists the calls requested from one second before ``requested_at`` on (TapRaise compares
+        times with millisecond precision, and the filter may be exclusive), paging *backward*:
+        the list is newest first, so its last page holds the oldest calls of that set, among
+        them the one wanted. One request, however many calls were requested since.
 
         Args:
             call_uuid: The call to find.
@@ -281,7 +283,9 @@ class TapRaiseClient:
             The call, or ``None`` when the account cannot see a call with that uuid.
         """
         wanted = _as_uuid(call_uuid)
-        async for call in self.list_calls(requested_after=requested_at - timedelta(seconds=1)):
+        async for call in self.list_calls(
+            requested_after=requested_at - timedelta(seconds=1), page_size=50, backward=True
+        ):
             if call.uuid == wanted:
                 return call
         return None

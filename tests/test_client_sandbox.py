@@ -932,3 +932,15 @@ async def test_every_status_error_shows_the_servers_message(client: TapRaiseClie
         await client.cancel_call(uuid.uuid4())
     assert "Call is not found" in str(raised.value)
     assert str(raised.value).startswith("TapRaise answered 404 Not Found on PUT /api/v1/calls/")
+
+
+async def test_find_call_takes_one_request_however_many_calls_came_after_it(
+    crowd_client: TapRaiseClient, crowd: Crowd, sandbox: SandboxServer
+) -> None:
+    oldest = crowd.newest_first[-1]
+    listed = {call.uuid: call async for call in crowd_client.list_calls()}
+    before = len(sandbox.requests(endpoint="list", limit=100_000))
+    found = await crowd_client.find_call(oldest, listed[uuid.UUID(oldest)].requested_at)
+    assert found is not None and str(found.uuid) == oldest
+    # 262 calls were requested after it: paging backward finds it on the first page.
+    assert len(sandbox.requests(endpoint="list", limit=100_000)) == before + 1
