@@ -284,7 +284,7 @@ class TapRaiseClient:
         """
         wanted = _as_uuid(call_uuid)
         async for call in self.list_calls(
-            requested_after=requested_at - timedelta(seconds=1), page_size=50, backward=True
+            requested_after=requested_at - timedelta(seconds=1), page_size=20, backward=True
         ):
             if call.uuid == wanted:
                 return call
