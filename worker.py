@@ -22,6 +22,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities.calls import TapRaiseActivities
 from tapraise import (
     APIConnectionError,
+    APIStatusError,
     AuthenticationError,
     PermissionDeniedError,
     TapRaiseClient,
@@ -100,18 +101,16 @@ def cached_workflows() -> int:
 
 
 async def check_tapraise(tapraise: TapRaiseClient) -> None:
-    """One cheap read, so that a wrong URL or refused credentials stop the worker at start-up.
+    """One cheap read at start-up: refused credentials stop the worker, with what to check.
+
+    A TapRaise that does not answer now (unreachable, 5xx, 429, a timeout) is only reported: the
+    calls' actions retry until it is back, and a worker restarted during an outage must serve.
 
     Raises:
-        RuntimeError: naming the URL and what to check.
+        RuntimeError: when TapRaise refuses the service account (401).
     """
     try:
         await tapraise.list_calls_page(first=1)
-    except APIConnectionError as exc:
-        raise RuntimeError(
-            f"cannot reach TapRaise at {tapraise.base_url}: {exc}. Start the sandbox "
-            "(`make run` or `python -m tapraise.sandbox`) or check TAPRAISE_BASE_URL."
-        ) from exc
     except AuthenticationError as exc:
         raise RuntimeError(
             f"TapRaise at {tapraise.base_url} refused the service account: {exc}. Check "
@@ -119,6 +118,13 @@ async def check_tapraise(tapraise: TapRaiseClient) -> None:
         ) from exc
     except PermissionDeniedError:
         log.warning("the service account may not list calls: duplicate starts cannot be adopted")
+    except (APIConnectionError, APIStatusError) as exc:
+        log.warning(
+            "TapRaise at %s does not answer now (%s); calls will retry until it does. If this "
+            "persists, start the sandbox (`make run`) or check TAPRAISE_BASE_URL.",
+            tapraise.base_url,
+            exc,
+        )
 
 
 async def run(stop: asyncio.Event | None = None) -> None:
