@@ -253,7 +253,7 @@ def bad_actions() -> st.SearchStrategy[tuple[str, str, Any]]:
     return st.one_of(cases)
 
 
-# ── helpers ──────────────────────────────────────────────────────────────────────────────────
+# ── shared checks ────────────────────────────────────────────────────────────────────────────
 
 
 async def _exists(client: Client, call_uuid: str) -> bool:

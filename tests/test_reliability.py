@@ -1,0 +1,288 @@
+"""Reliability: calls driven through TapRaise faults, worker kills, a server restart and duplicate
+messages, with every effect accounted for.
+
+The first test runs the fault harness (`bench.chaos`) in-process on a hundred calls with every
+fault kind at once; the harness starts its own dev server, sandbox and worker processes and
+checks each call against the sandbox's request log and state and the workflow's final state.
+The focused tests pin down single faults deterministically with the sandbox's forced faults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.testing import WorkflowEnvironment
+
+from bench.chaos import ChaosConfig, chaos_policy, run_chaos
+from tapraise.models import CallResult
+from tapraise.sandbox.seed import DEMO_PERSON_UUIDS
+from tests.sandbox_fixture import REPO_ROOT, SandboxServer
+from tests.temporal_fixture import CallWorker
+from workflows.call import CallWorkflow
+from workflows.messages import (
+    TASK_QUEUE,
+    AttemptSignal,
+    CallInput,
+    CallPhase,
+    CallState,
+    CompleteSignal,
+    workflow_id_for,
+)
+from workflows.policy import AttemptOutcome
+
+pytestmark = pytest.mark.timeout(240)
+
+PERSON = uuid.UUID(DEMO_PERSON_UUIDS[5])
+
+
+async def test_hundred_calls_through_every_fault_at_once_lose_and_duplicate_nothing(
+    tmp_path: Path,
+) -> None:
+    config = ChaosConfig(
+        calls=100,
+        workers=3,
+        faults="all",
+        kill_every=5,
+        restart_at=15,
+        time_budget=70,
+        heal_window=25,
+        max_active=100,
+        # Every TapRaise fault kind, at half the large run's shares: a hundred calls have to
+        # close within a minute while a worker dies every five seconds.
+        error_share=0.15,
+        rate_limit_share=0.05,
+        late_share=0.03,
+        seed=7,
+        progress=False,
+        work_dir=tmp_path / "chaos",
+    )
+    began = time.monotonic()
+    report = await run_chaos(config)
+    took = time.monotonic() - began
+    assert report.ok, "\n".join(report.lines())
+    assert (report.lost, report.duplicated, report.mismatched, report.stuck) == (0, 0, 0, 0)
+    # Every fault kind really happened.
+    for kind in ("500", "503", "429", "late"):
+        assert report.faults_injected.get(kind, 0) > 0, report.faults_injected
+    assert report.kills >= 4 and report.restarts == 1
+    assert report.duplicate_deliveries > 100 and report.races > 0
+    assert set(report.final_phases) == {"completed", "cancelled", "expired"}
+    assert sum(report.final_phases.values()) == 100
+    assert took < 90, f"the chaos run took {took:.0f} s"
+
+
+async def _wait_for_phase(
+    handle: WorkflowHandle[Any, Any], *phases: CallPhase, seconds: float = 30
+) -> CallState:
+    deadline = time.monotonic() + seconds
+    while True:
+        with contextlib.suppress(Exception):
+            state: CallState = await handle.query(CallWorkflow.state, rpc_timeout=None)
+            if state.phase in phases:
+                return state
+        if time.monotonic() > deadline:
+            raise AssertionError(f"call never reached {phases}")
+        await asyncio.sleep(0.1)
+
+
+async def test_completion_refused_by_tapraise_for_a_while_is_recorded_exactly_once(
+    call_worker: CallWorker, lenient_sandbox: SandboxServer, clean_faults: None
+) -> None:
+    handle = await call_worker.start(
+        person_uuid=PERSON, type="verification", policy=chaos_policy(600, 5)
+    )
+    state = await _wait_for_phase(handle, CallPhase.SCHEDULED, CallPhase.DUE)
+    call_uuid = str(state.call_uuid)
+    # TapRaise is down for completions (503), then applies one but answers after the client gave
+    # up, then is down once more, then recovers.
+    lenient_sandbox.set_faults(
+        [{"endpoint": "complete", "next": ["503", "late", "503"], "lateDelaySeconds": 3}]
+    )
+    accepted = await handle.execute_update(
+        CallWorkflow.complete_update, CompleteSignal(result=CallResult(result_code="confirmed"))
+    )
+    assert accepted.phase == CallPhase.COMPLETED
+    final = await handle.result()
+    assert final.phase == CallPhase.COMPLETED and final.result is not None
+    statuses = [r["status"] for r in lenient_sandbox.requests(call_uuid, "complete")]
+    assert statuses == [503, 200, 503, 409]
+    assert lenient_sandbox.effects(call_uuid) == {
+        "create": 1,
+        "add-attempt": 0,
+        "complete": 1,
+        "cancel": 0,
+        "expire": 0,
+    }
+    assert lenient_sandbox.stored_call(call_uuid)["status"] == "completed"
+
+
+@contextlib.contextmanager
+def _worker_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m worker` as a user runs it; SIGKILLed on the way out if still running."""
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker"], cwd=log.parent, env=env, stdout=out, stderr=out
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+async def _ready(process: subprocess.Popen[bytes], log: Path, starts: int) -> None:
+    deadline = time.monotonic() + 60
+    while (text := await asyncio.to_thread(log.read_text, errors="replace")).count(
+        "worker ready"
+    ) < starts:
+        assert process.poll() is None, text
+        assert time.monotonic() < deadline, "worker not ready in time"
+        await asyncio.sleep(0.1)
+
+
+async def test_attempt_applied_just_before_a_worker_crash_is_not_recorded_again(
+    temporal_env: WorkflowEnvironment,
+    lenient_sandbox: SandboxServer,
+    clean_faults: None,
+    tmp_path: Path,
+) -> None:
+    """A local activity whose worker dies is run again from its first attempt by the next worker.
+
+    TapRaise applied the attempt, the worker died before the workflow task completed, and the
+    next worker runs `add_attempt` again: it must see the attempt is already there.
+    """
+    key_file = tmp_path / "key.pem"
+    key_file.write_text(lenient_sandbox.private_key_pem)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "TAPRAISE_"))},
+        "PYTHONPATH": str(REPO_ROOT),
+        "TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
+        "TEMPORAL_NAMESPACE": temporal_env.client.namespace,
+        "TAPRAISE_BASE_URL": lenient_sandbox.base_url,
+        "TAPRAISE_ACCOUNT_EMAIL": lenient_sandbox.account_email,
+        "TAPRAISE_PRIVATE_KEY_ID": lenient_sandbox.private_key_id,
+        "TAPRAISE_PRIVATE_KEY_FILE": str(key_file),
+        "TAPRAISE_TIMEOUT_SECONDS": "30",
+    }
+    log = tmp_path / "worker.log"
+    call = CallInput(
+        uuid=uuid.uuid4(), person_uuid=PERSON, type="verification", policy=chaos_policy(600, 5)
+    )
+    call_uuid = str(call.uuid)
+    with _worker_process(env, log) as first:
+        await _ready(first, log, 1)
+        handle = await temporal_env.client.start_workflow(
+            CallWorkflow.run, call, id=workflow_id_for(call_uuid), task_queue=TASK_QUEUE
+        )
+        await _wait_for_phase(handle, CallPhase.SCHEDULED, CallPhase.DUE)
+        # TapRaise applies the attempt at once but holds its answer back for 20 s.
+        lenient_sandbox.set_faults(
+            [{"endpoint": "add-attempt", "next": ["late"], "lateDelaySeconds": 20}]
+        )
+        now = datetime.now(UTC)
+        attempt = AttemptSignal(
+            outcome=AttemptOutcome.NO_ANSWER,
+            attempt_at=now.replace(microsecond=now.microsecond // 1000 * 1000),
+        )
+        answer = asyncio.create_task(handle.execute_update(CallWorkflow.attempt_update, attempt))
+        deadline = time.monotonic() + 20
+        while lenient_sandbox.effects(call_uuid)["add-attempt"] == 0:
+            assert time.monotonic() < deadline, "the attempt never reached TapRaise"
+            await asyncio.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    lenient_sandbox.clear_faults()
+    try:
+        with _worker_process(env, log) as second:
+            await _ready(second, log, 2)
+            accepted = await asyncio.wait_for(answer, 60)
+            assert accepted.detail.startswith("attempt 1 recorded"), accepted
+            stored = lenient_sandbox.stored_call(call_uuid)
+            assert stored is not None and stored["attemptsCount"] == 1, json.dumps(stored)
+            assert lenient_sandbox.effects(call_uuid)["add-attempt"] == 1
+            state: CallState = await handle.query(CallWorkflow.state)
+            assert len(state.attempts) == 1
+    finally:
+        answer.cancel()
+        with contextlib.suppress(Exception):
+            await handle.terminate("test done")
+
+
+async def test_attempt_reported_while_the_call_expires_is_refused_and_the_call_closes(
+    call_worker: CallWorker, lenient_sandbox: SandboxServer, clean_faults: None
+) -> None:
+    """A report arriving while the final action is still retried must not keep the call open.
+
+    TapRaise refuses the expiry four times (1 + 2 + 4 + 8 s of backoff): meanwhile an attempt is
+    reported. It is refused with the reason (the call is being expired), nothing reaches
+    TapRaise, and the workflow closes as expired.
+    """
+    lenient_sandbox.set_faults([{"endpoint": "expire", "next": ["503", "503", "503", "503"]}])
+    handle = await call_worker.start(
+        person_uuid=PERSON, type="verification", policy=chaos_policy(2, 5)
+    )
+    call_uuid = str(handle.id).removeprefix("call-")
+    deadline = time.monotonic() + 30
+    while not lenient_sandbox.requests(call_uuid, "expire"):
+        assert time.monotonic() < deadline, "the call never tried to expire"
+        await asyncio.sleep(0.1)
+    now = datetime.now(UTC)
+    attempt = AttemptSignal(
+        outcome=AttemptOutcome.BUSY,
+        attempt_at=now.replace(microsecond=now.microsecond // 1000 * 1000),
+    )
+    answer = asyncio.create_task(handle.execute_update(CallWorkflow.attempt_update, attempt))
+    try:
+        final = await asyncio.wait_for(handle.result(), 40)
+        assert final.phase == CallPhase.EXPIRED and final.attempts == []
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await asyncio.wait_for(answer, 10)
+        assert "expired" in str(refused.value.cause)
+    except TimeoutError:
+        state: CallState = await handle.query(CallWorkflow.state)
+        pytest.fail(f"the call stays open in phase {state.phase.value} after expiring")
+    finally:
+        answer.cancel()
+        with contextlib.suppress(Exception):
+            await handle.terminate("test done")
+    assert lenient_sandbox.effects(call_uuid)["add-attempt"] == 0
+
+
+async def test_worker_starts_while_tapraise_answers_503(
+    temporal_env: WorkflowEnvironment,
+    lenient_sandbox: SandboxServer,
+    clean_faults: None,
+    tmp_path: Path,
+) -> None:
+    key_file = tmp_path / "key.pem"
+    key_file.write_text(lenient_sandbox.private_key_pem)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "TAPRAISE_"))},
+        "PYTHONPATH": str(REPO_ROOT),
+        "TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
+        "TEMPORAL_NAMESPACE": temporal_env.client.namespace,
+        "TAPRAISE_BASE_URL": lenient_sandbox.base_url,
+        "TAPRAISE_ACCOUNT_EMAIL": lenient_sandbox.account_email,
+        "TAPRAISE_PRIVATE_KEY_ID": lenient_sandbox.private_key_id,
+        "TAPRAISE_PRIVATE_KEY_FILE": str(key_file),
+    }
+    lenient_sandbox.set_faults([{"endpoint": "list", "next": ["503"]}])
+    log = tmp_path / "worker.log"
+    with _worker_process(env, log) as process:
+        await _ready(process, log, 1)
+        assert process.poll() is None
