@@ -195,7 +195,7 @@ def result_of(figures: dict[str, Any]) -> Result:
          "start to result"),
         ("lifecycle latency p95", ms(real.percentile(0.95)), ms(floor.percentile(0.95)), ""),
         ("TapRaise requests/lifecycle", f"{figures['requestsPerLifecycle']:.2f}", "0",
-         "create, 2 attempts, complete"),
+         "create, 2 look-ups + 2 attempts, complete"),
         ("TapRaise requests/s", f"{figures['requestRate']:.1f}", "",
          "the load bench.sandbox_load compares with"),
         ("effects checked", f"{figures['effectsChecked']}", "",

@@ -589,11 +589,13 @@ async def test_a_message_queued_while_adopting_a_finished_call_is_refused_not_le
     handle = await call_worker.start(
         uuid=call_uuid, person_uuid=PERSON, type="verification", requested_at=requested_at
     )
-    with pytest.raises(WorkflowUpdateFailedError) as refused:
+    # Refused by the workflow, or, when the call closes in the same instant, by Temporal.
+    with pytest.raises((WorkflowUpdateFailedError, RPCError)) as refused:
         await handle.execute_update(
             CallWorkflow.attempt_update, AttemptSignal(outcome=AttemptOutcome.NO_ANSWER)
         )
-    assert "already cancelled" in str(refused.value.cause)
+    reason = refused.value.cause if isinstance(refused.value, WorkflowUpdateFailedError) else None
+    assert "already cancelled" in str(reason or refused.value) or "closing" in str(refused.value)
     final = await handle.result()
     assert final.phase == CallPhase.CANCELLED and final.attempts == []
     assert lenient_sandbox.effects(str(call_uuid))["add-attempt"] == 0
