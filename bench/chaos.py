@@ -525,9 +525,27 @@ class Ledger:
         return workflow_id_for(self.call.uuid or "")
 
     def finals(self, outcome: str) -> set[str]:
-        """The final phases asked for by updates with this outcome (and by signal, if any)."""
+        """The final phases asked for by updates with this outcome (and by signal, if any).
+
+        For `rejected`, only refusals saying the call is already in (or already being taken to)
+        the phase asked for: a worker that died after carrying out the action but before
+        recording it leaves the call closed in TapRaise, and the next worker answers the same
+        update "already cancelled"; a delivery retried while the first is carried out is
+        answered "already being cancelled".
+        """
         phases = {
-            _PHASE_OF[u.name] for u in self.updates if u.name in _PHASE_OF and u.outcome == outcome
+            _PHASE_OF[u.name]
+            for u in self.updates
+            if u.name in _PHASE_OF
+            and u.outcome == outcome
+            and (
+                outcome != "rejected"
+                or u.detail
+                in (
+                    f"call is already {_PHASE_OF[u.name]}",
+                    f"call is already being {_PHASE_OF[u.name]}",
+                )
+            )
         }
         if outcome == "accepted" and self.signal_final:
             phases.add(self.signal_final)
@@ -1021,7 +1039,8 @@ class _Checker:
             found.add("duplicated", ledger, f"final actions applied {finals}")
         elif sum(finals.values()) == 0:
             found.add("lost", ledger, f"no final action reached TapRaise (phase {state.phase})")
-        accepted, unknown = ledger.finals("accepted"), ledger.finals("unknown")
+        accepted = ledger.finals("accepted")
+        unknown = ledger.finals("unknown") | ledger.finals("rejected")
         if len(accepted) > 1:
             found.add("mismatched", ledger, f"two final actions accepted: {sorted(accepted)}")
             return

@@ -416,6 +416,8 @@ class CallWorkflow:
             self._result = call.result or result
             self._final_reason = f"completed: {result.result_code}"
             self._enter(CallPhase.COMPLETED)
+        if call is None:  # TapRaise already held another final state: adopted, not done
+            action.refusal = f"call is already {self._phase.value}"
         action.detail = f"call {self._phase.value}"
 
     async def _cancel(self, action: _Action, msg: CancelSignal) -> None:
@@ -430,6 +432,8 @@ class CallWorkflow:
         if call is not None:
             self._final_reason = f"cancelled: {msg.reason}" if msg.reason else "cancelled"
             self._enter(CallPhase.CANCELLED)
+        if call is None:  # TapRaise already held another final state: adopted, not done
+            action.refusal = f"call is already {self._phase.value}"
         action.detail = f"call {self._phase.value}"
 
     async def _expire(self, decision: schedule.Expire) -> None:
