@@ -825,10 +825,16 @@ class _Agents:
 
     async def _signal(self, ledger: Ledger, name: str, message: Any, twice: bool) -> None:
         handle = self._handle(ledger)
-        for _ in range(2 if twice else 1):
-            await _retry(lambda: handle.signal(name, message), self.until)
+        await _retry(lambda: handle.signal(name, message), self.until)
         if twice:
             self.duplicate_deliveries += 1
+            try:
+                await _retry(lambda: handle.signal(name, message), self.until)
+            except RPCError as exc:
+                # The first delivery may have closed the call already: Temporal refuses the
+                # second one, which is all a duplicate deserves.
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
 
     async def _update(self, ledger: Ledger, name: str, message: Any) -> _Update:
         """Send one update (one id, retried under that id across a restart) and record it."""
