@@ -49,6 +49,24 @@ pytestmark = pytest.mark.timeout(240)
 PERSON = uuid.UUID(DEMO_PERSON_UUIDS[5])
 
 
+def worker_env(
+    temporal_env: WorkflowEnvironment, sandbox: SandboxServer, tmp_path: Path
+) -> dict[str, str]:
+    """The environment of a `python -m worker` process pointed at the test server and sandbox."""
+    key_file = tmp_path / "key.pem"
+    key_file.write_text(sandbox.private_key_pem)
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "TAPRAISE_"))},
+        "PYTHONPATH": str(REPO_ROOT),
+        "TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
+        "TEMPORAL_NAMESPACE": temporal_env.client.namespace,
+        "TAPRAISE_BASE_URL": sandbox.base_url,
+        "TAPRAISE_ACCOUNT_EMAIL": sandbox.account_email,
+        "TAPRAISE_PRIVATE_KEY_ID": sandbox.private_key_id,
+        "TAPRAISE_PRIVATE_KEY_FILE": str(key_file),
+    }
+
+
 async def test_hundred_calls_through_every_fault_at_once_lose_and_duplicate_nothing(
     tmp_path: Path,
 ) -> None:
@@ -166,19 +184,7 @@ async def test_attempt_applied_just_before_a_worker_crash_is_not_recorded_again(
     TapRaise applied the attempt, the worker died before the workflow task completed, and the
     next worker runs `add_attempt` again: it must see the attempt is already there.
     """
-    key_file = tmp_path / "key.pem"
-    key_file.write_text(lenient_sandbox.private_key_pem)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "TAPRAISE_"))},
-        "PYTHONPATH": str(REPO_ROOT),
-        "TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
-        "TEMPORAL_NAMESPACE": temporal_env.client.namespace,
-        "TAPRAISE_BASE_URL": lenient_sandbox.base_url,
-        "TAPRAISE_ACCOUNT_EMAIL": lenient_sandbox.account_email,
-        "TAPRAISE_PRIVATE_KEY_ID": lenient_sandbox.private_key_id,
-        "TAPRAISE_PRIVATE_KEY_FILE": str(key_file),
-        "TAPRAISE_TIMEOUT_SECONDS": "30",
-    }
+    env = {**worker_env(temporal_env, lenient_sandbox, tmp_path), "TAPRAISE_TIMEOUT_SECONDS": "30"}
     log = tmp_path / "worker.log"
     call = CallInput(
         uuid=uuid.uuid4(), person_uuid=PERSON, type="verification", policy=chaos_policy(600, 5)
@@ -269,18 +275,7 @@ async def test_worker_starts_while_tapraise_answers_503(
     clean_faults: None,
     tmp_path: Path,
 ) -> None:
-    key_file = tmp_path / "key.pem"
-    key_file.write_text(lenient_sandbox.private_key_pem)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "TAPRAISE_"))},
-        "PYTHONPATH": str(REPO_ROOT),
-        "TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
-        "TEMPORAL_NAMESPACE": temporal_env.client.namespace,
-        "TAPRAISE_BASE_URL": lenient_sandbox.base_url,
-        "TAPRAISE_ACCOUNT_EMAIL": lenient_sandbox.account_email,
-        "TAPRAISE_PRIVATE_KEY_ID": lenient_sandbox.private_key_id,
-        "TAPRAISE_PRIVATE_KEY_FILE": str(key_file),
-    }
+    env = worker_env(temporal_env, lenient_sandbox, tmp_path)
     lenient_sandbox.set_faults([{"endpoint": "list", "next": ["503"]}])
     log = tmp_path / "worker.log"
     with _worker_process(env, log) as process:
