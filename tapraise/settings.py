@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from pydantic import Field, HttpUrl, PositiveFloat, SecretStr
+from pydantic import Field, HttpUrl, PositiveFloat, PositiveInt, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tapraise.auth import ServiceAccount
-from tapraise.client import TapRaiseClient
+from tapraise.client import DEFAULT_MAX_CONNECTIONS, TapRaiseClient
 from tapraise.errors import ConfigurationError
 
 SANDBOX_BASE_URL = "http://127.0.0.1:8081"
@@ -47,6 +47,7 @@ class TapRaiseSettings(BaseSettings):
             its demo account file.
         timeout_seconds: ``TAPRAISE_TIMEOUT_SECONDS``, one limit for every request phase;
             unset keeps the client's per-phase defaults.
+        max_connections: ``TAPRAISE_MAX_CONNECTIONS``, connections kept open to TapRaise.
     """
 
     model_config = SettingsConfigDict(
@@ -66,6 +67,7 @@ class TapRaiseSettings(BaseSettings):
     private_key_file: Path | None = None
     sandbox_data_dir: Path = Path(".data/sandbox")
     timeout_seconds: PositiveFloat | None = None
+    max_connections: PositiveInt = DEFAULT_MAX_CONNECTIONS
 
     @property
     def uses_sandbox(self) -> bool:
@@ -120,7 +122,12 @@ class TapRaiseSettings(BaseSettings):
         Raises:
             ConfigurationError: When the credentials or the private key are not usable.
         """
-        return TapRaiseClient(self.base_url(), self.service_account(), timeout=self.timeout())
+        return TapRaiseClient(
+            self.base_url(),
+            self.service_account(),
+            timeout=self.timeout(),
+            max_connections=self.max_connections,
+        )
 
     def _pem(self) -> str:
         if self.private_key is not None:

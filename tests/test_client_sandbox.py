@@ -944,3 +944,40 @@ async def test_find_call_takes_one_request_however_many_calls_came_after_it(
     assert found is not None and str(found.uuid) == oldest
     # 262 calls were requested after it: paging backward finds it on the first page.
     assert len(sandbox.requests(endpoint="list", limit=100_000)) == before + 1
+
+
+async def test_find_call_reads_a_small_page_of_the_calls_requested_since(
+    crowd_client: TapRaiseClient, crowd: Crowd, sandbox: SandboxServer
+) -> None:
+    middle = crowd.newest_first[len(crowd.newest_first) // 2]
+    listed = {call.uuid: call async for call in crowd_client.list_calls()}
+    before = len(sandbox.requests(endpoint="list", limit=100_000))
+    found = await crowd_client.find_call(middle, listed[uuid.UUID(middle)].requested_at)
+    assert found is not None and str(found.uuid) == middle
+    looks = sandbox.requests(endpoint="list", limit=100_000)
+    assert len(looks) == before + 1
+    assert "last=5" in looks[-1]["query"]  # one small page, not every call requested since
+
+
+async def test_find_call_pages_through_calls_requested_at_the_same_instant(
+    sandbox: SandboxServer,
+) -> None:
+    tenant = add_tenant(sandbox, "same-instant", persons=1)
+    instant = now() - timedelta(hours=1)
+    requests = [managed_call(tenant.person_uuid, requested_at=instant) for _ in range(40)]
+    async with TapRaiseClient(sandbox.base_url, tenant.account) as own:
+        for request in requests:
+            await own.create_call(request)
+        # Created last, so listed among the newest of the 40 that share the instant.
+        for request in (requests[0], requests[-1]):
+            found = await own.find_call(request.uuid, instant)
+            assert found is not None and found.uuid == request.uuid
+
+
+async def test_find_call_widens_when_tapraise_kept_an_earlier_time(
+    client: TapRaiseClient,
+) -> None:
+    call = await new_call(client)
+    # A caller whose requestedAt is half a second later than TapRaise's (a coarser clock).
+    found = await client.find_call(call.uuid, call.requested_at + timedelta(milliseconds=500))
+    assert found is not None and found.uuid == call.uuid

@@ -18,6 +18,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from pydantic import ValidationError
 
 from tapraise.auth import ServiceAccount, TokenSigner
 from tapraise.client import TapRaiseClient
@@ -430,7 +431,7 @@ async def test_default_timeouts_are_per_phase(account: ServiceAccount) -> None:
     async with client_for(account, handler, []) as client:
         await client.expire_call(CALL_UUID)
 
-    assert seen == [{"connect": 5.0, "read": 15.0, "write": 10.0, "pool": 5.0}]
+    assert seen == [{"connect": 5.0, "read": 15.0, "write": 10.0, "pool": 20.0}]
 
 
 # --- paging edge cases ------------------------------------------------------------------------
@@ -484,6 +485,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]
         "TAPRAISE_PRIVATE_KEY_FILE",
         "TAPRAISE_SANDBOX_DATA_DIR",
         "TAPRAISE_TIMEOUT_SECONDS",
+        "TAPRAISE_MAX_CONNECTIONS",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)  # away from any developer .env
@@ -561,3 +563,14 @@ async def test_make_client_uses_the_sandbox_account_file_and_timeout(
     assert TapRaiseSettings().timeout() == httpx.Timeout(2.5)
     async with make_client() as client:
         assert client.base_url == "http://127.0.0.1:8081"
+
+
+def test_settings_take_a_connection_limit_and_refuse_a_bad_one(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert TapRaiseSettings().max_connections == 10
+    monkeypatch.setenv("TAPRAISE_MAX_CONNECTIONS", "3")
+    assert TapRaiseSettings().max_connections == 3
+    monkeypatch.setenv("TAPRAISE_MAX_CONNECTIONS", "0")
+    with pytest.raises(ValidationError, match="max_connections"):
+        TapRaiseSettings()
