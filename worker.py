@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ def sandbox_runner() -> SandboxedWorkflowRunner:
         "tapraise",
         "activities",
         "workflows.messages",
+        "workflows.inbox",
         "workflows.policy",
         "workflows.schedule",
         "workflows.policy_activity",
@@ -162,6 +164,16 @@ async def run(stop: asyncio.Event | None = None) -> None:
             log.info("stopping: finishing the activities in flight")
 
 
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on uvloop where it is installed (less CPU per activation and request)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 def main() -> None:
     load_env_file()
     logging.basicConfig(
@@ -169,7 +181,7 @@ def main() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        asyncio.run(run())
+        run_event_loop(run())
     except (RuntimeError, ValueError) as exc:  # unreachable or misconfigured: say what to do
         print(f"worker: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

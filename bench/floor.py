@@ -7,7 +7,8 @@ The activities do nothing; there is no TapRaise, no policy, no scheduling rule, 
 attribute. Whatever a real call costs beyond this floor is the project's own overhead.
 
 Run its worker with `python -m bench.floor --address HOST:PORT --task-queue QUEUE`; it uses the
-same client factory (data converter), workflow sandbox and default worker options as `worker.py`.
+same client factory (data converter), workflow sandbox, event loop and default worker options as
+`worker.py`.
 
 Updates:
     attempt   {...}   one no-op local activity, then wait again
@@ -120,7 +121,9 @@ def main() -> None:
     parser.add_argument("--address", required=True, help="Temporal host:port")
     parser.add_argument("--task-queue", required=True)
     args = parser.parse_args()
-    asyncio.run(serve(args.address, args.task_queue))
+    from worker import run_event_loop
+
+    run_event_loop(serve(args.address, args.task_queue))
 
 
 if __name__ == "__main__":

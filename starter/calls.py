@@ -687,8 +687,12 @@ class CallService:
         return SignalSent(call_uuid, name)
 
     async def _closed_or_missing(self, call_uuid: uuid.UUID, exc: RPCError) -> CallsError:
-        """Tell "no such call" from "the call is closed": the server says NOT_FOUND for both."""
-        if exc.status != RPCStatusCode.NOT_FOUND:
+        """Tell "no such call" from "the call is closed".
+
+        The server says NOT_FOUND for both, and an update that raced the call's closing is
+        "aborted by closing workflow": either way the call's own record tells which it is.
+        """
+        if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
             return _rpc_problem(exc)
         try:
             description = await self._handle(call_uuid).describe()

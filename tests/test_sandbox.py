@@ -19,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tapraise.sandbox import auth
 from tapraise.sandbox.seed import (
     DEMO_ORGANIZATION_UUID,
     DEMO_PERSON_UUIDS,
@@ -834,3 +835,22 @@ def test_everything_survives_a_restart(
         again = {"uuid": call["uuid"], "requestedAt": ago(minutes=1), "personUuid": PERSON,
                  "type": "winback"}  # fmt: skip
         assert_error(client.post("/calls", json=again), 409)
+
+
+def test_a_token_accepted_once_is_refused_after_it_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    issued = int(time.time())
+    claims = {"iss": "a@b.org", "email": "a@b.org", "iat": issued, "exp": issued + 60}
+    token = jwt.encode(claims, private, algorithm="RS256")
+    assert auth._verified_claims(token, pem)["email"] == "a@b.org"
+    assert auth._verified_claims(token, pem)["exp"] == issued + 60  # from the cache
+    later = issued + 60 + auth.TOKEN_LEEWAY_SECONDS + 1
+    monkeypatch.setattr(auth.time, "time", lambda: later)
+    with pytest.raises(jwt.ExpiredSignatureError):
+        auth._verified_claims(token, pem)
+    assert (token, pem) not in auth._verified  # dropped: the next use is decoded anew

@@ -12,7 +12,6 @@ sequences create → wait → record → finish, and every TapRaise action is an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 from uuid import UUID
@@ -43,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         ExpireCallRequest,
     )
     from workflows import schedule
+    from workflows.inbox import Action, Progress
     from workflows.messages import (
         ACTION_REJECTED,
         ATTEMPT,
@@ -103,28 +103,6 @@ def _ms(t: datetime) -> datetime:
     return t.replace(microsecond=t.microsecond // 1000 * 1000)
 
 
-@dataclass
-class _Action:
-    """A message accepted by a handler, waiting for the main loop to carry it out."""
-
-    kind: str
-    message: AttemptSignal | CompleteSignal | RescheduleSignal | CancelSignal
-    received_at: datetime
-    done: bool = False
-    detail: str = ""
-    refusal: str | None = None  # set when it could not be carried out after all
-
-
-@dataclass
-class _Progress:
-    """What the scheduling rules need to know about the attempts so far."""
-
-    attempts: list[AttemptRecord] = field(default_factory=list)
-    missed_slot_at: datetime | None = None
-    missed_slots: int = 0
-    callback_at: datetime | None = None
-
-
 @workflow.defn(name=WORKFLOW_TYPE)
 class CallWorkflow:
     """One call to one donor.
@@ -160,13 +138,13 @@ class CallWorkflow:
         self._phase = CallPhase.CREATING
         self._status: CallStatus | None = None
         self._policy: CallPolicy | None = None
-        self._progress = _Progress()
+        self._progress = Progress()
         self._slot: schedule.Slot | None = None
         self._result: CallResult | None = None
         self._final_reason: str | None = None
         self._failure: str | None = None
         self._events: list[CallEvent] = []
-        self._inbox: list[_Action] = []
+        self._inbox: list[Action] = []
         self._closing: str | None = None  # the final action accepted, while it is carried out
         # What the search attributes hold now (a start from our own tools sets them already).
         self._published: dict[str, Any] = {
@@ -324,7 +302,7 @@ class CallWorkflow:
         self._policy = resume.policy
         self._timezone = resume.timezone
         self._status = resume.status
-        self._progress = _Progress(
+        self._progress = Progress(
             attempts=list(resume.attempts),
             missed_slot_at=resume.missed_slot_at,
             missed_slots=resume.missed_slots,
@@ -342,7 +320,7 @@ class CallWorkflow:
 
     # ── carrying out accepted messages ───────────────────────────────────────────────────────
 
-    async def _carry_out(self, action: _Action) -> None:
+    async def _carry_out(self, action: Action) -> None:
         if self._phase.is_final:
             action.refusal = f"call is already {self._phase.value}"
             return
@@ -356,7 +334,7 @@ class CallWorkflow:
         else:
             await self._cancel(action, msg)
 
-    async def _record_attempt(self, action: _Action, msg: AttemptSignal) -> None:
+    async def _record_attempt(self, action: Action, msg: AttemptSignal) -> None:
         attempt_at = _ms(msg.attempt_at or action.received_at)
         for recorded in self._progress.attempts:
             if recorded.attempt_at == attempt_at and recorded.user_uuid == msg.user_uuid:
@@ -384,7 +362,7 @@ class CallWorkflow:
         self._log("attempt", action.detail)
         self._enter(CallPhase.SCHEDULED)
 
-    def _reschedule(self, action: _Action, msg: RescheduleSignal) -> None:
+    def _reschedule(self, action: Action, msg: RescheduleSignal) -> None:
         assert self._policy is not None
         try:
             at = schedule.validate_callback(
@@ -400,7 +378,7 @@ class CallWorkflow:
         self._log("rescheduled", action.detail)
         self._enter(CallPhase.SCHEDULED)
 
-    async def _complete(self, action: _Action, msg: CompleteSignal) -> None:
+    async def _complete(self, action: Action, msg: CompleteSignal) -> None:
         result = msg.result
         if result.completed_at is None:
             result = result.model_copy(update={"completed_at": _ms(action.received_at)})
@@ -420,7 +398,7 @@ class CallWorkflow:
             action.refusal = f"call is already {self._phase.value}"
         action.detail = f"call {self._phase.value}"
 
-    async def _cancel(self, action: _Action, msg: CancelSignal) -> None:
+    async def _cancel(self, action: Action, msg: CancelSignal) -> None:
         request = CancelCallRequest(cancelled_at=_ms(msg.cancelled_at or action.received_at))
         call = await self._finish_in_tapraise(
             "cancel",
@@ -528,7 +506,7 @@ class CallWorkflow:
                 return "cancelledAt is in the future"
         return None
 
-    def _accept(self, kind: str, msg: Any) -> _Action | None:
+    def _accept(self, kind: str, msg: Any) -> Action | None:
         reason = self._refusal(kind, msg)
         if reason is not None:
             workflow.logger.warning("%s ignored: %s", kind, reason)
@@ -536,7 +514,7 @@ class CallWorkflow:
             return None
         if kind in (COMPLETE, CANCEL):
             self._closing = "completed" if kind == COMPLETE else "cancelled"
-        action = _Action(kind=kind, message=msg, received_at=workflow.now())
+        action = Action(kind=kind, message=msg, received_at=workflow.now())
         self._inbox.append(action)
         return action
 

@@ -6,11 +6,14 @@ names the key in the ``kid`` header. The sandbox keeps only the public half.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
 import sqlite3
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +91,46 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, message, headers={"WWW-Authenticate": "Bearer"})
 
 
+# Clients reuse a token for many requests: its signature is checked once, its expiry every time.
+_VERIFIED_TOKENS = 4096
+_verified: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+_verified_lock = threading.Lock()  # endpoints run in a thread pool
+
+
+@functools.lru_cache(maxsize=256)
+def _public_key(pem: str) -> Any:
+    return serialization.load_pem_public_key(pem.encode())
+
+
+def _verified_claims(token: str, pem: str) -> dict[str, Any]:
+    """The token's claims once its RS256 signature and required claims check out.
+
+    Raises:
+        jwt.PyJWTError: as ``jwt.decode`` does; ``ExpiredSignatureError`` also for a token
+            that was accepted before and has expired since.
+    """
+    key = (token, pem)
+    with _verified_lock:
+        claims = _verified.get(key)
+    if claims is None:
+        claims = jwt.decode(
+            token,
+            _public_key(pem),
+            algorithms=["RS256"],
+            options={"require": ["exp", "iat", "iss", "email"]},
+            leeway=TOKEN_LEEWAY_SECONDS,
+        )
+        with _verified_lock:
+            _verified[key] = claims
+            if len(_verified) > _VERIFIED_TOKENS:
+                _verified.popitem(last=False)
+    elif claims["exp"] <= time.time() - TOKEN_LEEWAY_SECONDS:  # as jwt.decode judges it
+        with _verified_lock:
+            _verified.pop(key, None)
+        raise jwt.ExpiredSignatureError("Signature has expired")
+    return claims
+
+
 def authenticate(conn: sqlite3.Connection, authorization: str | None) -> Account:
     """Check a Bearer token and return the service account it proves.
 
@@ -111,13 +154,7 @@ def authenticate(conn: sqlite3.Connection, authorization: str | None) -> Account
     if account is None:
         raise _unauthorized("Unknown key id")
     try:
-        claims: dict[str, Any] = jwt.decode(
-            token,
-            account.public_key_pem,
-            algorithms=["RS256"],
-            options={"require": ["exp", "iat", "iss", "email"]},
-            leeway=TOKEN_LEEWAY_SECONDS,
-        )
+        claims = _verified_claims(token, account.public_key_pem)
     except jwt.ExpiredSignatureError:
         raise _unauthorized("Token has expired") from None
     except jwt.InvalidSignatureError:
