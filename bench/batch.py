@@ -2,14 +2,17 @@
 
 A CSV file of `--n` rows (default 10,000; columns `uuid,personUuid,type`, every uuid distinct)
 is started the way `python -m starter start-batch FILE` starts it: read and validate every row
-(`starter.batch.read_batch`), then `CallService.start_many` at `--concurrency`. The baseline
-starts the same number of other calls with plain `client.start_workflow` at the same
-concurrency. No worker runs: this measures starts only.
+(`starter.batch.read_batch`), then `CallService.start_many` at `--concurrency`, each result
+classified (started, already started, refused). The baseline starts as many other calls with
+plain concurrent `client.start_workflow` at the same concurrency, each with the very same start
+request (`starter.calls.start_options`: id and its policies, search attributes, the Web UI's
+summary and details), so the ratio is what the batch path itself costs: reading, validating,
+bounding and accounting. No worker runs: this measures starts only.
 
 The raw starts run in two halves, before and after the batch (raw, batch, raw), so that a drift
-of the machine or the growing database weighs on both alike. The starter's extra work per call (row
-validation, search attributes and the Web UI summary in the start request, "already started"
-handling) is what the ratio shows.
+of the machine or the growing database weighs on both alike. For scale, a quarter as many bare
+starts (id and task queue only, no attributes or summary) show what a call's start request
+itself adds.
 
     python -m bench.batch --n 10000 --concurrency 50
 """
@@ -20,6 +23,7 @@ import argparse
 import csv
 import io
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from bench import calls as bench_calls
@@ -34,7 +38,7 @@ BATCH_TASK_QUEUE = "bench-batch"  # no worker polls it: the calls are started, n
 
 try:
     from starter.batch import BatchFormat, read_batch
-    from starter.calls import CallService, StartStatus
+    from starter.calls import CallService, StartStatus, start_options
 except ImportError:  # the starter's batch support is not installed
     read_batch = None  # type: ignore[assignment]
 
@@ -50,17 +54,30 @@ def make_csv(rows: int) -> str:
     return buffer.getvalue()
 
 
-async def raw_round(stack: Stack, calls: list[CallInput], concurrency: int) -> float:
-    """Start `calls` with plain `start_workflow`; returns the seconds it took."""
+async def raw_round(
+    stack: Stack, calls: list[CallInput], concurrency: int, bare: bool = False
+) -> float:
+    """Start `calls` with plain `start_workflow`; returns the seconds it took.
+
+    Each start request is the starter's own (`start_options`), or with `bare` only the id and
+    task queue.
+    """
+    now = datetime.now(UTC)
 
     async def one(i: int) -> None:
         call = calls[i]
         assert call.uuid is not None
-        await stack.client.start_workflow(
-            WORKFLOW_TYPE, call, id=workflow_id_for(call.uuid), task_queue=BATCH_TASK_QUEUE
-        )
+        if bare:
+            options: dict[str, Any] = {
+                "id": workflow_id_for(call.uuid),
+                "task_queue": BATCH_TASK_QUEUE,
+            }
+        else:
+            options = start_options(call, BATCH_TASK_QUEUE, now)
+        await stack.client.start_workflow(WORKFLOW_TYPE, call, **options)
 
-    with progress("raw start_workflow", len(calls)) as advance:
+    label = "bare start_workflow" if bare else "raw start_workflow"
+    with progress(label, len(calls)) as advance:
         began = time.perf_counter()
         await bounded(len(calls), concurrency, one, advance)
         return time.perf_counter() - began
@@ -99,6 +116,10 @@ async def measure(stack: Stack, n: int, concurrency: int) -> dict[str, Any]:
         stack, [bench_calls.make_call(i) for i in range(halves[1])], concurrency
     )
     raw_count = n
+    bare_count = max(1, n // 4)
+    bare_seconds = await raw_round(
+        stack, [bench_calls.make_call(i) for i in range(bare_count)], concurrency, bare=True
+    )
     return {
         "n": n,
         "concurrency": concurrency,
@@ -106,6 +127,8 @@ async def measure(stack: Stack, n: int, concurrency: int) -> dict[str, Any]:
         "rawSeconds": raw_seconds,
         "batchCount": batch_count,
         "batchSeconds": batch_seconds,
+        "bareCount": bare_count,
+        "bareSeconds": bare_seconds,
     }
 
 
@@ -127,6 +150,13 @@ def result_of(figures: dict[str, Any]) -> Result:
         f"{batch:.0f}",
         f"{raw:.0f}",
         f"{figures['n']:,} rows vs {figures['n']:,} raw starts, {figures['concurrency']} in flight",
+    )
+    bare = per_second(figures["bareCount"], figures["bareSeconds"])
+    result.add(
+        "bare starts/s",
+        "",
+        f"{bare:.0f}",
+        f"{figures['bareCount']:,} starts with no attributes or summary: the request's own cost",
     )
     result.add(
         "time",

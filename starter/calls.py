@@ -468,6 +468,25 @@ def call_details_markdown(call: CallInput) -> str:
     return "  \n".join(lines)
 
 
+def start_options(call: CallInput, task_queue: str, now: datetime) -> dict[str, Any]:
+    """What a start request carries besides the input: id, its policies, attributes, summary.
+
+    A running call is reused (USE_EXISTING) and a closed one is never started again
+    (REJECT_DUPLICATE); the search attributes and the Web UI's summary and details are set at
+    start, so that a call is listed and described before its first workflow task.
+    """
+    assert call.uuid is not None
+    return {
+        "id": workflow_id_for(call.uuid),
+        "task_queue": task_queue,
+        "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
+        "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        "search_attributes": initial_search_attributes(call),
+        "static_summary": call_summary_line(call, call.requested_at or now),
+        "static_details": call_details_markdown(call),
+    }
+
+
 def initial_search_attributes(call: CallInput) -> TypedSearchAttributes:
     """The search attributes a call has from its first moment (free in the start request)."""
     sa = SearchAttributes
@@ -528,18 +547,11 @@ class CallService:
         if call.uuid is None:
             call = call.model_copy(update={"uuid": uuid.uuid4()})
         assert call.uuid is not None
-        workflow_id = workflow_id_for(call.uuid)
         try:
             handle = await self.client.start_workflow(
                 WORKFLOW_TYPE,
                 call,
-                id=workflow_id,
-                task_queue=self.task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                search_attributes=initial_search_attributes(call),
-                static_summary=call_summary_line(call, call.requested_at or self._clock()),
-                static_details=call_details_markdown(call),
+                **start_options(call, self.task_queue, self._clock()),
                 result_type=CallState,
             )
         except WorkflowAlreadyStartedError:
