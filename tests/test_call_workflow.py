@@ -600,3 +600,52 @@ async def test_a_message_queued_while_adopting_a_finished_call_is_refused_not_le
     final = await handle.result()
     assert final.phase == CallPhase.CANCELLED and final.attempts == []
     assert lenient_sandbox.effects(str(call_uuid))["add-attempt"] == 0
+
+
+async def test_without_the_due_phase_each_slot_is_one_timer_and_the_call_stays_scheduled(
+    call_worker: CallWorker, lenient_sandbox: SandboxServer
+) -> None:
+    handle = await call_worker.start(
+        person_uuid=PERSON, type="verification", policy={"duePhase": False}
+    )
+    first = await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    assert first.next_slot_at is not None and first.due_until is not None
+
+    # The first slot's window passes with no report: missed, and the next slot is scheduled.
+    await call_worker.advance_to(handle, first.due_until)
+    for _ in range(200):
+        second = await call_worker.state(handle)
+        if second.missed_slots == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert second.missed_slots == 1 and second.phase == CallPhase.SCHEDULED
+    assert second.next_slot_at is not None and second.next_slot_at > first.due_until
+
+    # Reported inside the next slot while the call shows `scheduled`; then completed.
+    await call_worker.advance_to(handle, second.next_slot_at)
+    accepted = await handle.execute_update(
+        CallWorkflow.attempt_update, AttemptSignal(outcome=AttemptOutcome.NO_ANSWER)
+    )
+    assert accepted.phase == CallPhase.SCHEDULED
+    await handle.execute_update(
+        CallWorkflow.complete_update, CompleteSignal(result=CallResult(result_code="confirmed"))
+    )
+    final = await handle.result()
+    assert final.phase == CallPhase.COMPLETED and len(final.attempts) == 1
+
+    events = (await handle.fetch_history()).events
+    timers = [e for e in events if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED]
+    assert len(timers) == 3  # missed slot, attempted slot, completed slot: one timer each
+    phases = [
+        e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields[
+            "CallPhase"
+        ].data
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES
+        and "CallPhase"
+        in e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+    ]
+    assert b'"due"' not in phases and b'"completed"' in phases
+    effects = lenient_sandbox.effects(str(final.call_uuid))
+    assert effects["add-attempt"] == 1 and effects["complete"] == 1
+    await record_history(handle, "without_due_phase")

@@ -175,6 +175,14 @@ class CallWorkflow:
             if not isinstance(decision, schedule.Slot):
                 await self._expire(decision)
                 break
+            assert self._policy is not None
+            if not self._policy.due_phase:  # one timer for the slot and its window together
+                self._enter(CallPhase.SCHEDULED)
+                if await self._wait_until(decision.due_until, "attempt window closes"):
+                    continue
+                self._progress.callback_at = None
+                self._missed_slot()
+                continue
             if workflow.now() < decision.at:
                 self._enter(CallPhase.SCHEDULED)
                 if await self._wait_until(decision.at, "next attempt slot"):

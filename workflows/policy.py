@@ -216,6 +216,10 @@ class CallPolicy(_Wire):
     deadline: PositiveDuration = timedelta(days=7)
     attempt_window: PositiveDuration = timedelta(hours=2)
     missed_slot_delay: Duration = timedelta(hours=1)
+    # Whether a slot's attempt window shows as phase `due`. Off, the call stays `scheduled`
+    # (its `NextAttemptAt` passed) until a report or the window's end: one durable timer and
+    # one search-attribute upsert less per slot (Temporal Cloud bills both).
+    due_phase: bool = True
     timezone: TimeZoneName | None = DEFAULT_TIMEZONE
     # A safety bound, not a calling rule: past this many history events the call continues as a
     # new run with its state carried over. A real call stays far below it.
@@ -262,6 +266,7 @@ class PolicyOverrides(_Wire):
     deadline: PositiveDuration | None = None
     attempt_window: PositiveDuration | None = None
     missed_slot_delay: Duration | None = None
+    due_phase: bool | None = None
     timezone: TimeZoneName | None = None
 
     @model_validator(mode="after")
