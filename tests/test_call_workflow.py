@@ -20,7 +20,14 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpda
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
-from tapraise import CallResult, CallStatus, CompleteCallRequest, CreateCallRequest, TapRaiseClient
+from tapraise import (
+    AddAttemptRequest,
+    CallResult,
+    CallStatus,
+    CompleteCallRequest,
+    CreateCallRequest,
+    TapRaiseClient,
+)
 from tapraise.sandbox.seed import DEMO_PERSON_UUIDS, FOREIGN_PERSON_UUID
 from tests.sandbox_fixture import SandboxServer
 from tests.temporal_fixture import CallWorker, record_history, temporal_cli
@@ -649,3 +656,28 @@ async def test_without_the_due_phase_each_slot_is_one_timer_and_the_call_stays_s
     effects = lenient_sandbox.effects(str(final.call_uuid))
     assert effects["add-attempt"] == 1 and effects["complete"] == 1
     await record_history(handle, "without_due_phase")
+
+
+async def test_an_attempt_tapraise_holds_but_the_call_missed_is_counted_when_it_closes(
+    call_worker: CallWorker, tapraise_client: TapRaiseClient, lenient_sandbox: SandboxServer
+) -> None:
+    # As when a worker dies after TapRaise applied an attempt whose update was lost with it.
+    handle = await call_worker.start(person_uuid=PERSON, type="verification")
+    state = await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    lost_at = state.requested_at + timedelta(seconds=5)
+    await tapraise_client.add_attempt(state.call_uuid, AddAttemptRequest(attempt_at=lost_at))
+    await handle.execute_update(
+        CallWorkflow.attempt_update, AttemptSignal(outcome=AttemptOutcome.BUSY)
+    )
+    await handle.execute_update(
+        CallWorkflow.complete_update, CompleteSignal(result=CallResult(result_code="confirmed"))
+    )
+    final = await handle.result()
+    assert (
+        len(final.attempts)
+        == 2
+        == lenient_sandbox.stored_call(str(final.call_uuid))["attemptsCount"]
+    )
+    assert lost_at in {a.attempt_at for a in final.attempts}
+    assert [e.kind for e in final.events].count("adopted") == 1
+    assert lenient_sandbox.effects(str(final.call_uuid))["add-attempt"] == 2

@@ -88,6 +88,8 @@ _TAPRAISE_TIMEOUTS: dict[str, Any] = {
 }
 # Time a reported message may lie in the future of the workflow's clock (agents' machines drift).
 _CLOCK_TOLERANCE = timedelta(minutes=5)
+# Patch: final actions adopt attempts TapRaise holds that the call never recorded.
+_ADOPT_UNRECORDED_ATTEMPTS = "adopt-unrecorded-attempts"
 # How much of the event log a continued run carries over.
 _CARRIED_EVENTS = 100
 
@@ -448,7 +450,31 @@ class CallWorkflow:
             return None
         self._status = call.status
         self._log(verb, f"TapRaise accepted: {verb}")
+        self._adopt_unrecorded_attempts(call)
         return call
+
+    def _adopt_unrecorded_attempts(self, call: Call) -> None:
+        """Count what TapRaise counts: adopt attempts it holds that this call never recorded.
+
+        One can exist when a worker died after TapRaise applied an attempt and the message that
+        asked for it was lost with the worker (an update is kept only once accepted), so the
+        final state would otherwise show one attempt less than TapRaise.
+        """
+        known = {(a.attempt_at, a.user_uuid) for a in self._progress.attempts}
+        unrecorded = [
+            AttemptRecord(
+                attempt_at=a.attempt_at or a.created_at or self._requested_at,
+                user_uuid=a.user_uuid,
+                outcome=AttemptOutcome.NO_ANSWER,  # TapRaise does not keep outcomes
+            )
+            for a in call.attempts
+            if (a.attempt_at or a.created_at, a.user_uuid) not in known
+        ]
+        if unrecorded and workflow.patched(_ADOPT_UNRECORDED_ATTEMPTS):
+            self._progress.attempts.extend(unrecorded)
+            self._log(
+                "adopted", f"{len(unrecorded)} attempt(s) TapRaise holds and this call missed"
+            )
 
     async def _tapraise(
         self, verb: str, activity: str, data: Any, result_type: type[Any], adopt: bool = False
