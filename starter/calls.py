@@ -580,23 +580,27 @@ class CallService:
         Returns:
             One result per call, in the order given.
         """
-        limit = asyncio.Semaphore(max(1, concurrency))
+        todo = list(calls)
+        results: list[StartResult | None] = [None] * len(todo)
+        pending = iter(range(len(todo)))
 
-        async def one(call: CallInput) -> StartResult:
-            async with limit:
+        async def lane() -> None:  # a few lanes pull calls in turn: no task per call
+            for i in pending:
+                call = todo[i]
                 try:
                     result = await self.start(call)
                 except InvalidInput as exc:
                     result = StartResult(call.uuid, StartStatus.REFUSED, detail=str(exc))
                 except CallsError as exc:
                     result = StartResult(call.uuid, StartStatus.FAILED, detail=str(exc))
-            if on_result is not None:
-                maybe = on_result(call, result)
-                if maybe is not None:
-                    await maybe
-            return result
+                results[i] = result
+                if on_result is not None:
+                    maybe = on_result(call, result)
+                    if maybe is not None:
+                        await maybe
 
-        return list(await asyncio.gather(*(one(call) for call in calls)))
+        await asyncio.gather(*(lane() for _ in range(max(1, min(concurrency, len(todo))))))
+        return [result for result in results if result is not None]
 
     async def phase(self, call_uuid: uuid.UUID) -> CallPhase | None:
         """The call's current phase: from the `state` query, else its `CallPhase` attribute.
