@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -712,7 +714,31 @@ def dev(ctx: typer.Context) -> None:
     raise typer.Exit(int(devstack.main(list(ctx.args)) or 0))
 
 
-def main(prog_name: str = "tapraise-calls") -> None:
+def main(prog_name: str = "tapraise-calls") -> NoReturn:
     """Console-script entry point (`tapraise-calls`); reads `.env` first."""
     load_env_file()
-    app(prog_name=prog_name)
+    try:
+        app(prog_name=prog_name)
+        code: int | str | None = 0
+    except SystemExit as exc:
+        code = exc.code
+    _exit(code)
+
+
+def _exit(code: int | str | None) -> NoReturn:
+    """Flush and leave at once, skipping the interpreter's finalization.
+
+    The Temporal client's native threads can still be winding down when Python finalizes, which
+    sometimes aborts the process ("PyGILState_Release … finalizing") after all its work is
+    done and printed. Nothing is left to clean up by then: the answer is out, children stopped.
+    """
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken pipe: nothing more can be said
+            pass
+    logging.shutdown()
+    os._exit(code or 0)
