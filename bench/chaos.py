@@ -37,13 +37,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import random
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -69,6 +65,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.service import RPCError, RPCStatusCode
 
+from bench.calls import ALWAYS_OPEN
+from bench.stack import Child, free_port, temporal_cli
 from starter.calls import CallService, StartResult, StartStatus
 from tapraise.sandbox.seed import DEMO_PERSON_UUIDS
 from workflows.connect import connect, missing_search_attributes, search_attribute_flags
@@ -109,7 +107,6 @@ _TRANSIENT: Final = frozenset(
 )
 _EFFECTS: Final = ("create", "add-attempt", "complete", "cancel", "expire")
 _FINAL_ACTION: Final = {"completed": "complete", "cancelled": "cancel", "expired": "expire"}
-_PR_SET_PDEATHSIG: Final = 1
 
 
 # ── configuration and report ─────────────────────────────────────────────────────────────────
@@ -258,72 +255,6 @@ class ChaosReport:
 # ── processes ────────────────────────────────────────────────────────────────────────────────
 
 
-def free_port() -> int:
-    """A loopback port that is free right now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:
-    # Linux: the child gets SIGKILL should the harness die without stopping it.
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-class _Process:
-    """One child process, its output appended to a log file."""
-
-    def __init__(self, name: str, command: list[str], env: dict[str, str], work: Path) -> None:
-        self.name = name
-        self.command = command
-        self.env = env
-        self.work = work
-        self.log_path = work / f"{name}.log"
-        self.popen: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.popen = subprocess.Popen(
-                self.command,
-                cwd=self.work,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            )
-        self.starts += 1
-
-    @property
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash or an OOM kill would end it."""
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait()
-
-    async def stop(self, grace: float = STOP_TIMEOUT_SECONDS) -> None:
-        """SIGTERM, then SIGKILL after `grace` seconds."""
-        popen = self.popen
-        if popen is None or popen.poll() is not None:
-            return
-        popen.terminate()
-        try:
-            await asyncio.to_thread(popen.wait, grace)
-        except subprocess.TimeoutExpired:
-            popen.kill()
-            popen.wait()
-
-    def log(self, tail: int = 4000) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return text[-tail:]
-
-
 class _Stack:
     """Dev server, sandbox and workers of one chaos run."""
 
@@ -341,10 +272,10 @@ class _Stack:
             filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
         )
         self.base_env = base_env
-        self.server = _Process(
+        self.server = self._child(
             "temporal",
             [
-                str(Path(sys.executable).parent / "temporal"),
+                str(temporal_cli()),
                 "server", "start-dev", "--headless", "--ip", HOST,
                 "--port", str(self.temporal_port),
                 "--db-filename", str(work / "temporal.sqlite"),
@@ -352,23 +283,23 @@ class _Stack:
                 "--log-level", "error",
                 *search_attribute_flags(),
             ],
-            base_env,
-            work,
         )  # fmt: skip
-        self.sandbox = _Process(
+        self.sandbox = self._child(
             "sandbox",
             [
                 sys.executable, "-m", "tapraise.sandbox", "--host", HOST,
                 "--port", str(self.sandbox_port), "--data-dir", str(work / "sandbox"),
                 "--log-level", "warning",
             ],
-            base_env,
-            work,
         )  # fmt: skip
-        self.workers: list[_Process] = []
+        self.workers: list[Child] = []
         self.kills = 0
         self.worker_exits = 0
         self.restarts = 0
+
+    def _child(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
+        env = self.base_env if env is None else env
+        return Child(name, argv, self.work / f"{name}.log", env, self.work)
 
     async def start(self) -> None:
         """Start the sandbox and the server, then the workers; return once all are ready."""
@@ -393,16 +324,16 @@ class _Stack:
             "LOG_LEVEL": "INFO",
         }
         self.workers = [
-            _Process(f"worker-{i}", [sys.executable, "-m", "worker"], worker_env, self.work)
+            self._child(f"worker-{i}", [sys.executable, "-m", "worker"], worker_env)
             for i in range(self.config.workers)
         ]
         for worker in self.workers:
             worker.start()
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        while not all("worker ready" in w.log() for w in self.workers):
+        while not all("worker ready" in w.log_tail(200) for w in self.workers):
             for worker in self.workers:
                 if not worker.alive:
-                    raise RuntimeError(f"{worker.name} exited at start:\n{worker.log()}")
+                    raise RuntimeError(f"{worker.name} exited at start:\n{worker.log_tail()}")
             if time.monotonic() > deadline:
                 raise RuntimeError("workers not ready in time")
             await asyncio.sleep(0.2)
@@ -412,19 +343,19 @@ class _Stack:
         async with httpx.AsyncClient(timeout=2) as http:
             while time.monotonic() < deadline:
                 if not self.sandbox.alive:
-                    raise RuntimeError(f"sandbox exited:\n{self.sandbox.log()}")
+                    raise RuntimeError(f"sandbox exited:\n{self.sandbox.log_tail()}")
                 with contextlib.suppress(httpx.TransportError):
                     if (await http.get(f"{self.sandbox_url}/_sandbox/health")).status_code == 200:
                         return
                 await asyncio.sleep(0.1)
-        raise RuntimeError(f"sandbox not ready in time:\n{self.sandbox.log()}")
+        raise RuntimeError(f"sandbox not ready in time:\n{self.sandbox.log_tail()}")
 
     async def server_ready(self) -> None:
         """Wait until the dev server answers and has the contract's search attributes."""
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             if not self.server.alive:
-                raise RuntimeError(f"dev server exited:\n{self.server.log()}")
+                raise RuntimeError(f"dev server exited:\n{self.server.log_tail()}")
             try:
                 client = await connect(self.address, "default")
                 if not await missing_search_attributes(client):
@@ -432,7 +363,7 @@ class _Stack:
             except (RuntimeError, RPCError):
                 pass
             await asyncio.sleep(0.3)
-        raise RuntimeError(f"dev server not ready in time:\n{self.server.log()}")
+        raise RuntimeError(f"dev server not ready in time:\n{self.server.log_tail()}")
 
     def kill_worker(self, index: int) -> None:
         """SIGKILL one worker and start it again at once."""
@@ -451,7 +382,7 @@ class _Stack:
     async def restart_server(self) -> float:
         """Stop the dev server (SIGTERM), start it on the same file; return seconds it was down."""
         began = time.monotonic()
-        await self.server.stop()
+        await asyncio.to_thread(self.server.stop)
         self.server.start()
         await self.server_ready()
         self.restarts += 1
@@ -460,8 +391,8 @@ class _Stack:
     async def close(self) -> None:
         for worker in self.workers:
             worker.kill()
-        await self.sandbox.stop()
-        await self.server.stop()
+        await asyncio.to_thread(self.sandbox.stop)
+        await asyncio.to_thread(self.server.stop)
 
 
 # ── agents ───────────────────────────────────────────────────────────────────────────────────
@@ -588,15 +519,10 @@ async def _retry(action: Callable[[], Awaitable[T]], until: float) -> T:
         delay = min(delay * 2, 2.0)
 
 
-def _always_open() -> dict[str, list[dict[str, str]]]:
-    day = [{"start": "00:00", "end": "24:00"}]
-    return {d: day for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
-
-
 def chaos_policy(deadline_seconds: float, max_attempts: int) -> dict[str, Any]:
     """Policy overrides that make a call progress in seconds: windows always open, no holidays."""
     return {
-        "windows": _always_open(),
+        "windows": ALWAYS_OPEN,
         "blackoutDates": [],
         "holidayCountries": [],
         "firstAttemptDelay": 1,

@@ -151,19 +151,34 @@ class Child:
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:]) or "(no output)"
 
+    @property
+    def alive(self) -> bool:
+        """Started and not exited."""
+        return self.process is not None and self.process.poll() is None
+
     def stop(self, grace: float = STOP_TIMEOUT_SECONDS) -> None:
         """SIGTERM, then SIGKILL after `grace` seconds. Only this process, by its id."""
-        process, self.process = self.process, None
-        if process is None:
-            return
-        _live.pop(process.pid, None)
-        if process.poll() is None:
+        process = self._release()
+        if process is not None and process.poll() is None:
             process.terminate()
             try:
                 process.wait(grace)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL at once, as a crash or an out-of-memory kill would end it."""
+        process = self._release()
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
+    def _release(self) -> subprocess.Popen[bytes] | None:
+        process, self.process = self.process, None
+        if process is not None:
+            _live.pop(process.pid, None)
+        return process
 
     def rss_kb(self) -> int:
         """Resident memory now (kB)."""
