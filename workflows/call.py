@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         ExpireCallInput,
     )
     from tapraise.models import (
+        Attempt,
         Call,
         CallResult,
         CallStatus,
@@ -178,19 +179,15 @@ class CallWorkflow:
                 await self._expire(decision)
                 break
             assert self._policy is not None
-            if not self._policy.due_phase:  # one timer for the slot and its window together
+            if self._policy.due_phase:
+                if workflow.now() < decision.at:
+                    self._enter(CallPhase.SCHEDULED)
+                    if await self._wait_until(decision.at, "next attempt slot"):
+                        continue
+                self._enter(CallPhase.DUE)
+                self._progress.callback_at = None  # the callback slot is here; it is used up
+            else:  # one timer for the slot and its window together
                 self._enter(CallPhase.SCHEDULED)
-                if await self._wait_until(decision.due_until, "attempt window closes"):
-                    continue
-                self._progress.callback_at = None
-                self._missed_slot()
-                continue
-            if workflow.now() < decision.at:
-                self._enter(CallPhase.SCHEDULED)
-                if await self._wait_until(decision.at, "next attempt slot"):
-                    continue
-            self._enter(CallPhase.DUE)
-            self._progress.callback_at = None  # the callback slot is here; it is used up
             if not await self._wait_until(decision.due_until, "attempt window"):
                 self._missed_slot()
         for action in self._inbox:  # accepted while the call closed: refuse, never hang
@@ -226,14 +223,7 @@ class CallWorkflow:
             self._log("created", "call created in TapRaise")
         else:
             self._log("adopted", f"call already in TapRaise as {call.status.value}")
-            self._progress.attempts = [
-                AttemptRecord(
-                    attempt_at=a.attempt_at or a.created_at or self._requested_at,
-                    user_uuid=a.user_uuid,
-                    outcome=AttemptOutcome.NO_ANSWER,  # TapRaise does not keep outcomes
-                )
-                for a in call.attempts
-            ]
+            self._progress.attempts = self._records_of(call.attempts)
         self._status = call.status
         if call.status in _STATUS_PHASE:
             self._result = call.result
@@ -324,6 +314,7 @@ class CallWorkflow:
     def _missed_slot(self) -> None:
         self._progress.missed_slots += 1
         self._progress.missed_slot_at = workflow.now()
+        self._progress.callback_at = None  # a callback slot that lapsed is used up too
         self._slot = None
         self._log("missed", "no report within the attempt window")
         self._enter(CallPhase.SCHEDULED)
@@ -462,19 +453,26 @@ class CallWorkflow:
         """
         known = {(a.attempt_at, a.user_uuid) for a in self._progress.attempts}
         unrecorded = [
-            AttemptRecord(
-                attempt_at=a.attempt_at or a.created_at or self._requested_at,
-                user_uuid=a.user_uuid,
-                outcome=AttemptOutcome.NO_ANSWER,  # TapRaise does not keep outcomes
-            )
-            for a in call.attempts
-            if (a.attempt_at or a.created_at, a.user_uuid) not in known
+            record
+            for record in self._records_of(call.attempts)
+            if (record.attempt_at, record.user_uuid) not in known
         ]
         if unrecorded and workflow.patched(_ADOPT_UNRECORDED_ATTEMPTS):
             self._progress.attempts.extend(unrecorded)
             self._log(
                 "adopted", f"{len(unrecorded)} attempt(s) TapRaise holds and this call missed"
             )
+
+    def _records_of(self, attempts: list[Attempt]) -> list[AttemptRecord]:
+        """TapRaise's attempts as this call records them (TapRaise keeps no outcome)."""
+        return [
+            AttemptRecord(
+                attempt_at=a.attempt_at or a.created_at or self._requested_at,
+                user_uuid=a.user_uuid,
+                outcome=AttemptOutcome.NO_ANSWER,
+            )
+            for a in attempts
+        ]
 
     async def _tapraise(
         self, verb: str, activity: str, data: Any, result_type: type[Any], adopt: bool = False
