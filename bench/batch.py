@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bench import calls as bench_calls
-from bench.report import Result, bounded, main, per_second, progress
+from bench.report import Result, bounded, main, parser_for, per_second, progress
 from bench.stack import Stack
 from workflows.messages import WORKFLOW_TYPE, CallInput, workflow_id_for
 
@@ -190,9 +190,7 @@ async def run(n: int = DEFAULT_N, concurrency: int = DEFAULT_CONCURRENCY) -> Res
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.batch", description=__doc__.split("\n\n")[0]
-    )
+    parser = parser_for("bench.batch", __doc__)
     parser.add_argument("--n", type=int, default=DEFAULT_N, help="Rows in the CSV file.")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
     return parser

@@ -51,9 +51,10 @@ from typing import Any
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import History
 from temporalio.client import WorkflowHandle
+from temporalio.common import TypedSearchAttributes
 
 from bench import calls as bench_calls
-from bench.report import Result, main
+from bench.report import Result, main, parser_for
 from bench.stack import Stack
 from starter.calls import CallService
 from workflows.messages import CANCEL, CallPhase, CancelSignal, SearchAttributes
@@ -146,15 +147,25 @@ async def cost_of(path: str, handle: WorkflowHandle[Any, Any]) -> Cost:
     return Cost(path, len(events), History(events=events).ByteSize(), actions, la_tasks, phase)
 
 
-async def wait_for_phase(handle: WorkflowHandle[Any, Any], phase: CallPhase) -> None:
-    """Poll the `CallPhase` search attribute (describe is free; a query would be an action)."""
+async def _wait_for(
+    handle: WorkflowHandle[Any, Any], ready: Callable[[TypedSearchAttributes], bool], what: str
+) -> None:
+    """Poll the call's search attributes (describe is free; a query would be an action)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        description = await handle.describe()
-        if description.typed_search_attributes.get(SearchAttributes.CALL_PHASE) == phase.value:
+        if ready((await handle.describe()).typed_search_attributes):
             return
         await asyncio.sleep(0.1)
-    raise RuntimeError(f"{handle.id} never reached phase {phase.value}")
+    raise RuntimeError(f"{handle.id} never reached {what}")
+
+
+async def wait_for_phase(handle: WorkflowHandle[Any, Any], phase: CallPhase) -> None:
+    """Wait until the call's `CallPhase` is `phase`."""
+    await _wait_for(
+        handle,
+        lambda found: found.get(SearchAttributes.CALL_PHASE) == phase.value,
+        f"phase {phase.value}",
+    )
 
 
 async def _started(service: CallService, call_policy: PolicyOverrides) -> WorkflowHandle[Any, Any]:
@@ -176,18 +187,13 @@ async def typical(service: CallService) -> Cost:
 
 async def wait_for_slot(handle: WorkflowHandle[Any, Any], attempts: int) -> None:
     """Wait as a dialer would without the `due` phase: until `NextAttemptAt` has passed."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        found = (await handle.describe()).typed_search_attributes
+
+    def due(found: TypedSearchAttributes) -> bool:
         next_at = found.get(SearchAttributes.NEXT_ATTEMPT_AT)
-        if (
-            found.get(SearchAttributes.CALL_ATTEMPTS) == attempts
-            and next_at is not None
-            and next_at <= datetime.now(UTC)
-        ):
-            return
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"{handle.id} never reached its slot after {attempts} attempts")
+        made = found.get(SearchAttributes.CALL_ATTEMPTS)
+        return made == attempts and next_at is not None and next_at <= datetime.now(UTC)
+
+    await _wait_for(handle, due, f"its slot after {attempts} attempts")
 
 
 async def typical_without_due(service: CallService) -> Cost:
@@ -341,9 +347,7 @@ async def run(wait_seconds: float = DEFAULT_WAIT_SECONDS) -> Result:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.cost", description=__doc__.split("\n\n")[0]
-    )
+    parser = parser_for("bench.cost", __doc__)
     parser.add_argument(
         "--wait",
         type=float,

@@ -166,6 +166,24 @@ async def bounded(
             group.create_task(lane())
 
 
+def parser_for(
+    module: str, doc: str, bytecode_cache_option: bool = False
+) -> argparse.ArgumentParser:
+    """The command line of `python -m <module>`, described by the first paragraph of `doc`.
+
+    With `bytecode_cache_option`, it offers `--no-bytecode-cache` (for benchmarks that start
+    workers).
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0])
+    if bytecode_cache_option:
+        parser.add_argument(
+            "--no-bytecode-cache",
+            action="store_true",
+            help="Run the workers without cached bytecode (as with PYTHONDONTWRITEBYTECODE=1).",
+        )
+    return parser
+
+
 def main(
     parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], Awaitable[Result]]
 ) -> None:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bench import throughput
-from bench.report import Result, bounded, main, per_second, progress
+from bench.report import Result, bounded, main, parser_for, per_second, progress
 from bench.stack import CpuMeter, Stack
 from tapraise import TapRaiseClient
 from tapraise.models import AddAttemptRequest, CallType, CreateCallRequest
@@ -175,9 +175,7 @@ async def run(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.sandbox_load", description=__doc__.split("\n\n")[0]
-    )
+    parser = parser_for("bench.sandbox_load", __doc__)
     parser.add_argument("--n", type=int, default=DEFAULT_N, help="Calls created (and attempts).")
     parser.add_argument("--clients", type=int, default=DEFAULT_CLIENTS)
     parser.add_argument(

@@ -28,7 +28,7 @@ from temporalio.api.history.v1 import History
 from temporalio.client import Client
 
 from bench import calls as bench_calls
-from bench.report import Result, bounded, main, per_second, progress
+from bench.report import Result, bounded, main, parser_for, per_second, progress
 from bench.stack import Stack, read_kb, sampling
 from starter.calls import CallService
 from workflows.messages import COMPLETE, CallInput
@@ -215,16 +215,9 @@ async def run(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.scale", description=__doc__.split("\n\n")[0]
-    )
+    parser = parser_for("bench.scale", __doc__, bytecode_cache_option=True)
     parser.add_argument("--n", type=int, default=DEFAULT_N, help="Calls to hold open.")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
-    parser.add_argument(
-        "--no-bytecode-cache",
-        action="store_true",
-        help="Run the workers without cached bytecode (as with PYTHONDONTWRITEBYTECODE=1).",
-    )
     return parser
 
 

@@ -28,7 +28,7 @@ from typing import Any
 from bench import calls as bench_calls
 from bench.floor import ATTEMPT as FLOOR_ATTEMPT
 from bench.floor import COMPLETE, FLOOR_WORKFLOW_TYPE
-from bench.report import Result, bounded, main, per_second, progress
+from bench.report import Result, bounded, main, parser_for, per_second, progress
 from bench.stack import FLOOR_TASK_QUEUE, CpuMeter, Stack
 from starter.calls import CallService, call_summary_line, initial_search_attributes
 from workflows.messages import CallInput, to_json
@@ -245,18 +245,11 @@ async def run(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.throughput", description=__doc__.split("\n\n")[0]
-    )
+    parser = parser_for("bench.throughput", __doc__, bytecode_cache_option=True)
     parser.add_argument("--n", type=int, default=DEFAULT_N, help="Lifecycles of each kind.")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
     parser.add_argument(
         "--check", type=int, default=100, help="Calls whose TapRaise effects are checked."
-    )
-    parser.add_argument(
-        "--no-bytecode-cache",
-        action="store_true",
-        help="Run the workers without cached bytecode (as with PYTHONDONTWRITEBYTECODE=1).",
     )
     return parser
 
