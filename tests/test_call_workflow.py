@@ -106,6 +106,18 @@ async def history_length(handle: WorkflowHandle[Any, Any]) -> int:
     return count
 
 
+async def created_in_tapraise(client: TapRaiseClient) -> tuple[uuid.UUID, datetime]:
+    """A verification call created straight in TapRaise, as another tool would: uuid, time."""
+    call_uuid = uuid.uuid4()
+    requested_at = datetime.now(UTC).replace(microsecond=0)
+    await client.create_call(
+        CreateCallRequest(
+            uuid=call_uuid, requested_at=requested_at, person_uuid=PERSON, type="verification"
+        )
+    )
+    return call_uuid, requested_at
+
+
 async def test_typical_call_attempted_on_two_days_then_completed_on_day_three(
     call_worker: CallWorker, lenient_sandbox: SandboxServer
 ) -> None:
@@ -245,13 +257,7 @@ async def test_reschedule_moves_the_next_slot_to_the_donors_requested_time(
 async def test_duplicate_trigger_adopts_a_call_already_completed_in_tapraise(
     call_worker: CallWorker, tapraise_client: TapRaiseClient, lenient_sandbox: SandboxServer
 ) -> None:
-    call_uuid = uuid.uuid4()
-    requested_at = datetime.now(UTC).replace(microsecond=0)
-    await tapraise_client.create_call(
-        CreateCallRequest(
-            uuid=call_uuid, requested_at=requested_at, person_uuid=PERSON, type="verification"
-        )
-    )
+    call_uuid, requested_at = await created_in_tapraise(tapraise_client)
     await tapraise_client.complete_call(
         call_uuid, CompleteCallRequest(result=CallResult(result_code="confirmed"))
     )
@@ -584,13 +590,7 @@ async def test_a_message_queued_while_adopting_a_finished_call_is_refused_not_le
     lenient_sandbox: SandboxServer,
     clean_faults: None,
 ) -> None:
-    call_uuid = uuid.uuid4()
-    requested_at = datetime.now(UTC).replace(microsecond=0)
-    await tapraise_client.create_call(
-        CreateCallRequest(
-            uuid=call_uuid, requested_at=requested_at, person_uuid=PERSON, type="verification"
-        )
-    )
+    call_uuid, requested_at = await created_in_tapraise(tapraise_client)
     await tapraise_client.cancel_call(call_uuid)
     # The create is slow, so the attempt below waits in the queue while the call is adopted.
     lenient_sandbox.set_faults([{"endpoint": "create", "next": ["latency"], "latencySeconds": 1.0}])
