@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 from starter.calls import InvalidInput, StartResult, derive_call_uuid, parse_call
 from workflows.messages import CallInput, workflow_id_for
@@ -85,11 +85,16 @@ class Batch:
         return [row for row in self.rows if row.duplicate_of is not None]
 
 
-def detect_format(name: str, explicit: BatchFormat | None = None) -> BatchFormat:
+def detect_format(
+    name: str, explicit: BatchFormat | None = None, text: str | None = None
+) -> BatchFormat:
     """The format of a batch file: `explicit`, else from the file name's extension.
 
+    Standard input (`name` '-') has no extension: given its `text`, it is JSONL when the first
+    thing in it is a JSON object, else CSV (a header line never opens with '{').
+
     Raises:
-        BatchError: when neither says (e.g. stdin without `--format`).
+        BatchError: when nothing says (a name without a known extension).
     """
     if explicit is not None:
         return explicit
@@ -98,6 +103,9 @@ def detect_format(name: str, explicit: BatchFormat | None = None) -> BatchFormat
         return BatchFormat.CSV
     if suffix in (".jsonl", ".ndjson"):
         return BatchFormat.JSONL
+    if name == "-" and text is not None:
+        opening = text.lstrip("\ufeff \t\r\n")[:1]
+        return BatchFormat.JSONL if opening == "{" else BatchFormat.CSV
     raise BatchError(
         f"cannot tell the format of {name!r}: name it .csv or .jsonl, or pass --format"
     )
@@ -273,9 +281,8 @@ def result_rows(
     return lines
 
 
-def write_results(path: Path, rows: list[dict[str, str]]) -> None:
-    """Write `result_rows` to a CSV file."""
-    with path.open("w", newline="", encoding="utf-8") as out:
-        writer = csv.DictWriter(out, fieldnames=RESULT_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+def write_results(target: TextIO, rows: list[dict[str, str]]) -> None:
+    """Write `result_rows` as CSV to `target` (a file opened with `newline=""`, or stdout)."""
+    writer = csv.DictWriter(target, fieldnames=RESULT_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)

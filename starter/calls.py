@@ -80,6 +80,12 @@ QUERY_TIMEOUT: Final = timedelta(seconds=10)
 UPDATE_RESULT_TIMEOUT_SECONDS: Final = 30.0
 DEFAULT_CONCURRENCY: Final = 20
 DEFAULT_LIST_LIMIT: Final = 50
+# An idempotency key becomes a Temporal update id: long enough for any key a tool makes (a
+# uuid, a hash, "<tool>:<ticket>:<n>"), short enough to be an id rather than a payload.
+REQUEST_ID_MAX_LENGTH: Final = 200
+# Where each entry point takes the idempotency key, named as its users know it.
+REQUEST_ID_OPTION: Final = "--request-id"
+IDEMPOTENCY_KEY_HEADER: Final = "Idempotency-Key"
 
 
 # ── errors ───────────────────────────────────────────────────────────────────────────────────
@@ -226,6 +232,73 @@ def derive_call_uuid(external_id: str) -> uuid.UUID:
     """
     digest = hashlib.sha256(CALL_UUID_NAMESPACE.bytes + external_id.strip().encode()).digest()
     return uuid.UUID(bytes=digest[:16], version=4)
+
+
+def request_id_problem(value: str) -> str | None:
+    """What is wrong with an idempotency key, or None when it will do.
+
+    A key is printable ASCII (what the HTTP `Idempotency-Key` header may carry: a structured
+    field string), 1 to `REQUEST_ID_MAX_LENGTH` characters, surrounding spaces not counted.
+    """
+    key = value.strip()
+    if not key:
+        return "must not be empty"
+    if len(key) > REQUEST_ID_MAX_LENGTH:
+        return f"must be at most {REQUEST_ID_MAX_LENGTH} characters, not {len(key)}"
+    if not all(" " <= ch <= "~" for ch in key):
+        return "must be printable ASCII (letters, digits, punctuation, spaces)"
+    return None
+
+
+def parse_request_id(value: str | None, source: str = REQUEST_ID_OPTION) -> str | None:
+    """An idempotency key as given (`--request-id`, `Idempotency-Key`), checked and trimmed.
+
+    Surrounding spaces are dropped, as HTTP drops them around a header's value, so that the
+    CLI and the gateway make the same update id of the same key.
+
+    Args:
+        value: The key, or None when none was given.
+        source: The option or header it came from, to name in the refusal.
+
+    Raises:
+        InvalidInput: naming `source` and what is wrong with the key.
+    """
+    if value is None:
+        return None
+    problem = request_id_problem(value)
+    if problem is not None:
+        raise InvalidInput([f"{source}: {problem}"])
+    return value.strip()
+
+
+def utc_millis(moment: datetime) -> datetime:
+    """`moment` in UTC, truncated to milliseconds: TapRaise keeps no more, so a stamped time is
+    the one TapRaise gives back and compares equal after the round trip."""
+    moment = moment.astimezone(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def stamp_call(call: CallInput, now: datetime) -> CallInput:
+    """The call with its `requestedAt` fixed to `now` (UTC, ms) when the CRM sent none.
+
+    Stamped into the workflow input before the start request, so that every retry of the
+    workflow's first task (and every create retried against TapRaise) sees the same instant.
+    """
+    if call.requested_at is not None:
+        return call
+    return call.model_copy(update={"requested_at": utc_millis(now)})
+
+
+def stamp_action(message: Action, now: datetime) -> Action:
+    """The action with an attempt's `attemptAt` fixed to `now` (UTC, ms) when the tool sent none.
+
+    `attemptAt` (with `userUuid`) is an attempt's identity: stamped where the report is made,
+    a re-delivered message carries the same one and the workflow knows it for a duplicate.
+    Other actions are returned as they are (the workflow stamps their times).
+    """
+    if isinstance(message, AttemptSignal) and message.attempt_at is None:
+        return message.model_copy(update={"attempt_at": utc_millis(now)})
+    return message
 
 
 # ── results ──────────────────────────────────────────────────────────────────────────────────
@@ -471,16 +544,19 @@ def call_details_markdown(call: CallInput) -> str:
 def start_options(call: CallInput, task_queue: str, now: datetime) -> dict[str, Any]:
     """What a start request carries besides the input: id, its policies, attributes, summary.
 
-    A running call is reused (USE_EXISTING) and a closed one is never started again
-    (REJECT_DUPLICATE); the search attributes and the Web UI's summary and details are set at
-    start, so that a call is listed and described before its first workflow task.
+    A running call is reused (USE_EXISTING). A closed one is started again only when its run
+    failed (ALLOW_DUPLICATE_FAILED_ONLY): TapRaise refused the create, or an operator
+    terminated it; the new run's create adopts whatever TapRaise holds for the call uuid, so a
+    second run never makes a second call. A completed, cancelled or expired call stays closed.
+    The search attributes and the Web UI's summary and details are set at start, so that a call
+    is listed and described before its first workflow task.
     """
     assert call.uuid is not None
     return {
         "id": workflow_id_for(call.uuid),
         "task_queue": task_queue,
         "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
-        "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        "id_reuse_policy": WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
         "search_attributes": initial_search_attributes(call),
         "static_summary": call_summary_line(call, call.requested_at or now),
         "static_details": call_details_markdown(call),
@@ -536,22 +612,26 @@ class CallService:
     async def start(self, call: CallInput) -> StartResult:
         """Start the call's workflow, or report the one that already exists.
 
-        A running call is reused (USE_EXISTING) and a closed one is never started again
-        (REJECT_DUPLICATE); either way the answer is "already started" with the call's phase.
+        A call without a uuid gets a random one, and one without `requestedAt` is stamped with
+        now (`stamp_call`). A running call is reused, and a completed, cancelled or expired one
+        is not started again: the answer is "already started" with the call's phase. A call
+        whose run failed starts a new run (see `start_options`).
 
         Raises:
             InvalidInput: when the call breaks a rule `check_call` enforces.
             TemporalUnavailable: when Temporal does not answer.
         """
         check_call(call)
+        now = self._clock()
         if call.uuid is None:
             call = call.model_copy(update={"uuid": uuid.uuid4()})
+        call = stamp_call(call, now)
         assert call.uuid is not None
         try:
             handle = await self.client.start_workflow(
                 WORKFLOW_TYPE,
                 call,
-                **start_options(call, self.task_queue, self._clock()),
+                **start_options(call, self.task_queue, now),
                 result_type=CallState,
             )
         except WorkflowAlreadyStartedError:
@@ -650,8 +730,26 @@ class CallService:
             ) from None
         return result
 
-    async def act(self, call_uuid: uuid.UUID, name: str, message: Action) -> ActionAccepted:
+    async def act(
+        self,
+        call_uuid: uuid.UUID,
+        name: str,
+        message: Action,
+        request_id: str | None = None,
+    ) -> ActionAccepted:
         """Send an action as an update: the workflow accepts it or says why not.
+
+        An attempt without `attemptAt` is stamped with now (`stamp_action`).
+
+        Args:
+            call_uuid: The call.
+            name: The update (`attempt`, `complete`, `reschedule`, `cancel`).
+            message: Its payload.
+            request_id: The caller's idempotency key, checked with `parse_request_id`; it is
+                the update id, so the same key sent again within the call's run is answered
+                with the first one's outcome and changes nothing. None makes a fresh one: such
+                a request is new every time it is sent. A key names one request: reused for a
+                different action it still answers with the first one's outcome.
 
         Returns:
             The workflow's acceptance. When TapRaise is slow to confirm, the answer comes after
@@ -663,10 +761,12 @@ class CallService:
                 the call is closed.
         """
         handle = self._handle(call_uuid)
+        message = stamp_action(message, self._clock())
         try:
             update = await handle.start_update(
                 name,
                 message,
+                id=request_id or str(uuid.uuid4()),
                 wait_for_stage=WorkflowUpdateStage.ACCEPTED,
                 result_type=ActionAccepted,
             )
@@ -692,10 +792,15 @@ class CallService:
     async def signal(self, call_uuid: uuid.UUID, name: str, message: Action) -> SignalSent:
         """Send an action as a fire-and-forget signal (a refused one is only logged).
 
+        A signal has no id to deduplicate by; an attempt without `attemptAt` is stamped with now
+        (`stamp_action`), so that a re-delivery of this signal is known to the workflow as the
+        same attempt.
+
         Raises:
             CallNotFound: no workflow for this call.
             ActionRejected: the call is closed.
         """
+        message = stamp_action(message, self._clock())
         try:
             await self._handle(call_uuid).signal(name, message)
         except RPCError as exc:

@@ -2,7 +2,8 @@
 
 Thin by design: each command turns its options into the contract's camelCase JSON, lets
 `starter.calls` validate and do the work, and prints the result (rich for people, `--json` for
-scripts). Exit codes: 0 done, 1 refused or failed, 2 bad usage or input.
+scripts). Exit codes: 0 done, 1 refused or failed, 2 bad usage or input. An action's
+`--request-id` becomes the update's id, so that a command retried with it changes nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from starter.batch import (
 from starter.calls import (
     DEFAULT_CONCURRENCY,
     DEFAULT_LIST_LIMIT,
+    REQUEST_ID_MAX_LENGTH,
+    REQUEST_ID_OPTION,
     CallsError,
     CallService,
     CallSummary,
@@ -48,6 +51,7 @@ from starter.calls import (
     parse_action,
     parse_call,
     parse_call_uuid,
+    parse_request_id,
 )
 from workflows.connect import connect, load_env_file
 from workflows.messages import (
@@ -173,6 +177,23 @@ def _put(data: dict[str, Any], key: str, value: Any) -> None:
         data[key] = value
 
 
+def _write_results(name: str, rows: list[dict[str, str]]) -> None:
+    """The batch's results CSV to a file, or to standard output when `name` is '-'."""
+    if name == "-":
+        write_results(sys.stdout, rows)
+        sys.stdout.flush()
+        return
+    with Path(name).open("w", newline="", encoding="utf-8") as target:
+        write_results(target, rows)
+
+
+def _read_text(name: str) -> str:
+    """A file's text, or standard input's when `name` is '-' (a byte-order mark dropped)."""
+    if name == "-":
+        return sys.stdin.read().removeprefix("\ufeff")
+    return Path(name).read_text(encoding="utf-8-sig")
+
+
 # ── start ────────────────────────────────────────────────────────────────────────────────────
 
 
@@ -195,7 +216,10 @@ def start(
         typer.Argument(metavar="-", help="'-' reads the call as a JSON object from stdin."),
     ] = None,
     file: Annotated[
-        Path | None, typer.Option("--file", "-f", help="Read the call from a JSON file.")
+        str | None,
+        typer.Option(
+            "--file", "-f", metavar="FILE", help="Read the call from a JSON file ('-' = stdin)."
+        ),
     ] = None,
     person: Annotated[str | None, typer.Option("--person", help="personUuid of the donor.")] = None,
     call_type: Annotated[
@@ -229,12 +253,14 @@ def start(
     """Start one call. A call that exists already is reported as "already started"."""
     try:
         data: dict[str, Any] = {}
-        if file is not None:
-            data = _load_json_object(file.read_text(encoding="utf-8"), str(file))
-        elif source == "-":
-            data = _load_json_object(sys.stdin.read(), "stdin")
-        elif source is not None:
+        if source is not None and source != "-":
             raise InvalidInput([f"unexpected argument {source!r}: use '-' or --file for JSON"])
+        if source == "-" and file is not None:
+            raise InvalidInput(["give the call either as '-' or with --file, not both"])
+        if file == "-" or source == "-":
+            data = _load_json_object(sys.stdin.read(), "stdin")
+        elif file is not None:
+            data = _load_json_object(_read_text(file), file)
         for key, value in (
             ("personUuid", person),
             ("type", call_type),
@@ -294,21 +320,32 @@ def start_batch(
         int, typer.Option("--concurrency", min=1, max=500, help="Starts in flight at once.")
     ] = DEFAULT_CONCURRENCY,
     results: Annotated[
-        Path | None,
-        typer.Option("--results", help="Write row → workflow id → outcome to this CSV file."),
+        str | None,
+        typer.Option(
+            "--results",
+            metavar="FILE",
+            help="Write row → workflow id → outcome to this CSV file ('-' = stdout, the "
+            "report then goes to stderr).",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print per-row results as JSON.")] = False,
 ) -> None:
-    """Start many calls from a CSV or JSONL file, validating every row first."""
+    """Start many calls from a CSV or JSONL file ('-' = stdin), validating every row first.
+
+    Standard input without --format is JSONL when it opens with '{', else CSV.
+    """
+    if results == "-" and as_json:
+        _invalid(InvalidInput(["--results -: stdout carries the --json answer already"]), as_json)
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8-sig")
-        batch = read_batch(text, detect_format(path, fmt), id_from)
+        text = _read_text(path)
+        batch = read_batch(text, detect_format(path, fmt, text), id_from)
     except OSError as exc:
         _fail(f"cannot read {path}: {exc.strerror}", EXIT_FAILED, as_json)
     except BatchError as exc:
         _fail(str(exc), EXIT_FAILED, as_json, kind="invalid")
 
-    report = err if as_json else out
+    # People read the report; with the results CSV on stdout it goes to stderr instead.
+    report = err if as_json or results == "-" else out
     for row in batch.bad:
         report.print(f"[red]line {row.line}:[/red] {'; '.join(row.problems)}", soft_wrap=True)
     for row in batch.duplicates:
@@ -326,7 +363,7 @@ def start_batch(
     good = batch.good
     if strict and batch.bad:
         if results is not None:
-            write_results(results, result_rows(batch, []))
+            _write_results(results, result_rows(batch, []))
         _fail(
             f"refused the whole file: {len(batch.bad)} bad row(s) (--strict); nothing started",
             EXIT_FAILED,
@@ -358,7 +395,7 @@ def start_batch(
         started = list(zip(good, _run(ctx, work, as_json), strict=True))
     rows = result_rows(batch, started)
     if results is not None:
-        write_results(results, rows)
+        _write_results(results, rows)
 
     counts = {status.value: 0 for status in StartStatus}
     for line in rows:
@@ -368,13 +405,13 @@ def start_batch(
         _print_json({"summary": counts, "rows": rows})
     else:
         for row_result in (r for _, r in started if r.status is StartStatus.FAILED):
-            out.print(f"[red]failed[/red] {row_result.workflow_id}: {row_result.detail}")
+            report.print(f"[red]failed[/red] {row_result.workflow_id}: {row_result.detail}")
         summary = Table(title="start-batch", show_header=False)
         for label, count in counts.items():
             summary.add_row(label, str(count))
-        out.print(summary)
-        if results is not None:
-            out.print(f"results written to {results}")
+        report.print(summary)
+        if results is not None and results != "-":
+            report.print(f"results written to {results}")
     if counts[StartStatus.REFUSED.value] or counts[StartStatus.FAILED.value]:
         raise typer.Exit(EXIT_FAILED)
 
@@ -382,6 +419,14 @@ def start_batch(
 # ── actions ──────────────────────────────────────────────────────────────────────────────────
 
 _SIGNAL_HELP = "Send a fire-and-forget signal instead of an update (no answer, no reason)."
+_REQUEST_ID_HELP = (
+    "Idempotency key (the update's id): the same command sent again with the same key changes "
+    f"nothing and gets the first answer. Printable ASCII, at most {REQUEST_ID_MAX_LENGTH} "
+    "characters; a new one each time when absent."
+)
+RequestId = Annotated[
+    str | None, typer.Option(REQUEST_ID_OPTION, metavar="KEY", help=_REQUEST_ID_HELP)
+]
 
 
 def _act(
@@ -391,11 +436,19 @@ def _act(
     data: dict[str, Any],
     signal: bool,
     as_json: bool,
+    request_id: str | None = None,
 ) -> None:
     """Validate an action locally, send it, and print the workflow's answer."""
     try:
         target = parse_call_uuid(call_uuid)
         message = parse_action(name, data)
+        key = parse_request_id(request_id, REQUEST_ID_OPTION)
+        if signal and key is not None:
+            # Quietly dropping the key would promise a deduplication that signals cannot keep.
+            raise InvalidInput(
+                [f"{REQUEST_ID_OPTION}: a signal has no id to deduplicate by; send the action "
+                 "as an update (without --signal) to use a request id"]
+            )  # fmt: skip
     except InvalidInput as exc:
         _invalid(exc, as_json)
 
@@ -412,7 +465,7 @@ def _act(
         return
 
     async def update(service: CallService) -> dict[str, Any]:
-        return model_json(await service.act(target, name, message))
+        return model_json(await service.act(target, name, message, key))
 
     accepted = _run(ctx, update, as_json)
     if as_json:
@@ -427,7 +480,8 @@ def _act(
 
 
 @app.command(
-    epilog="Example: python -m starter attempt 5d1c…-uuid --outcome no_answer --user 9a7b…-uuid"
+    epilog="Example: python -m starter attempt 5d1c…-uuid --outcome no_answer --user 9a7b…-uuid "
+    "--request-id dialer-7f3a-try-1"
 )
 def attempt(
     ctx: typer.Context,
@@ -436,7 +490,11 @@ def attempt(
         str, typer.Option("--outcome", help="no_answer, busy, voicemail or wrong_number.")
     ],
     user: Annotated[str | None, typer.Option("--user", help="userUuid of the agent.")] = None,
-    at: Annotated[str | None, typer.Option("--at", help="attemptAt, ISO 8601 with offset.")] = None,
+    at: Annotated[
+        str | None,
+        typer.Option("--at", help="attemptAt, ISO 8601 with offset (default: now)."),
+    ] = None,
+    request_id: RequestId = None,
     signal: Annotated[bool, typer.Option("--signal", help=_SIGNAL_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
 ) -> None:
@@ -444,7 +502,7 @@ def attempt(
     data: dict[str, Any] = {"outcome": outcome}
     _put(data, "userUuid", user)
     _put(data, "attemptAt", at)
-    _act(ctx, call_uuid, ATTEMPT, data, signal, as_json)
+    _act(ctx, call_uuid, ATTEMPT, data, signal, as_json, request_id)
 
 
 @app.command(
@@ -467,6 +525,7 @@ def complete(
         str | None,
         typer.Option("--completed-at", help="completedAt, ISO 8601 with offset (default now)."),
     ] = None,
+    request_id: RequestId = None,
     signal: Annotated[bool, typer.Option("--signal", help=_SIGNAL_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
 ) -> None:
@@ -478,7 +537,7 @@ def complete(
     _put(result, "completedAt", completed_at)
     data: dict[str, Any] = {"result": result}
     _put(data, "userUuid", user)
-    _act(ctx, call_uuid, COMPLETE, data, signal, as_json)
+    _act(ctx, call_uuid, COMPLETE, data, signal, as_json, request_id)
 
 
 @app.command(
@@ -493,6 +552,7 @@ def reschedule(
         str | None, typer.Option("--notes", help="Why, or what the donor said.")
     ] = None,
     user: Annotated[str | None, typer.Option("--user", help="userUuid of the agent.")] = None,
+    request_id: RequestId = None,
     signal: Annotated[bool, typer.Option("--signal", help=_SIGNAL_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
 ) -> None:
@@ -500,7 +560,7 @@ def reschedule(
     data: dict[str, Any] = {"at": at}
     _put(data, "notes", notes)
     _put(data, "userUuid", user)
-    _act(ctx, call_uuid, RESCHEDULE, data, signal, as_json)
+    _act(ctx, call_uuid, RESCHEDULE, data, signal, as_json, request_id)
 
 
 @app.command(epilog="Example: python -m starter cancel 5d1c…-uuid --reason 'donor moved abroad'")
@@ -513,6 +573,7 @@ def cancel(
     at: Annotated[
         str | None, typer.Option("--at", help="cancelledAt, ISO 8601 with offset.")
     ] = None,
+    request_id: RequestId = None,
     signal: Annotated[bool, typer.Option("--signal", help=_SIGNAL_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
 ) -> None:
@@ -520,7 +581,7 @@ def cancel(
     data: dict[str, Any] = {}
     _put(data, "reason", reason)
     _put(data, "cancelledAt", at)
-    _act(ctx, call_uuid, CANCEL, data, signal, as_json)
+    _act(ctx, call_uuid, CANCEL, data, signal, as_json, request_id)
 
 
 # ── status and list ──────────────────────────────────────────────────────────────────────────

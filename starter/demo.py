@@ -32,7 +32,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError
 
-from starter.calls import CallService, StartStatus
+from starter.calls import CallService, StartStatus, stamp_action
 from tapraise.models import CallResult, CallType
 from tapraise.sandbox.seed import DEMO_ORGANIZATION_UUID, DEMO_PERSON_UUIDS, FOREIGN_PERSON_UUID
 from workflows.messages import (
@@ -174,7 +174,9 @@ class Agent:
         self.say(f"{what} -> {answer.phase.value}{f' ({answer.detail})' if answer.detail else ''}")
 
     async def attempt(self, outcome: AttemptOutcome) -> None:
-        await self._update(ATTEMPT, AttemptSignal(outcome=outcome), f"attempt {outcome.value}")
+        # Stamped here, as the CLI and the gateway stamp it: the report's time is its identity.
+        message = stamp_action(AttemptSignal(outcome=outcome), datetime.now(UTC))
+        await self._update(ATTEMPT, message, f"attempt {outcome.value}")
 
     async def complete(self, result_code: str, **result: Any) -> None:
         message = CompleteSignal(result=CallResult(result_code=result_code, **result))

@@ -2,8 +2,10 @@
 
 Bodies are the contract's camelCase JSON. Actions go to the workflow as updates, so a caller
 learns at once whether the call accepted them (200), refused them (409, with the workflow's
-reason) or does not exist (404). Every route but `/healthz` and the OpenAPI pages needs a bearer
-token from `GATEWAY_TOKENS`. The routes only translate HTTP to `starter.calls` and back.
+reason) or does not exist (404). An action's `Idempotency-Key` header becomes the update's id:
+the same request sent again changes nothing and is answered as the first one was. Every route
+but `/healthz` and the OpenAPI pages needs a bearer token from `GATEWAY_TOKENS`. The routes only
+translate HTTP to `starter.calls` and back.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures at runtime,
@@ -17,7 +19,17 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import (
+    APIRouter,
+    Body,
+    Depends,
+    FastAPI,
+    Header,
+    HTTPException,
+    Query,
+    Request,
+    Response,
+)
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -27,6 +39,8 @@ from starter.batch import validate_records
 from starter.calls import (
     DEFAULT_CONCURRENCY,
     DEFAULT_LIST_LIMIT,
+    IDEMPOTENCY_KEY_HEADER,
+    REQUEST_ID_MAX_LENGTH,
     Action,
     CallsError,
     CallService,
@@ -36,6 +50,7 @@ from starter.calls import (
     StartStatus,
     TemporalUnavailable,
     model_json,
+    request_id_problem,
 )
 from starter.settings import GatewaySettings
 from workflows.connect import connect
@@ -188,7 +203,7 @@ def create_app(
         # alone says "Field required" without saying which).
         lines = []
         for error in exc.errors():
-            loc = [str(part) for part in error.get("loc", ()) if part not in ("body",)]
+            loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "header")]
             message = "unknown field" if error.get("type") == "extra_forbidden" else error["msg"]
             lines.append(f"{'.'.join(loc) or 'body'}: {message}")
         detail = [
@@ -265,59 +280,95 @@ def create_app(
             summary[entry["status"]] += 1
         return {"summary": summary, "results": results}
 
+    signal_query = Query(
+        description="Send a fire-and-forget signal instead of an update (202, no answer)."
+    )
+
+    def idempotency_key(
+        key: Annotated[
+            str | None,
+            Header(
+                alias=IDEMPOTENCY_KEY_HEADER,
+                description="The request's idempotency key, used as the update's id: the same "
+                "request sent again with the same key changes nothing and is answered as the "
+                f"first one was. Printable ASCII, at most {REQUEST_ID_MAX_LENGTH} characters; "
+                "not with `signal=true` (a signal has no id to deduplicate by).",
+            ),
+        ] = None,
+        signal: Annotated[bool, signal_query] = False,
+    ) -> str | None:
+        if key is None:
+            return None
+        problem = request_id_problem(key)
+        if problem is None and signal:
+            # Quietly dropping the key would promise a deduplication that signals cannot keep.
+            problem = "a signal has no id to deduplicate by; send the action as an update"
+        if problem is not None:
+            location = ("header", IDEMPOTENCY_KEY_HEADER)
+            error = {"type": "value_error", "loc": location, "msg": problem, "input": key}
+            raise RequestValidationError([error])
+        return key.strip()
+
+    RequestId = Annotated[str | None, Depends(idempotency_key)]
+
     async def _act(
-        service: CallService, call_uuid: uuid.UUID, name: str, message: Action, signal: bool
+        service: CallService,
+        call_uuid: uuid.UUID,
+        name: str,
+        message: Action,
+        signal: bool,
+        request_id: str | None,
     ) -> Any:
         if signal:
             return JSONResponse(
                 status_code=202, content=(await service.signal(call_uuid, name, message)).to_json()
             )
-        accepted = await service.act(call_uuid, name, message)
+        accepted = await service.act(call_uuid, name, message, request_id)
         return {"workflowId": workflow_id_for(call_uuid), **model_json(accepted)}
-
-    signal_query = Query(
-        description="Send a fire-and-forget signal instead of an update (202, no answer)."
-    )
 
     @router.post("/calls/{call_uuid}/attempts", tags=["actions"])
     async def attempt(
         call_uuid: uuid.UUID,
         body: AttemptSignal,
         service: Service,
+        request_id: RequestId,
         signal: Annotated[bool, signal_query] = False,
     ) -> Any:
         """Report an unsuccessful attempt. 200 accepted, 409 refused, 404 unknown call."""
-        return await _act(service, call_uuid, ATTEMPT, body, signal)
+        return await _act(service, call_uuid, ATTEMPT, body, signal, request_id)
 
     @router.post("/calls/{call_uuid}/complete", tags=["actions"])
     async def complete(
         call_uuid: uuid.UUID,
         body: CompleteSignal,
         service: Service,
+        request_id: RequestId,
         signal: Annotated[bool, signal_query] = False,
     ) -> Any:
         """Complete the call with its result. 200 accepted, 409 refused, 404 unknown call."""
-        return await _act(service, call_uuid, COMPLETE, body, signal)
+        return await _act(service, call_uuid, COMPLETE, body, signal, request_id)
 
     @router.post("/calls/{call_uuid}/reschedule", tags=["actions"])
     async def reschedule(
         call_uuid: uuid.UUID,
         body: RescheduleSignal,
         service: Service,
+        request_id: RequestId,
         signal: Annotated[bool, signal_query] = False,
     ) -> Any:
         """Ask for a callback at the donor's time. 200 accepted, 409 refused, 404 unknown."""
-        return await _act(service, call_uuid, RESCHEDULE, body, signal)
+        return await _act(service, call_uuid, RESCHEDULE, body, signal, request_id)
 
     @router.post("/calls/{call_uuid}/cancel", tags=["actions"])
     async def cancel(
         call_uuid: uuid.UUID,
         service: Service,
+        request_id: RequestId,
         body: CancelSignal | None = None,
         signal: Annotated[bool, signal_query] = False,
     ) -> Any:
         """Cancel the call (the body is optional). 200 accepted, 409 refused, 404 unknown."""
-        return await _act(service, call_uuid, CANCEL, body or CancelSignal(), signal)
+        return await _act(service, call_uuid, CANCEL, body or CancelSignal(), signal, request_id)
 
     @router.get("/calls/{call_uuid}", tags=["calls"])
     async def call_state(call_uuid: uuid.UUID, service: Service) -> dict[str, Any]:

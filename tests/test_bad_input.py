@@ -253,6 +253,27 @@ def bad_actions() -> st.SearchStrategy[tuple[str, str, Any]]:
     return st.one_of(cases)
 
 
+_PRINTABLE_ASCII = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
+# Characters an idempotency key may not hold; the gateway's share is what HTTP can carry at all.
+_NOT_KEY_CHARS = st.characters(codec="utf-8").filter(lambda c: not " " <= c <= "~")
+_NOT_KEY_HEADER_CHARS = st.characters(min_codepoint=0x80, max_codepoint=0xFF)
+
+
+def bad_request_ids(*, header: bool = False) -> st.SearchStrategy[str]:
+    """Idempotency keys that are refused: blank, longer than 200, or with a non-printable or
+    non-ASCII character inside."""
+    odd = _NOT_KEY_HEADER_CHARS if header else _NOT_KEY_CHARS
+    edge = st.text(alphabet=string.ascii_letters + string.digits, min_size=1, max_size=10)
+    # HTTP carries no spaces around a value: over the gateway, blank is empty.
+    blank = st.just("") if header else st.text(alphabet=" ", max_size=3)
+    long = st.text(alphabet=_PRINTABLE_ASCII, min_size=201, max_size=400)
+    return st.one_of(
+        blank,
+        (long.map(str.strip) if header else long).filter(lambda k: len(k.strip()) > 200),
+        st.tuples(edge, odd, edge).map("".join),
+    )
+
+
 # ── shared checks ────────────────────────────────────────────────────────────────────────────
 
 
@@ -325,6 +346,20 @@ def test_cli_actions_refuse_bad_arguments_naming_the_field(case: tuple[str, str,
     result = runner.invoke(cli_app, args, env=NOWHERE)
     assert result.exit_code == 2, (args, result.output)
     assert field in result.stderr and "nothing was sent to Temporal" in result.stderr
+
+
+@SOME
+@given(
+    key=bad_request_ids(),
+    action=st.sampled_from([["attempt", "--outcome", "busy"], ["complete", "--result-code", "x"],
+                            ["reschedule", "--at", "2030-01-07T10:00:00Z"], ["cancel"]]),
+)  # fmt: skip
+def test_cli_refuses_a_bad_request_id_naming_the_option(key: str, action: list[str]) -> None:
+    args = [action[0], str(uuid.uuid4()), *action[1:], "--request-id", key]
+    result = runner.invoke(cli_app, args, env=NOWHERE)
+    assert result.exit_code == 2, (args, result.output)
+    assert "--request-id: must" in result.stderr
+    assert "nothing was sent to Temporal" in result.stderr
 
 
 @FEW
@@ -442,6 +477,24 @@ async def test_gateway_refuses_bad_action_bodies_and_the_call_is_unchanged(
     response = await gateway.post(f"/calls/{call_uuid}/{paths[action]}", json=payload)
     assert response.status_code == 422, response.text
     assert field in response.json()["message"], (payload, response.text)
+    state = await _state(call_worker, call_uuid)
+    assert state.phase in (CallPhase.SCHEDULED, CallPhase.DUE) and state.attempts == []
+
+
+@SOME
+@given(key=bad_request_ids(header=True), action=st.sampled_from(["attempts", "cancel"]))
+async def test_gateway_refuses_a_bad_idempotency_key_and_the_call_is_unchanged(
+    gateway: httpx.AsyncClient, call_worker: CallWorker, key: str, action: str
+) -> None:
+    call_uuid = await _shared_call("gateway-key", call_worker)
+    body = {"outcome": "busy"} if action == "attempts" else {}
+    response = await gateway.post(
+        f"/calls/{call_uuid}/{action}",
+        json=body,
+        headers=[(b"Idempotency-Key", key.encode("latin-1"))],
+    )
+    assert response.status_code == 422, (key, response.text)
+    assert response.json()["message"].startswith("Idempotency-Key: must"), response.text
     state = await _state(call_worker, call_uuid)
     assert state.phase in (CallPhase.SCHEDULED, CallPhase.DUE) and state.attempts == []
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import io
 import json
+import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from starter.batch import BatchError, BatchFormat, detect_format, read_batch
 from starter.calls import derive_call_uuid
 from starter.cli import app
 from tapraise.sandbox.seed import DEMO_PERSON_UUIDS
+from tests.sandbox_fixture import REPO_ROOT
 from tests.temporal_fixture import CallWorker
 
 pytestmark = pytest.mark.timeout(120)
@@ -141,6 +145,14 @@ def test_file_level_problems_refuse_the_file() -> None:
     assert detect_format("-", BatchFormat.JSONL) is BatchFormat.JSONL
 
 
+def test_standard_input_without_format_is_told_by_its_first_character() -> None:
+    assert detect_format("-", text='\ufeff\n {"personUuid": "x"}\n') is BatchFormat.JSONL
+    assert detect_format("-", text="personUuid,type\n") is BatchFormat.CSV
+    assert detect_format("-", text="") is BatchFormat.CSV  # then refused: no rows
+    with pytest.raises(BatchError, match="--format"):
+        detect_format("-")
+
+
 # ── start-batch against Temporal ─────────────────────────────────────────────────────────────
 
 
@@ -212,4 +224,75 @@ async def test_start_batch_refuses_an_empty_file(call_worker: CallWorker, tmp_pa
     result = await cli(call_worker, "start-batch", str(path))
     assert result.exit_code == 1
     assert "the file has no rows: nothing to start" in result.stderr
+    assert await workflow_count(call_worker, 0) == 0
+
+
+async def start_batch_subprocess(
+    worker: CallWorker, stdin: str, *args: str, cwd: Path
+) -> tuple[int, str, str]:
+    """`python -m starter start-batch … -` in a real process, `stdin` piped in."""
+    env = {
+        **os.environ,
+        "TEMPORAL_ADDRESS": worker.client.service_client.config.target_host,
+        "TEMPORAL_NAMESPACE": worker.client.namespace,
+        "CALLS_TASK_QUEUE": worker.task_queue,
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "starter", "start-batch", "-", *args,
+        cwd=cwd, env=env, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await process.communicate(stdin.encode())
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_start_batch_reads_csv_from_standard_input(
+    call_worker: CallWorker, tmp_path: Path
+) -> None:
+    uuids = csv_file(tmp_path / "calls.csv", 3)
+    code, stdout, stderr = await start_batch_subprocess(
+        call_worker, (tmp_path / "calls.csv").read_text(), "--json", cwd=tmp_path
+    )
+    assert code == 0, stderr
+    body = json.loads(stdout)
+    assert body["summary"]["started"] == 3
+    assert [row["callUuid"] for row in body["rows"]] == uuids
+    assert not (tmp_path / "-").exists()
+    assert await workflow_count(call_worker, 3) == 3
+
+
+async def test_start_batch_reads_jsonl_from_standard_input_and_writes_results_to_stdout(
+    call_worker: CallWorker, tmp_path: Path
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    lines = [
+        {"crmId": f"{tag}-{i}", "personUuid": DEMO_PERSON_UUIDS[i], "type": "winback"}
+        for i in range(2)
+    ]
+    code, stdout, stderr = await start_batch_subprocess(
+        call_worker, "\n".join(json.dumps(line) for line in lines) + "\n",
+        "--id-from", "crmId", "--results", "-", cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 0, stderr
+    rows = list(csv.DictReader(io.StringIO(stdout)))
+    assert [row["callUuid"] for row in rows] == [
+        str(derive_call_uuid(f"{tag}-{i}")) for i in range(2)
+    ]
+    assert [row["outcome"] for row in rows] == ["started", "started"]
+    assert "start-batch" in stderr  # the people's report went to stderr
+    assert not (tmp_path / "-").exists()
+    assert await workflow_count(call_worker, 2) == 2
+
+
+async def test_results_on_stdout_and_json_exclude_each_other(
+    call_worker: CallWorker, tmp_path: Path
+) -> None:
+    csv_file(tmp_path / "calls.csv", 1)
+    result = await cli(
+        call_worker, "start-batch", str(tmp_path / "calls.csv"), "--results", "-", "--json"
+    )
+    assert result.exit_code == 2
+    assert "--results -: stdout carries the --json answer already" in result.stdout
     assert await workflow_count(call_worker, 0) == 0

@@ -314,6 +314,59 @@ async def test_actions_are_answered_by_the_workflow(
     assert state["result"]["donorRetentionRating"] == 9
 
 
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        (b"", "Idempotency-Key: must not be empty"),
+        (b"k" * 201, "Idempotency-Key: must be at most 200 characters, not 201"),
+        ("clé".encode(), "Idempotency-Key: must be printable ASCII"),
+    ],
+)
+async def test_bad_idempotency_keys_are_422_and_change_nothing(
+    gateway: httpx.AsyncClient, lenient_sandbox: SandboxServer, key: bytes, message: str
+) -> None:
+    call_uuid = await start(gateway)
+    await wait_phase(gateway, call_uuid, "scheduled", "due")
+    headers = [(b"Authorization", f"Bearer {TOKEN}".encode()), (b"Idempotency-Key", key)]
+    for path, body in (("attempts", {"outcome": "busy"}),
+                       ("complete", {"result": {"resultCode": "confirmed"}}),
+                       ("reschedule", {"at": "2030-01-07T10:00:00+01:00"}),
+                       ("cancel", {})):  # fmt: skip
+        response = await gateway.post(f"/calls/{call_uuid}/{path}", json=body, headers=headers)
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["message"].startswith(message)
+        assert response.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    state = await wait_phase(gateway, call_uuid, "scheduled", "due")
+    assert state["attempts"] == [] and state["callbackAt"] is None
+    effects = await asyncio.to_thread(lenient_sandbox.effects, call_uuid)
+    assert effects["add-attempt"] == effects["complete"] == effects["cancel"] == 0
+
+
+async def test_idempotency_key_is_refused_with_a_signal(gateway: httpx.AsyncClient) -> None:
+    call_uuid = await start(gateway)
+    response = await gateway.post(
+        f"/calls/{call_uuid}/cancel",
+        params={"signal": "true"},
+        headers={**AUTH, "Idempotency-Key": "cancel-1"},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["message"].startswith(
+        "Idempotency-Key: a signal has no id to deduplicate by"
+    )
+    assert (await wait_phase(gateway, call_uuid, "scheduled", "due"))["phase"] != "cancelled"
+
+
+async def test_idempotency_key_is_in_the_openapi_of_every_action(
+    gateway: httpx.AsyncClient,
+) -> None:
+    paths = (await gateway.get("/openapi.json")).json()["paths"]
+    for action in ("attempts", "complete", "reschedule", "cancel"):
+        parameters = paths[f"/calls/{{call_uuid}}/{action}"]["post"]["parameters"]
+        assert {"name": "Idempotency-Key", "in": "header"}.items() <= next(
+            p for p in parameters if p["name"] == "Idempotency-Key"
+        ).items()
+
+
 async def test_workflow_refusal_is_409_with_the_reason(gateway: httpx.AsyncClient) -> None:
     call_uuid = await start(gateway)
     await wait_phase(gateway, call_uuid, "scheduled", "due")

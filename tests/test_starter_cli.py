@@ -17,12 +17,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 from typer.testing import CliRunner, Result
 
 from starter.cli import app
-from tapraise.sandbox.seed import DEMO_ORGANIZATION_UUID, DEMO_PERSON_UUIDS
+from tapraise.sandbox.seed import DEMO_ORGANIZATION_UUID, DEMO_PERSON_UUIDS, FOREIGN_PERSON_UUID
 from tests.sandbox_fixture import REPO_ROOT, SandboxServer
 from tests.temporal_fixture import CallWorker
 from workflows.messages import CallPhase, SearchAttributes, workflow_id_for
@@ -162,14 +162,21 @@ async def test_second_start_of_the_same_call_reports_already_started(
     assert (await effects(lenient_sandbox, call_uuid))["create"] == 1
 
 
+@pytest.mark.parametrize(
+    ("action", "phase"),
+    [(["cancel", "--reason", "test"], "cancelled"),
+     (["complete", "--result-code", "confirmed"], "completed")],
+)  # fmt: skip
 async def test_start_of_a_finished_call_reports_already_started_not_a_new_run(
-    call_worker: CallWorker,
+    call_worker: CallWorker, action: list[str], phase: str
 ) -> None:
     call_uuid = await start_call(call_worker)
-    cancelled = await cli(call_worker, "cancel", call_uuid, "--reason", "test")
-    assert cancelled.exit_code == 0, cancelled.output
+    await wait_phase(call_worker, call_uuid, CallPhase.SCHEDULED, CallPhase.DUE)
+    finished = await cli(call_worker, action[0], call_uuid, *action[1:])
+    assert finished.exit_code == 0, finished.output
     handle = call_worker.client.get_workflow_handle(f"call-{call_uuid}")
     await handle.result()
+    closed = await handle.describe()
 
     again = await cli(
         call_worker, "start", "--uuid", call_uuid, "--person", PERSON, "--type", "verification",
@@ -178,9 +185,44 @@ async def test_start_of_a_finished_call_reports_already_started_not_a_new_run(
     assert again.exit_code == 0, again.output
     body = json.loads(again.stdout)
     assert body["status"] == "already started"
-    assert body["phase"] == "cancelled"
+    assert body["phase"] == phase
     description = await handle.describe()
     assert description.status == WorkflowExecutionStatus.COMPLETED
+    assert description.run_id == closed.run_id
+
+
+async def test_a_failed_call_started_again_runs_a_new_run(
+    call_worker: CallWorker, lenient_sandbox: SandboxServer
+) -> None:
+    # TapRaise refuses the create (a person outside the account's organizations): the run fails.
+    call_uuid = str(uuid.uuid4())
+    refused = await cli(call_worker, "start", "--uuid", call_uuid, "--person",
+                        FOREIGN_PERSON_UUID, "--type", "verification")  # fmt: skip
+    assert refused.exit_code == 0, refused.output
+    handle = call_worker.client.get_workflow_handle(f"call-{call_uuid}")
+    with pytest.raises(WorkflowFailureError):
+        await asyncio.wait_for(handle.result(), 30)
+    failed = await handle.describe()
+    assert failed.status == WorkflowExecutionStatus.FAILED
+    assert (await wait_phase(call_worker, call_uuid, CallPhase.FAILED))["failure"]
+
+    # The CRM corrects the person and starts the same call again: a new run, which creates it.
+    again = await cli(call_worker, "start", "--uuid", call_uuid, "--person", PERSON, "--type",
+                      "verification", "--json")  # fmt: skip
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["status"] == "started"
+    second = await handle.describe()
+    assert second.run_id != failed.run_id
+    assert second.status == WorkflowExecutionStatus.RUNNING
+    state = await wait_phase(call_worker, call_uuid, CallPhase.SCHEDULED, CallPhase.DUE)
+    assert state["personUuid"] == PERSON
+    assert (await effects(lenient_sandbox, call_uuid))["create"] == 1
+
+    # Running again, the call is "already started" as any running call is.
+    third = await cli(call_worker, "start", "--uuid", call_uuid, "--person", PERSON, "--type",
+                      "verification", "--json")  # fmt: skip
+    assert json.loads(third.stdout)["status"] == "already started"
+    assert (await handle.describe()).run_id == second.run_id
 
 
 async def test_start_reads_a_json_object_from_stdin_in_a_real_subprocess(
@@ -199,6 +241,34 @@ async def test_start_reads_a_json_object_from_stdin_in_a_real_subprocess(
     assert json.loads(stdout)["status"] == "started"
     description = await call_worker.client.get_workflow_handle(f"call-{call_uuid}").describe()
     assert description.typed_search_attributes.get(SearchAttributes.CALL_TYPE) == "happy_call"
+
+
+async def test_start_file_dash_reads_standard_input_in_a_real_subprocess(
+    call_worker: CallWorker, tmp_path: Any
+) -> None:
+    call_uuid = str(uuid.uuid4())
+    call = {"uuid": call_uuid, "personUuid": PERSON, "type": "winback"}
+    env = {**os.environ, **cli_env(call_worker), "CALLS_TASK_QUEUE": call_worker.task_queue}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "starter", "start", "--file", "-", "--json",
+        cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO_ROOT)}, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await process.communicate(json.dumps(call).encode())
+    assert process.returncode == 0, stderr.decode()
+    assert json.loads(stdout)["status"] == "started"
+    assert not (tmp_path / "-").exists()
+    description = await call_worker.client.get_workflow_handle(f"call-{call_uuid}").describe()
+    assert description.typed_search_attributes.get(SearchAttributes.CALL_TYPE) == "winback"
+
+
+async def test_start_takes_the_call_from_one_place_only(call_worker: CallWorker) -> None:
+    both = await cli(call_worker, "start", "-", "--file", "-", stdin="{}")
+    assert both.exit_code == 2
+    assert "either as '-' or with --file, not both" in both.stderr
+    stray = await cli(call_worker, "start", "call.json")
+    assert stray.exit_code == 2
+    assert "unexpected argument 'call.json'" in stray.stderr
 
 
 async def test_start_without_uuid_makes_a_version_4_uuid(call_worker: CallWorker) -> None:
@@ -337,6 +407,47 @@ async def test_bad_action_payloads_are_refused_locally_and_change_nothing(
     state = await wait_phase(call_worker, call_uuid, CallPhase.SCHEDULED, CallPhase.DUE)
     assert state["attempts"] == []
     assert (await effects(lenient_sandbox, call_uuid)) == before
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("", "--request-id: must not be empty"),
+        ("   ", "--request-id: must not be empty"),
+        ("k" * 201, "--request-id: must be at most 200 characters, not 201"),
+        ("tab\there", "--request-id: must be printable ASCII"),
+        ("clé-1", "--request-id: must be printable ASCII"),
+    ],
+)
+async def test_bad_request_ids_are_refused_and_change_nothing(
+    call_worker: CallWorker, lenient_sandbox: SandboxServer, key: str, message: str
+) -> None:
+    call_uuid = await start_call(call_worker)
+    await wait_phase(call_worker, call_uuid, CallPhase.SCHEDULED, CallPhase.DUE)
+    for args in (["attempt", call_uuid, "--outcome", "busy"],
+                 ["complete", call_uuid, "--result-code", "confirmed"],
+                 ["reschedule", call_uuid, "--at", "2030-01-07T10:00:00+01:00"],
+                 ["cancel", call_uuid]):  # fmt: skip
+        result = await cli(call_worker, *args, "--request-id", key)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.stderr
+        assert "nothing was sent to Temporal" in result.stderr
+    as_json = await cli(call_worker, "cancel", call_uuid, "--request-id", key, "--json")
+    assert as_json.exit_code == 2
+    assert json.loads(as_json.stdout)["kind"] == "invalid"
+    state = await wait_phase(call_worker, call_uuid, CallPhase.SCHEDULED, CallPhase.DUE)
+    assert state["attempts"] == [] and state["callbackAt"] is None
+    counts = await effects(lenient_sandbox, call_uuid)
+    assert counts["add-attempt"] == counts["complete"] == counts["cancel"] == 0
+
+
+async def test_a_request_id_needs_an_update_not_a_signal(call_worker: CallWorker) -> None:
+    call_uuid = await start_call(call_worker)
+    result = await cli(call_worker, "cancel", call_uuid, "--signal", "--request-id", "k-1")
+    assert result.exit_code == 2, result.output
+    assert "--request-id: a signal has no id to deduplicate by" in result.stderr
+    state = await wait_phase(call_worker, call_uuid, CallPhase.SCHEDULED, CallPhase.DUE)
+    assert state["phase"] != "cancelled"
 
 
 async def test_workflow_refusal_is_reported_with_its_reason(call_worker: CallWorker) -> None:
