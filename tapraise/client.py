@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -47,10 +47,23 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=15.0, write=10.0, pool=20.0)
 # 100, 2.1 ms with 10); ten keep-alive connections carry hundreds of requests a second.
 DEFAULT_MAX_CONNECTIONS = 10
 MAX_PAGE_SIZE = 100
-# `find_call`: how far before a call's requestedAt to list from, narrow first; and the size of
-# the first (oldest) page, where the call is found unless others share its instant.
-FIND_MARGINS = (timedelta(milliseconds=1), timedelta(seconds=1))
+# `find_call`. The first look reads this many calls at the oldest end of those requested from
+# the requestedAt given on: the call is there unless others share its instant.
 FIND_FIRST_PAGE = 5
+# How much later than the requestedAt given a call may have been requested and still be found.
+FIND_LATER = timedelta(minutes=5)
+# When the call is not at the requestedAt given, the windows before it searched next, narrow
+# first: most calls not found at their instant were requested seconds or days before it.
+FIND_WINDOWS = (
+    timedelta(seconds=1),
+    timedelta(minutes=1),
+    timedelta(hours=1),
+    timedelta(days=1),
+    timedelta(days=31),
+    timedelta(days=400),
+)
+# TapRaise's precision: `requestedAfter` (exclusive) one millisecond before a call includes it.
+_MILLISECOND = timedelta(milliseconds=1)
 API_PREFIX = "/api/v1"
 
 try:
@@ -284,37 +297,94 @@ class TapRaiseClient:
     async def find_call(self, call_uuid: UUID | str, requested_at: datetime) -> Call | None:
         """Find one call by uuid (TapRaise has no GET by uuid).
 
-        The list is newest first, so it is paged *backward*: its last page holds the oldest calls
-        of the set, among them the one wanted, however many calls were requested since. The
-        first look lists the calls requested from one millisecond before ``requested_at`` on
-        (TapRaise keeps milliseconds; the filter is exclusive), a few of them: the call is the
-        oldest there, found in one small request. Only when it is not there (TapRaise kept a
-        coarser time, or the call does not exist) does a second look widen to one second
-        before. Calls requested at the very same instant are read in pages of 100.
+        The list is newest first, so each look pages it *backward*, from the oldest end of the
+        calls requested after some instant. The first look lists the calls requested from
+        ``requested_at`` on and reads the oldest few: when ``requested_at`` is right (to the
+        millisecond), the call is there, found in one small request however many calls came
+        after it. Otherwise the look goes on, in pages of 100, through the calls requested up
+        to ``FIND_LATER`` (5 minutes) after ``requested_at`` (a call requested a little later
+        than the caller thinks). Then it widens to the windows of ``FIND_WINDOWS`` before
+        ``requested_at`` (1 second, 1 minute, 1 hour, 1 day, 31 days, 400 days): each window
+        is paged from its oldest end and left as soon as it reaches calls the narrower window
+        covered, so every call is examined once, and a call requested seconds or days before
+        the time given (a retried create that stamped a later time, a call id started again)
+        is found without knowing when.
+
+        Cost: at most 7 + ceil(M / 100) list requests, where M is the number of calls visible
+        to the account requested in the 400 days before ``requested_at`` or the 5 minutes after
+        it (requestedAt after ``requested_at`` - 400 days and at most ``requested_at`` + 5
+        minutes, to the millisecond): 1 + ceil(U / 100) for the first look, U being those
+        requested in the 5 minutes from ``requested_at``, and 1 + floor(n / 100) for each of
+        the 6 windows, n being those requested in it but not in the narrower one.
 
         Args:
             call_uuid: The call to find.
-            requested_at: The call's ``requestedAt`` (aware).
+            requested_at: When the call was requested, as far as the caller knows (aware).
 
         Returns:
-            The call, or ``None`` when the account cannot see a call with that uuid.
+            The call, or ``None`` when the account sees no call with that uuid requested in
+            that span.
+
+        Raises:
+            ValueError: ``requested_at`` is naive.
         """
+        if requested_at.tzinfo is None or requested_at.utcoffset() is None:
+            raise ValueError("requested_at must be timezone-aware")
         wanted = _as_uuid(call_uuid)
-        for margin in FIND_MARGINS:
-            cursor: str | None = None
-            size = FIND_FIRST_PAGE
-            while True:
-                page = await self.list_calls_page(
-                    requested_after=requested_at - margin, last=size, before=cursor
-                )
-                for edge in page.edges:
-                    if edge.node.uuid == wanted:
-                        return edge.node
-                info = page.page_info
-                if not info.has_previous_page or info.start_cursor in (None, cursor):
-                    break
-                cursor, size = info.start_cursor, MAX_PAGE_SIZE
-        return None
+        at = requested_at.astimezone(UTC)
+        at = at.replace(microsecond=at.microsecond // 1000 * 1000)
+        covered = _shifted(at, -_MILLISECOND)
+        found = await self._find_in_window(
+            wanted, covered, FIND_FIRST_PAGE, examined=None, until=_shifted(at, FIND_LATER)
+        )
+        for width in FIND_WINDOWS:
+            if found is not None or covered is None:
+                # Found, or the last window already reached back to the start of the list.
+                break
+            start = _shifted(at, -width)
+            found = await self._find_in_window(
+                wanted, start, MAX_PAGE_SIZE, examined=covered, until=covered
+            )
+            covered = start
+        return found
+
+    async def _find_in_window(
+        self,
+        wanted: UUID,
+        requested_after: datetime | None,
+        first_page: int,
+        *,
+        examined: datetime | None,
+        until: datetime | None,
+    ) -> Call | None:
+        """Page the calls requested after ``requested_after`` from the oldest, looking for one.
+
+        Args:
+            wanted: The uuid to look for.
+            requested_after: The window's (exclusive) start; None for the whole list.
+            first_page: The size of the first page (later pages hold 100).
+            examined: Calls requested after this were looked at by a narrower window and are
+                skipped; None when none were.
+            until: Stop after the page that reaches a call requested after this; None to page
+                to the newest call.
+        """
+        cursor: str | None = None
+        size = first_page
+        while True:
+            page = await self.list_calls_page(
+                requested_after=requested_after, last=size, before=cursor
+            )
+            for call in page.calls:
+                if call.uuid == wanted and (examined is None or call.requested_at <= examined):
+                    return call
+            info = page.page_info
+            if not page.calls or not info.has_previous_page or info.start_cursor in (None, cursor):
+                return None
+            # Pages run from the oldest towards the newest: once one reaches past `until`,
+            # the rest of the window lies beyond it.
+            if until is not None and max(c.requested_at for c in page.calls) > until:
+                return None
+            cursor, size = info.start_cursor, MAX_PAGE_SIZE
 
     # --- entity access ----------------------------------------------------------------------
 
@@ -401,6 +471,14 @@ def _first_problem(exc: ValidationError) -> str:
 def _as_uuid(value: UUID | str) -> UUID:
     # Parsing also keeps anything but a uuid out of the URL path.
     return value if isinstance(value, UUID) else UUID(str(value))
+
+
+def _shifted(moment: datetime, delta: timedelta) -> datetime | None:
+    """``moment + delta``, or None when that falls outside the calendar (no bound at all)."""
+    try:
+        return moment + delta
+    except OverflowError:
+        return None
 
 
 def _query_time(name: str, value: datetime | None) -> str | None:

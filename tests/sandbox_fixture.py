@@ -180,14 +180,33 @@ class SandboxServer:
         return result
 
     def settings(self) -> dict[str, Any]:
-        """Return the current settings (``clockSkewSeconds``, ``resultCodes``)."""
+        """Return the current settings.
+
+        Keys: ``clockSkewSeconds``, ``resultCodes``, ``credentialOutage``,
+        ``credentialOutageUntil``.
+        """
         result: dict[str, Any] = self._json(self._admin.get("/settings"))
         return result
 
     def set_settings(self, **settings: Any) -> dict[str, Any]:
-        """Change settings: ``clockSkewSeconds=…``, ``resultCodes=[…] | None``."""
+        """Change settings; absent ones keep their value.
+
+        Keys: ``clockSkewSeconds``, ``resultCodes`` (a list or None), ``credentialOutage``
+        (True or False), ``credentialOutageUntil`` (with ``credentialOutage``),
+        ``credentialOutageSeconds``.
+        """
         result: dict[str, Any] = self._json(self._admin.put("/settings", json=settings))
         return result
+
+    def withdraw_credentials(self, seconds: float | None = None) -> dict[str, Any]:
+        """Answer every API request with 401, for ``seconds`` or until restored."""
+        if seconds is None:
+            return self.set_settings(credentialOutage=True)
+        return self.set_settings(credentialOutageSeconds=seconds)
+
+    def restore_credentials(self) -> dict[str, Any]:
+        """End a credential outage."""
+        return self.set_settings(credentialOutage=False)
 
     def add_service_account(
         self, email: str, organization_uuids: list[str], actions: list[str]
@@ -204,6 +223,16 @@ class SandboxServer:
         body = {"uuid": uuid, "name": name, "maxCallAttempts": max_call_attempts}
         result: dict[str, Any] = self._json(self._admin.post("/organizations", json=body))
         return result
+
+    def organization(self, uuid: str) -> dict[str, Any]:
+        """Return ``{uuid, name, maxCallAttempts}`` of an organization."""
+        result: dict[str, Any] = self._json(self._admin.get(f"/organizations/{uuid}"))
+        return result
+
+    def set_max_call_attempts(self, organization_uuid: str, max_call_attempts: int) -> None:
+        """Change the maximum attempts TapRaise allows for the persons of an organization."""
+        body = {"maxCallAttempts": max_call_attempts}
+        self._json(self._admin.put(f"/organizations/{organization_uuid}", json=body))
 
     def add_person(
         self,

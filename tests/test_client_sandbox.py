@@ -50,6 +50,7 @@ from tapraise import (
     TapRaiseClient,
     TokenSigner,
 )
+from tapraise.client import FIND_LATER, FIND_WINDOWS, MAX_PAGE_SIZE
 from tapraise.sandbox.seed import (
     ALL_ACTIONS,
     FOREIGN_PERSON_UUID,
@@ -512,6 +513,27 @@ async def test_an_expired_token_is_refused(sandbox: SandboxServer) -> None:
     assert raised.value.message == "Token has expired"
 
 
+async def test_a_credential_outage_is_an_authentication_error_after_one_resign(
+    client: TapRaiseClient, sandbox: SandboxServer
+) -> None:
+    request = managed_call()
+    sandbox.withdraw_credentials()
+    try:
+        with pytest.raises(AuthenticationError) as raised:
+            await client.create_call(request)
+    finally:
+        sandbox.restore_credentials()
+    assert raised.value.status_code == 401
+    assert raised.value.message == "Service account credentials have been withdrawn"
+    logged = sandbox.requests(call_uuid=str(request.uuid), endpoint="create")
+    assert [(entry["status"], entry["fault"]) for entry in logged] == [
+        (401, "credential_outage"),
+        (401, "credential_outage"),
+    ]
+    # Once the credentials are back, the same request goes through.
+    assert (await client.create_call(request)).uuid == request.uuid
+
+
 # --- list, find, pagination ---------------------------------------------------------------------
 
 
@@ -904,6 +926,37 @@ async def test_a_late_answer_is_a_timeout_although_the_change_was_applied(
     assert logged["status"] in (200, 201) and logged["fault"] == "late"
 
 
+async def test_a_create_applied_late_is_not_found_until_it_is_applied(
+    client: TapRaiseClient, sandbox: SandboxServer, home: ServiceAccount, clean_faults: None
+) -> None:
+    request = managed_call()
+    assert request.uuid is not None
+    sandbox.set_faults(
+        [
+            {
+                "endpoint": "create",
+                "next": ["late_apply"],
+                "lateApplyDelaySeconds": LATE_DELAY_SECONDS,
+            }
+        ]
+    )
+    started = time.monotonic()
+    async with TapRaiseClient(sandbox.base_url, home, timeout=IMPATIENT) as impatient:
+        with pytest.raises(APITimeoutError):
+            await impatient.create_call(request)
+    # The look a retry makes before creating again: the call is not there yet.
+    assert await client.find_call(request.uuid, request.requested_at) is None
+    assert sandbox.effects(str(request.uuid))["create"] == 0
+    while sandbox.stored_call(str(request.uuid)) is None:
+        assert time.monotonic() - started < LATE_DELAY_SECONDS + 5
+        await asyncio.sleep(0.05)
+    assert time.monotonic() - started >= LATE_DELAY_SECONDS
+    found = await client.find_call(request.uuid, request.requested_at)
+    assert found is not None and found.uuid == request.uuid
+    (logged,) = sandbox.requests(call_uuid=str(request.uuid), endpoint="create")
+    assert logged["status"] == 201 and logged["fault"] == "late_apply"
+
+
 async def test_latency_delays_the_answer_but_it_still_succeeds(
     client: TapRaiseClient, sandbox: SandboxServer, clean_faults: None
 ) -> None:
@@ -970,6 +1023,7 @@ async def test_find_call_pages_through_calls_requested_at_the_same_instant(
             await own.create_call(request)
         # Created last, so listed among the newest of the 40 that share the instant.
         for request in (requests[0], requests[-1]):
+            assert request.uuid is not None
             found = await own.find_call(request.uuid, instant)
             assert found is not None and found.uuid == request.uuid
 
@@ -981,3 +1035,123 @@ async def test_find_call_widens_when_tapraise_kept_an_earlier_time(
     # A caller whose requestedAt is half a second later than TapRaise's (a coarser clock).
     found = await client.find_call(call.uuid, call.requested_at + timedelta(milliseconds=500))
     assert found is not None and found.uuid == call.uuid
+
+
+# --- find_call when requestedAt is not the call's -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class History:
+    """A call requested 300 days ago among 510 others, before, between and after.
+
+    ``neighbour`` is the last of the 30 calls requested in the 9 seconds after ``target``.
+    """
+
+    account: ServiceAccount
+    target: Call
+    neighbour: Call
+    requested: list[datetime]
+
+
+@pytest_asyncio.fixture(scope="module")
+async def history(sandbox: SandboxServer) -> History:
+    tenant = add_tenant(sandbox, "history", persons=1)
+    truth = now() - timedelta(days=300)
+    times = (
+        [truth - timedelta(days=k) for k in range(1, 151)]  # older than the call
+        + [truth + timedelta(milliseconds=300 * k) for k in range(1, 31)]  # its first 9 s
+        + [truth + timedelta(seconds=10, minutes=25 * k) for k in range(1, 151)]  # 3 days
+        + [truth + timedelta(days=3) + timedelta(hours=31 * k) for k in range(1, 151)]
+        + [truth + timedelta(days=200, seconds=10 * k) for k in range(20)]  # at 200 days
+        + [now() - timedelta(minutes=k) for k in range(1, 11)]  # recent
+    )
+    target = managed_call(tenant.person_uuid, requested_at=truth)
+    others = [managed_call(tenant.person_uuid, requested_at=moment) for moment in times]
+    async with TapRaiseClient(sandbox.base_url, tenant.account) as own:
+        created = [await own.create_call(target)]
+        for start in range(0, len(others), 25):
+            batch = others[start : start + 25]
+            created += await asyncio.gather(*(own.create_call(r) for r in batch))
+    neighbour = created[1 + 150 + 29]
+    assert neighbour.requested_at == truth + timedelta(seconds=9)
+    return History(tenant.account, created[0], neighbour, [truth, *times])
+
+
+def list_requests(sandbox: SandboxServer, account: ServiceAccount) -> list[dict[str, Any]]:
+    return [
+        entry
+        for entry in sandbox.requests(endpoint="list", limit=100_000)
+        if entry["accountEmail"] == account.email
+    ]
+
+
+def find_bound(history: History, requested_at: datetime) -> int:
+    """The documented worst case: 7 + ceil(M / 100), M the calls requested in the span."""
+    span = [
+        moment
+        for moment in history.requested
+        if requested_at - FIND_WINDOWS[-1] < moment <= requested_at + FIND_LATER
+    ]
+    return 1 + len(FIND_WINDOWS) + -(-len(span) // MAX_PAGE_SIZE)
+
+
+async def counted_find(
+    sandbox: SandboxServer, history: History, call_uuid: uuid.UUID, requested_at: datetime
+) -> tuple[Call | None, int]:
+    before = len(list_requests(sandbox, history.account))
+    async with TapRaiseClient(sandbox.base_url, history.account) as own:
+        found = await own.find_call(call_uuid, requested_at)
+    return found, len(list_requests(sandbox, history.account)) - before
+
+
+async def test_find_call_at_the_right_instant_takes_one_small_request(
+    sandbox: SandboxServer, history: History
+) -> None:
+    found, requests = await counted_find(
+        sandbox, history, history.target.uuid, history.target.requested_at
+    )
+    assert found == history.target and requests == 1
+    assert "last=5" in list_requests(sandbox, history.account)[-1]["query"]
+
+
+@pytest.mark.parametrize(
+    "later", [timedelta(seconds=10), timedelta(days=3), timedelta(days=200)], ids=str
+)
+async def test_find_call_finds_a_call_requested_before_the_time_given(
+    sandbox: SandboxServer, history: History, later: timedelta
+) -> None:
+    requested_at = history.target.requested_at + later
+    found, requests = await counted_find(sandbox, history, history.target.uuid, requested_at)
+    assert found == history.target
+    assert 1 < requests <= find_bound(history, requested_at)
+
+
+@pytest.mark.parametrize("earlier", [timedelta(0), timedelta(minutes=4)], ids=str)
+async def test_find_call_finds_a_call_requested_a_little_after_the_time_given(
+    sandbox: SandboxServer, history: History, earlier: timedelta
+) -> None:
+    # 29 calls were requested between the time given and the call's own: past the first page.
+    requested_at = history.target.requested_at - earlier
+    found, requests = await counted_find(sandbox, history, history.neighbour.uuid, requested_at)
+    assert found == history.neighbour
+    assert requests == 2 <= find_bound(history, requested_at)
+
+
+async def test_find_call_gives_up_within_the_bound(
+    sandbox: SandboxServer, history: History
+) -> None:
+    requested_at = history.target.requested_at + timedelta(days=200)
+    found, requests = await counted_find(sandbox, history, uuid.uuid4(), requested_at)
+    assert found is None
+    bound = find_bound(history, requested_at)
+    # Every window was looked at; the 300 or so calls in the span cost a few pages more.
+    assert 1 + len(FIND_WINDOWS) < requests <= bound < 15
+
+
+async def test_find_call_does_not_look_beyond_the_widest_window(
+    sandbox: SandboxServer, history: History
+) -> None:
+    requested_at = history.target.requested_at + FIND_WINDOWS[-1] + timedelta(seconds=1)
+    found, requests = await counted_find(sandbox, history, history.target.uuid, requested_at)
+    assert found is None
+    assert requests <= find_bound(history, requested_at)

@@ -1,8 +1,8 @@
 """The sandbox's HTTP surface: TapRaise's call endpoints plus ``/_sandbox/`` for tests.
 
 Every ``/api/v1/`` request goes through :meth:`Sandbox.serve`, which injects faults, checks the
-token, runs the endpoint in one transaction and appends the request to the log. The
-``/_sandbox/`` routes need no token and never see faults.
+token (refusing every one during a credential outage), runs the endpoint in one transaction and
+appends the request to the log. The ``/_sandbox/`` routes need no token and never see faults.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ import logging
 import sqlite3
 import uuid as uuid_module
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import UUID4, BaseModel, ConfigDict, Field
+from pydantic import UUID4, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -32,9 +32,10 @@ from tapraise.sandbox.auth import (
     credentials,
     generate_key_pair,
     load_or_create_credentials,
+    withdrawn,
 )
 from tapraise.sandbox.calls import Settings
-from tapraise.sandbox.faults import FaultConfig, FaultInjector
+from tapraise.sandbox.faults import Fault, FaultConfig, FaultInjector
 from tapraise.sandbox.store import Account, Store
 from tapraise.sandbox.validation import (
     AddAttemptIn,
@@ -68,6 +69,10 @@ FAULT_MESSAGES = {
 
 # An endpoint's work: (connection, account, raw body, now) -> (status, JSON body, call uuid).
 Operation = Callable[[sqlite3.Connection, Account, bytes, datetime], tuple[int, Any, str | None]]
+# What a request is answered: (status, JSON body or None, extra headers).
+_Answer = tuple[int, Any, dict[str, str]]
+# The request log's ``fault`` for a request refused during a credential outage.
+CREDENTIAL_OUTAGE = "credential_outage"
 
 
 def _json(status: int, body: Any, headers: Mapping[str, str] | None = None) -> Response:
@@ -92,6 +97,9 @@ class Sandbox:
     settings: Settings
     faults: FaultInjector
     data_dir: Path
+    # Requests held by a late_apply fault: referenced here so that they run to the end even
+    # when the client that sent them has gone.
+    held: set[asyncio.Task[_Answer]] = field(default_factory=set)
 
     async def serve(
         self, request: Request, endpoint: str, operation: Operation, call_uuid: str | None
@@ -102,14 +110,59 @@ class Sandbox:
         fault = self.faults.decide(endpoint)
         if fault is not None and fault.latency > 0:
             await asyncio.sleep(fault.latency)
+        if fault is not None and fault.kind == "late_apply":
+            held = asyncio.ensure_future(
+                self._apply_later(request, endpoint, operation, call_uuid, raw, fault, received)
+            )
+            self.held.add(held)
+            held.add_done_callback(self.held.discard)
+            # Shielded: a client that gives up must not stop the change from being applied.
+            answer = await asyncio.shield(held)
+        else:
+            answer = self._answer(request, endpoint, operation, call_uuid, raw, fault, received)
+        if fault is not None and fault.kind == "late":
+            # The change is applied and logged; only the answer is held back.
+            await asyncio.sleep(fault.late_delay)
+        return _json(*answer)
+
+    async def _apply_later(
+        self,
+        request: Request,
+        endpoint: str,
+        operation: Operation,
+        call_uuid: str | None,
+        raw: bytes,
+        fault: Fault,
+        received: datetime,
+    ) -> _Answer:
+        # Nothing is looked at before the delay: a look-up meanwhile sees the state before.
+        await asyncio.sleep(fault.late_apply_delay)
+        return self._answer(request, endpoint, operation, call_uuid, raw, fault, received)
+
+    def _answer(
+        self,
+        request: Request,
+        endpoint: str,
+        operation: Operation,
+        call_uuid: str | None,
+        raw: bytes,
+        fault: Fault | None,
+        received: datetime,
+    ) -> _Answer:
+        """Run the request (unless a fault refuses it) and log it."""
         account_email: str | None = None
         headers: dict[str, str] = {}
+        label = None if fault is None else fault.label
         if fault is not None and fault.kind in FAULT_MESSAGES:
             # Refused before anything is looked at: the change is not applied.
             status = int(fault.kind)
             body = ApiError(status, FAULT_MESSAGES[fault.kind]).body()
             if fault.kind == "429":
                 headers["Retry-After"] = str(fault.retry_after)
+        elif self.settings.credentials_withdrawn(datetime.now(UTC)):
+            label = CREDENTIAL_OUTAGE
+            refusal = withdrawn()
+            status, body, headers = refusal.status, refusal.body(), refusal.headers
         else:
             try:
                 with self.store.transaction() as conn:
@@ -136,14 +189,11 @@ class Sandbox:
                     "callUuid": call_uuid,
                     "status": status,
                     "requestBody": raw.decode("utf-8", "replace") if raw else None,
-                    "fault": None if fault is None else fault.label,
+                    "fault": label,
                     "accountEmail": account_email,
                 },
             )
-        if fault is not None and fault.kind == "late":
-            # The change is applied and logged; only the answer is held back.
-            await asyncio.sleep(fault.late_delay)
-        return _json(status, body, headers)
+        return status, body, headers
 
 
 def _body_uuid(raw: bytes) -> str | None:
@@ -207,7 +257,8 @@ def _page_size(query: dict[str, str], name: str, problems: list[tuple[str, str]]
     raw = query.get(name)
     if raw is None:
         return None
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+    # ASCII digits only: str.isdigit also accepts other scripts' digits and superscripts.
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
         problems.append((name, f"Must be an integer from 1 to {MAX_PAGE_SIZE}"))
         return None
     return int(raw)
@@ -301,11 +352,40 @@ class ServiceAccountIn(_Admin):
     ]
 
 
+class OrganizationUpdateIn(_Admin):
+    """Body of ``PUT /_sandbox/organizations/{uuid}``; absent fields keep their value."""
+
+    name: str | None = None
+    max_call_attempts: Annotated[int, Field(ge=0)] | None = None
+
+
 class SettingsIn(_Admin):
-    """Body of ``PUT /_sandbox/settings``; absent fields keep their value."""
+    """Body of ``PUT /_sandbox/settings``; absent fields keep their value.
+
+    A credential outage (every API request answered 401) starts with ``credentialOutage: true``
+    (until switched off, or until ``credentialOutageUntil``) or ``credentialOutageSeconds``
+    (for that long from now), and ends with ``credentialOutage: false``. ``GET`` answers
+    ``credentialOutage`` and ``credentialOutageUntil``, so its body can be sent back as it is.
+    """
 
     clock_skew_seconds: Annotated[float, Field(ge=0)] | None = None
     result_codes: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = None
+    credential_outage: bool | None = None
+    credential_outage_until: AwareDatetime | None = None
+    credential_outage_seconds: Annotated[float, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _one_outage(self) -> SettingsIn:
+        given = self.model_fields_set
+        if self.credential_outage_seconds is not None and self.credential_outage_until is not None:
+            raise ValueError("credentialOutageSeconds and credentialOutageUntil exclude each other")
+        if self.credential_outage is False and (
+            self.credential_outage_seconds is not None or self.credential_outage_until is not None
+        ):
+            raise ValueError("credentialOutage false ends the outage: it takes no end time")
+        if "credential_outage_until" in given and "credential_outage" not in given:
+            raise ValueError("credentialOutageUntil goes with credentialOutage")
+        return self
 
 
 def _validation_handler(request: Request, exc: Exception) -> Response:
@@ -444,18 +524,45 @@ def _admin_routes(app: FastAPI, sandbox: Sandbox) -> None:
             )  # fmt: skip
         return _json(201, credentials(body.email, pair))
 
+    @app.get("/_sandbox/organizations/{org_uuid}")
+    def get_organization(org_uuid: str) -> Response:
+        with db.transaction() as conn:
+            row = store.get_organization(conn, org_uuid)
+        if row is None:
+            return _json(404, ApiError(404, "Organization is not found").body())
+        return _json(200, store.organization_dict(row))
+
+    @app.put("/_sandbox/organizations/{org_uuid}")
+    def update_organization(org_uuid: str, body: OrganizationUpdateIn) -> Response:
+        # Lowering maxCallAttempts below the caller's own limit shows how a refused attempt
+        # is handled; calls that already have more attempts keep them.
+        with db.transaction() as conn:
+            if not store.update_organization(conn, org_uuid, body.name, body.max_call_attempts):
+                return _json(404, ApiError(404, "Organization is not found").body())
+            row = store.get_organization(conn, org_uuid)
+        assert row is not None
+        return _json(200, store.organization_dict(row))
+
     @app.get("/_sandbox/settings")
     def get_settings() -> dict[str, Any]:
-        return sandbox.settings.as_json()
+        return sandbox.settings.as_json(datetime.now(UTC))
 
     @app.put("/_sandbox/settings")
     def put_settings(body: SettingsIn) -> dict[str, Any]:
-        given = body.model_fields_set
+        settings, given, now = sandbox.settings, body.model_fields_set, datetime.now(UTC)
         if "clock_skew_seconds" in given and body.clock_skew_seconds is not None:
-            sandbox.settings.clock_skew_seconds = body.clock_skew_seconds
+            settings.clock_skew_seconds = body.clock_skew_seconds
         if "result_codes" in given:
-            sandbox.settings.result_codes = body.result_codes
-        return sandbox.settings.as_json()
+            settings.result_codes = body.result_codes
+        if body.credential_outage is False:
+            settings.end_credential_outage()
+        elif body.credential_outage_seconds is not None:
+            settings.start_credential_outage(
+                now + timedelta(seconds=body.credential_outage_seconds)
+            )
+        elif body.credential_outage:
+            settings.start_credential_outage(body.credential_outage_until)
+        return settings.as_json(now)
 
     @app.get("/_sandbox/faults")
     def get_faults() -> dict[str, Any]:

@@ -91,6 +91,11 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, message, headers={"WWW-Authenticate": "Bearer"})
 
 
+def withdrawn() -> ApiError:
+    """The 401 every request gets while the credentials are withdrawn (a credential outage)."""
+    return _unauthorized("Service account credentials have been withdrawn")
+
+
 # Clients reuse a token for many requests: its signature is checked once, its expiry every time.
 _VERIFIED_TOKENS = 4096
 _verified: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from tapraise.sandbox import store
@@ -27,6 +27,7 @@ from tapraise.sandbox.validation import (
     iso,
     parse_iso,
     to_ms,
+    utc_ms,
 )
 
 
@@ -37,14 +38,41 @@ class Settings:
     Attributes:
         clock_skew_seconds: How far in the future an action's timestamp may lie.
         result_codes: When set, the only result codes accepted.
+        credential_outage: Whether every API request is refused with 401, as when TapRaise
+            has withdrawn the service accounts' credentials.
+        credential_outage_until: When the outage ends by itself; None while it lasts until
+            switched off.
     """
 
     clock_skew_seconds: float = 300
     result_codes: list[str] | None = None
+    credential_outage: bool = False
+    credential_outage_until: datetime | None = None
 
-    def as_json(self) -> dict[str, Any]:
-        """Return the settings with their wire names."""
-        return {"clockSkewSeconds": self.clock_skew_seconds, "resultCodes": self.result_codes}
+    def start_credential_outage(self, until: datetime | None) -> None:
+        """Refuse every API request from now on, until ``until`` or until switched off."""
+        self.credential_outage, self.credential_outage_until = True, until
+
+    def end_credential_outage(self) -> None:
+        """Accept valid tokens again."""
+        self.credential_outage, self.credential_outage_until = False, None
+
+    def credentials_withdrawn(self, now: datetime) -> bool:
+        """Whether a request arriving at ``now`` falls in a credential outage."""
+        until = self.credential_outage_until
+        if self.credential_outage and until is not None and now >= until:
+            self.end_credential_outage()
+        return self.credential_outage
+
+    def as_json(self, now: datetime) -> dict[str, Any]:
+        """Return the settings with their wire names, as they stand at ``now``."""
+        withdrawn = self.credentials_withdrawn(now)
+        return {
+            "clockSkewSeconds": self.clock_skew_seconds,
+            "resultCodes": self.result_codes,
+            "credentialOutage": withdrawn,
+            "credentialOutageUntil": iso(self.credential_outage_until) if withdrawn else None,
+        }
 
 
 def _check_result_code(result: ResultIn | None, settings: Settings, field: str) -> None:
@@ -174,16 +202,34 @@ def create(
 
 
 def _check_time(
-    call: StoredCall, field: str, moment: datetime, settings: Settings, now: datetime
-) -> None:
-    """Apply the domain rule on action timestamps (calls managed in TapRaise only)."""
+    call: StoredCall,
+    field: str,
+    given: datetime | None,
+    settings: Settings,
+    now: datetime,
+) -> datetime:
+    """Return an action's timestamp (``given``, else now) once the domain rule allows it.
+
+    The rule (calls managed in TapRaise only): not before the call's ``requestedAt``, and not
+    further in the future than the clock skew allowed.
+    """
+    moment = to_ms(given or now)
     if call.managed_externally:
-        return
+        return moment
     requested_at = parse_iso(call.doc["requestedAt"])
+    # Name the default, so that a caller who sent no timestamp sees where it came from.
+    shown = iso(moment) if given is not None else f"{iso(moment)} (the time of the request)"
     if moment < requested_at:
-        raise ApiError.invalid([(field, f"Must not be before requestedAt ({iso(requested_at)})")])
-    if moment > now + timedelta(seconds=settings.clock_skew_seconds):
-        raise ApiError.invalid([(field, f"Must not be in the future (server time {iso(now)})")])
+        message = f"Must not be before requestedAt {iso(requested_at)}; got {shown}"
+        raise ApiError.invalid([(field, message)])
+    # Compared in seconds: a clock skew of any size must not overflow a datetime.
+    if (moment - now).total_seconds() > settings.clock_skew_seconds:
+        message = (
+            f"Must not be in the future; got {shown}, more than"
+            f" {settings.clock_skew_seconds:g} s after the server time {iso(now)}"
+        )
+        raise ApiError.invalid([(field, message)])
+    return moment
 
 
 def _transition(call: StoredCall, target: str) -> None:
@@ -221,8 +267,7 @@ def act(
                     400,
                     f"Call already has {doc['attemptsCount']} attempts, the maximum of {maximum}",
                 )
-        attempt_at = to_ms(body.attempt_at or now)
-        _check_time(call, "attemptAt", attempt_at, settings, now)
+        attempt_at = _check_time(call, "attemptAt", body.attempt_at, settings, now)
         user = None if body.user_uuid is None else str(body.user_uuid)
         doc["attempts"].append(
             {"userUuid": user, "attemptAt": iso(attempt_at), "createdAt": iso(now)}
@@ -231,20 +276,19 @@ def act(
     elif isinstance(body, CompleteIn):
         _transition(call, "completed")
         _check_result_code(body.result, settings, "result.resultCode")
-        completed_at = to_ms(body.result.completed_at or now)
-        _check_time(call, "result.completedAt", completed_at, settings, now)
+        completed_at = _check_time(
+            call, "result.completedAt", body.result.completed_at, settings, now
+        )
         doc.update(status="completed", result=_result_doc(body.result, completed_at))
         doc["completedAt"] = iso(completed_at)
         completed_by = None if body.user_uuid is None else str(body.user_uuid)
     elif isinstance(body, CancelIn):
         _transition(call, "cancelled")
-        cancelled_at = to_ms(body.cancelled_at or now)
-        _check_time(call, "cancelledAt", cancelled_at, settings, now)
+        cancelled_at = _check_time(call, "cancelledAt", body.cancelled_at, settings, now)
         doc.update(status="cancelled", cancelledAt=iso(cancelled_at))
     else:
         _transition(call, "expired")
-        expired_at = to_ms(body.expired_at or now)
-        _check_time(call, "expiredAt", expired_at, settings, now)
+        expired_at = _check_time(call, "expiredAt", body.expired_at, settings, now)
         doc.update(status="expired", expiredAt=iso(expired_at))
     doc["lastUpdatedAt"] = iso(now)
     store.update_call(conn, doc, completed_by)
@@ -306,10 +350,15 @@ def call_filter(account: Account, query: dict[str, str]) -> CallFilter:
         except ValueError:
             problems.append((name, "Must be an ISO-8601 datetime"))
             continue
-        if moment.tzinfo is None:
+        if moment.tzinfo is None or moment.utcoffset() is None:
             problems.append((name, "Must include a time zone"))
             continue
-        times[name] = iso(moment)
+        try:
+            # At TapRaise's precision: "after 12:00:00.0005" is "after 12:00:00.000", since
+            # stored times are whole milliseconds.
+            times[name] = iso(utc_ms(moment))
+        except ValueError as exc:
+            problems.append((name, str(exc)))
     app, ref = query.get("externalApplicationName"), query.get("externalReferenceId")
     if (app is None) != (ref is None):
         problems.append(

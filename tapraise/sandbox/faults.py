@@ -3,6 +3,16 @@
 A rule per endpoint (or ``*`` for all) gives a probability per fault kind, drawn from a seeded
 random generator, and a ``next`` queue of forced faults consumed one per request, for
 deterministic tests. Faults live in memory: a restart starts without any.
+
+The kinds:
+
+- ``500``, ``503``, ``429``: refused before anything is looked at; nothing is applied.
+- ``late``: applied at once, answered ``lateDelaySeconds`` later (a client with a shorter read
+  timeout gives up on a change that is already made).
+- ``late_apply``: held ``lateApplyDelaySeconds``, then applied and answered (a client with a
+  shorter read timeout gives up on a change that is not made yet, and a look-up before the
+  delay has passed does not see it).
+- ``latency``: a delay before handling, drawn apart from the others (``latencyShare``).
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ from pydantic.alias_generators import to_camel
 Endpoint = Literal[
     "*", "create", "add-attempt", "complete", "cancel", "expire", "list", "mark-processed"
 ]
-FaultKind = Literal["500", "503", "429", "late", "latency"]
+FaultKind = Literal["500", "503", "429", "late", "late_apply", "latency"]
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -36,15 +46,18 @@ class FaultRule(BaseModel):
     retry_after_seconds: Annotated[int, Field(ge=0)] = 1
     late: Share = 0.0
     late_delay_seconds: Annotated[float, Field(ge=0)] = 2.0
+    late_apply: Share = 0.0
+    late_apply_delay_seconds: Annotated[float, Field(ge=0)] = 3.0
     latency_share: Share = 0.0
     latency_seconds: Annotated[float, Field(ge=0)] = 0.0
     next: list[FaultKind] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _shares_fit(self) -> FaultRule:
-        # The error kinds and "late" exclude each other, so their shares must fit in one draw.
-        if self.error500 + self.error503 + self.error429 + self.late > 1.0:
-            raise ValueError("error500 + error503 + error429 + late must not exceed 1")
+        # The error kinds, "late" and "late_apply" exclude each other, so their shares must fit
+        # in one draw.
+        if self.error500 + self.error503 + self.error429 + self.late + self.late_apply > 1.0:
+            raise ValueError("error500 + error503 + error429 + late + lateApply must not exceed 1")
         return self
 
 
@@ -69,15 +82,18 @@ class Fault:
     """What to do to one request.
 
     Attributes:
-        kind: ``"500"``, ``"503"``, ``"429"``, ``"late"`` or None (no failure, maybe latency).
+        kind: ``"500"``, ``"503"``, ``"429"``, ``"late"``, ``"late_apply"`` or None (no
+            failure, maybe latency).
         latency: Seconds to wait before handling.
         late_delay: Seconds to wait after applying the change, before answering.
+        late_apply_delay: Seconds to hold the request before applying it (``late_apply``).
         retry_after: ``Retry-After`` seconds for a 429.
     """
 
     kind: FaultKind | None
     latency: float = 0.0
     late_delay: float = 0.0
+    late_apply_delay: float = 0.0
     retry_after: int = 1
 
     @property
@@ -123,6 +139,7 @@ class FaultInjector:
                     kind=None if kind == "latency" else kind,
                     latency=rule.latency_seconds if kind == "latency" else 0.0,
                     late_delay=rule.late_delay_seconds,
+                    late_apply_delay=rule.late_apply_delay_seconds,
                     retry_after=rule.retry_after_seconds,
                 )
             else:
@@ -138,6 +155,7 @@ class FaultInjector:
             ("503", rule.error503),
             ("429", rule.error429),
             ("late", rule.late),
+            ("late_apply", rule.late_apply),
         )
         draw = self._random.random()
         kind: FaultKind | None = None
@@ -146,7 +164,13 @@ class FaultInjector:
                 kind = candidate
                 break
             draw -= share
-        return Fault(kind, latency, rule.late_delay_seconds, rule.retry_after_seconds)
+        return Fault(
+            kind,
+            latency,
+            rule.late_delay_seconds,
+            rule.late_apply_delay_seconds,
+            rule.retry_after_seconds,
+        )
 
     def snapshot(self) -> dict[str, Any]:
         """Return the configuration, the forced faults still queued, and the counters."""

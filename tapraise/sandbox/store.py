@@ -185,6 +185,18 @@ def add_organization(conn: sqlite3.Connection, uuid: str, name: str, max_attempt
     return cur.rowcount == 1
 
 
+def update_organization(
+    conn: sqlite3.Connection, uuid: str, name: str | None, max_attempts: int | None
+) -> bool:
+    """Change an organization's name and/or maximum attempts (None keeps); False if unknown."""
+    cur = conn.execute(
+        "UPDATE organizations SET name = COALESCE(?, name),"
+        " max_call_attempts = COALESCE(?, max_call_attempts) WHERE uuid = ?",
+        (name, max_attempts, uuid),
+    )
+    return cur.rowcount == 1
+
+
 def add_person(
     conn: sqlite3.Connection,
     uuid: str,

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     UUID4,
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -116,11 +117,26 @@ def to_ms(moment: datetime) -> datetime:
 
 
 def iso(moment: datetime | None) -> str | None:
-    """Format a datetime the way TapRaise does: ``2023-05-01T00:00:00.000Z``."""
+    """Format a datetime the way TapRaise does: ``2023-05-01T00:00:00.000Z``.
+
+    The year always has four digits, so that stored timestamps sort as text.
+    """
     if moment is None:
         return None
     moment = to_ms(moment)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+
+
+def utc_ms(moment: datetime) -> datetime:
+    """Like :func:`to_ms`, but a moment outside the calendar once in UTC is a ``ValueError``.
+
+    ``0001-01-01T00:00:00+01:00`` is a valid ISO-8601 string whose UTC instant falls before
+    year 1; it must be a 400 naming the field, not a crash.
+    """
+    try:
+        return to_ms(moment)
+    except OverflowError:
+        raise ValueError("Out of range once converted to UTC") from None
 
 
 def parse_iso(text: str) -> datetime:
@@ -133,13 +149,15 @@ class _Body(BaseModel):
 
 
 ResultCode = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Moment = Annotated[AwareDatetime, AfterValidator(utc_ms)]
+"""A timestamp with a zone, normalised to UTC milliseconds as TapRaise stores it."""
 
 
 class ResultIn(_Body):
     """A call's result."""
 
     result_code: ResultCode
-    completed_at: AwareDatetime | None = None
+    completed_at: Moment | None = None
     notes: str | None = None
     duration: Annotated[float, Field(ge=0)] | None = None
     donor_retention_rating: Annotated[int, Field(ge=1, le=10)] | None = None
@@ -173,8 +191,8 @@ class AttemptIn(_Body):
     """An attempt sent along with an externally managed call."""
 
     user_uuid: UUID4 | None = None
-    attempt_at: AwareDatetime | None = None
-    created_at: AwareDatetime | None = None
+    attempt_at: Moment | None = None
+    created_at: Moment | None = None
 
 
 class CreateCallIn(_Body):
@@ -182,13 +200,13 @@ class CreateCallIn(_Body):
 
     uuid: UUID4 | None = None
     status: CallStatus | None = None
-    requested_at: AwareDatetime
+    requested_at: Moment
     external_metadata: ExternalMetadataIn | None = None
     attempts: list[AttemptIn] | None = None
     result: ResultIn | None = None
     requested_by_user_uuid: UUID4 | None = None
-    cancelled_at: AwareDatetime | None = None
-    completed_at: AwareDatetime | None = None
+    cancelled_at: Moment | None = None
+    completed_at: Moment | None = None
     notes: str | None = None
     person_uuid: UUID4
     related_case_uuid: UUID4 | None = None
@@ -200,7 +218,7 @@ class AddAttemptIn(_Body):
     """Body of ``PUT …/actions/add-attempt``."""
 
     user_uuid: UUID4 | None = None
-    attempt_at: AwareDatetime | None = None
+    attempt_at: Moment | None = None
 
 
 class CompleteIn(_Body):
@@ -213,13 +231,13 @@ class CompleteIn(_Body):
 class CancelIn(_Body):
     """Body of ``PUT …/actions/cancel``."""
 
-    cancelled_at: AwareDatetime | None = None
+    cancelled_at: Moment | None = None
 
 
 class ExpireIn(_Body):
     """Body of ``PUT …/actions/expire``."""
 
-    expired_at: AwareDatetime | None = None
+    expired_at: Moment | None = None
 
 
 class MarkEntryIn(_Body):
@@ -227,7 +245,7 @@ class MarkEntryIn(_Body):
 
     entity_name: EntityName
     entity_uuid: UUID4
-    processed_at: AwareDatetime
+    processed_at: Moment
     consumer_identifier: str | None = None
     external_source_name: str | None = None
 
