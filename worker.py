@@ -49,6 +49,7 @@ def sandbox_runner() -> SandboxedWorkflowRunner:
         "activities",
         "workflows.messages",
         "workflows.inbox",
+        "workflows.retries",
         "workflows.policy",
         "workflows.schedule",
         "workflows.policy_activity",

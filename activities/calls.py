@@ -8,6 +8,8 @@ states what makes a retry safe.
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -75,28 +77,48 @@ class ExpireCallInput(CallRef):
     request: ExpireCallRequest
 
 
-def _same_instant(a: datetime, b: datetime) -> bool:
-    # TapRaise keeps milliseconds; compare at that precision.
-    return abs(a - b) < timedelta(milliseconds=1)
+# How long a timed-out attempt is remembered when its call is never retried on this worker.
+_UNSETTLED_KEPT = 3600.0
+# How far apart two records of one attempt may lie: TapRaise keeps milliseconds, and may round
+# where we truncate.
+_SAME_INSTANT = timedelta(milliseconds=1)
 
 
-def to_application_error(exc: TapRaiseError, action: str) -> ApplicationError:
+def same_attempt(
+    at: datetime, user: uuid.UUID | None, other_at: datetime, other_user: uuid.UUID | None
+) -> bool:
+    """Whether two records name one attempt: the one rule used everywhere attempts are matched.
+
+    The same instant to TapRaise's millisecond (rounded or truncated), and the same user where
+    both name one: TapRaise may fill in a user that the report left out.
+    """
+    if abs(at - other_at) > _SAME_INSTANT:
+        return False
+    return user is None or other_user is None or user == other_user
+
+
+def to_application_error(
+    exc: TapRaiseError, action: str, *, forbidden_is_final: bool = True
+) -> ApplicationError:
     """Classify a TapRaise failure for Temporal: a stable type, retryable or not, and a delay.
 
-    400/403/404 are final. 401 is retried a few times (a clock-skewed token heals; bad
-    credentials do not). 429 honours `Retry-After`. 5xx, timeouts and connection errors retry
-    with the activity's backoff.
+    400 and 404 are final. 403 is final for a create (the account may not create this call);
+    on a later action it is retried like a 401, because a call TapRaise accepted from us cannot
+    become forbidden for good: permissions are being changed. 401 is never final: credentials
+    rotate, clocks jump, and a call must outlive that. 429 honours `Retry-After`. 5xx, timeouts
+    and connection errors retry with the activity's backoff.
     """
     message = f"TapRaise {action}: {exc}"
     if isinstance(exc, BadRequestError):
         return ApplicationError(message, type=errors.TAPRAISE_BAD_REQUEST, non_retryable=True)
     if isinstance(exc, PermissionDeniedError):
-        return ApplicationError(message, type=errors.TAPRAISE_FORBIDDEN, non_retryable=True)
+        return ApplicationError(
+            message, type=errors.TAPRAISE_FORBIDDEN, non_retryable=forbidden_is_final
+        )
     if isinstance(exc, NotFoundError):
         return ApplicationError(message, type=errors.TAPRAISE_NOT_FOUND, non_retryable=True)
     if isinstance(exc, AuthenticationError):
-        final = activity.in_activity() and activity.info().attempt >= errors.UNAUTHORIZED_ATTEMPTS
-        return ApplicationError(message, type=errors.TAPRAISE_UNAUTHORIZED, non_retryable=final)
+        return ApplicationError(message, type=errors.TAPRAISE_UNAUTHORIZED)
     if isinstance(exc, RateLimitError):
         delay = timedelta(seconds=exc.retry_after) if exc.retry_after else None
         return ApplicationError(message, type=errors.TAPRAISE_RATE_LIMITED, next_retry_delay=delay)
@@ -111,8 +133,18 @@ def to_application_error(exc: TapRaiseError, action: str) -> ApplicationError:
     return ApplicationError(message, type=errors.TAPRAISE_STATUS)
 
 
-def _raise(exc: TapRaiseError, action: str) -> NoReturn:
-    raise to_application_error(exc, action) from exc
+def _other_final_state(action: str, status: CallStatus) -> ApplicationError:
+    """The call is already final in TapRaise in another state: the workflow adopts it."""
+    return ApplicationError(
+        f"TapRaise {action}: the call is already {status.value}",
+        status.value,
+        type=errors.CALL_IN_OTHER_FINAL_STATE,
+        non_retryable=True,
+    )
+
+
+def _raise(exc: TapRaiseError, action: str, *, forbidden_is_final: bool = False) -> NoReturn:
+    raise to_application_error(exc, action, forbidden_is_final=forbidden_is_final) from exc
 
 
 class TapRaiseActivities:
@@ -120,6 +152,8 @@ class TapRaiseActivities:
 
     def __init__(self, client: TapRaiseClient) -> None:
         self._client = client
+        # Attempts whose request timed out, with the moment it can no longer be in flight.
+        self._unsettled: dict[tuple[uuid.UUID, datetime], float] = {}
 
     async def _find(self, ref: CallRef) -> Call | None:
         try:
@@ -162,7 +196,7 @@ class TapRaiseActivities:
         except ConflictError:
             pass
         except TapRaiseError as exc:
-            _raise(exc, f"create call {request.uuid}")
+            _raise(exc, f"create call {request.uuid}", forbidden_is_final=True)
         existing = await self._find(
             CallRef(call_uuid=request.uuid, requested_at=request.requested_at)
         )
@@ -180,25 +214,59 @@ class TapRaiseActivities:
         """Record an unsuccessful attempt (`PUT /api/v1/calls/{uuid}/actions/add-attempt`).
 
         Retry safety: `attemptAt` is fixed by the workflow. Before sending, the call is looked up
-        and nothing is sent when an attempt with the same `attemptAt` (and user) is already
-        recorded: a lost answer never records a second attempt. Run as a local activity, this
-        look-up happens on every try, because a local activity whose worker died starts again
-        at attempt 1 on another worker.
+        and nothing is sent when it already holds this attempt (`same_attempt`): a lost answer
+        never records a second attempt. Run as a local activity, this look-up happens on every
+        try, because a local activity whose worker died starts again at attempt 1 elsewhere.
+
+        The look-then-write window: a request that timed out on our side may still be applied
+        by TapRaise after the retry looked. So a retry after a timeout first waits as long again
+        as the lost request lasted (the client's read timeout) before it looks; what is left is a
+        request that TapRaise applies later than that, or one sent by a worker that died.
+
+        A call that TapRaise holds in a final status fails with `CallInOtherFinalState`; a 400
+        on a call still requested (TapRaise's own maximum of attempts) fails as a final bad
+        request whose details carry how many attempts TapRaise holds.
         """
         action = f"add attempt to call {data.call_uuid}"
-        if activity.info().attempt > 1 or activity.info().is_local:
-            call = await self._require(data, action)
-            for recorded in call.attempts:
-                same_user = data.user_uuid is None or recorded.user_uuid == data.user_uuid
-                at = recorded.attempt_at
-                if same_user and at is not None and _same_instant(at, data.attempt_at):
-                    activity.logger.info("attempt already recorded by an earlier try; not resent")
-                    return call
+        key = (data.call_uuid, data.attempt_at)
+        await self._settle(key)
+        call = await self._require(data, action)
+        for recorded in call.attempts:
+            at = recorded.attempt_at
+            if at is not None and same_attempt(
+                at, recorded.user_uuid, data.attempt_at, data.user_uuid
+            ):
+                activity.logger.info("attempt already recorded by an earlier try; not resent")
+                return call
+        if call.status != CallStatus.REQUESTED:
+            raise _other_final_state(action, call.status)
         request = AddAttemptRequest(user_uuid=data.user_uuid, attempt_at=data.attempt_at)
+        sent = time.monotonic()
         try:
             return await self._client.add_attempt(data.call_uuid, request)
+        except (APITimeoutError, APIConnectionError) as exc:
+            # TapRaise may still apply it: the next try waits as long again before it looks.
+            self._unsettled[key] = 2 * time.monotonic() - sent
+            _raise(exc, action)
+        except BadRequestError as exc:
+            raise ApplicationError(
+                f"TapRaise {action}: {exc}",
+                call.attempts_count,
+                type=errors.TAPRAISE_BAD_REQUEST,
+                non_retryable=True,
+            ) from exc
         except TapRaiseError as exc:
             _raise(exc, action)
+
+    async def _settle(self, key: tuple[uuid.UUID, datetime]) -> None:
+        """Wait until a request of this attempt that timed out can no longer be in flight."""
+        now = time.monotonic()
+        for stale in [k for k, t in self._unsettled.items() if t < now - _UNSETTLED_KEPT]:
+            del self._unsettled[stale]
+        until = self._unsettled.get(key)
+        if until is not None and until > now:
+            await asyncio.sleep(until - now)  # cut short by a timeout: the next try waits on
+        self._unsettled.pop(key, None)
 
     async def _finish(
         self,
@@ -215,12 +283,7 @@ class TapRaiseActivities:
         except BadRequestError as exc:
             call = await self._find(ref)
             if call is not None and call.status not in (CallStatus.REQUESTED, target):
-                raise ApplicationError(
-                    f"TapRaise {action}: the call is already {call.status.value}",
-                    call.status.value,
-                    type=errors.CALL_IN_OTHER_FINAL_STATE,
-                    non_retryable=True,
-                ) from exc
+                raise _other_final_state(action, call.status) from exc
             if call is not None and call.status == target:
                 return call
             _raise(exc, action)

@@ -10,10 +10,10 @@ from typing import Final
 
 # TapRaise refused the request: retrying cannot help (non-retryable).
 TAPRAISE_BAD_REQUEST: Final = "TapRaiseBadRequest"  # 400
-TAPRAISE_FORBIDDEN: Final = "TapRaiseForbidden"  # 403
+TAPRAISE_FORBIDDEN: Final = "TapRaiseForbidden"  # 403: final on create, retried on later actions
 TAPRAISE_NOT_FOUND: Final = "TapRaiseNotFound"  # 404
 # Passing faults: Temporal retries them with backoff.
-TAPRAISE_UNAUTHORIZED: Final = "TapRaiseUnauthorized"  # 401, retried a few times, then final
+TAPRAISE_UNAUTHORIZED: Final = "TapRaiseUnauthorized"  # 401, never final (credentials rotate)
 TAPRAISE_RATE_LIMITED: Final = "TapRaiseRateLimited"  # 429, honours Retry-After
 TAPRAISE_UNAVAILABLE: Final = "TapRaiseUnavailable"  # 5xx
 TAPRAISE_TIMEOUT: Final = "TapRaiseTimeout"
@@ -24,16 +24,13 @@ CALL_IN_OTHER_FINAL_STATE: Final = "CallInOtherFinalState"
 # A 409 on create, but the existing call is not visible to this service account.
 CALL_EXISTS_BUT_NOT_VISIBLE: Final = "CallExistsButNotVisible"
 
+# What is final whatever an error says of itself. A 403 is not listed: it is final on a create
+# only, where the activity marks it so; on a later action it is retried like a 401.
 NON_RETRYABLE: Final = frozenset(
     {
         TAPRAISE_BAD_REQUEST,
-        TAPRAISE_FORBIDDEN,
         TAPRAISE_NOT_FOUND,
         CALL_IN_OTHER_FINAL_STATE,
         CALL_EXISTS_BUT_NOT_VISIBLE,
     }
 )
-
-# How many times a 401 is retried before it is treated as final: a token signed on a machine
-# whose clock is skewed heals on a retry; bad credentials never do.
-UNAUTHORIZED_ATTEMPTS: Final = 3

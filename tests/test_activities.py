@@ -32,6 +32,7 @@ from activities.calls import (
     CompleteCallInput,
     ExpireCallInput,
     TapRaiseActivities,
+    same_attempt,
 )
 from tapraise import (
     Call,
@@ -165,7 +166,6 @@ def assert_retryable(error: ApplicationError, kind: str) -> None:
 def assert_final(error: ApplicationError, kind: str) -> None:
     assert error.type == kind
     assert error.non_retryable
-    assert kind in errors.NON_RETRYABLE
 
 
 @pytest.fixture(scope="module")
@@ -348,6 +348,46 @@ async def test_add_attempt_beyond_the_maximum_is_a_final_bad_request(
     error = await failure(acts.add_attempt, attempt_input(call))
     assert_final(error, errors.TAPRAISE_BAD_REQUEST)
     assert f"the maximum of {HOME_MAX_ATTEMPTS}" in str(error)
+    assert error.details == (HOME_MAX_ATTEMPTS,)  # what TapRaise holds: the call's real maximum
+
+
+async def test_add_attempt_on_a_call_final_in_tapraise_names_its_state_and_sends_nothing(
+    acts: TapRaiseActivities, client: TapRaiseClient, sandbox: SandboxServer
+) -> None:
+    call = await new_call(client)
+    await client.cancel_call(call.uuid, CancelCallRequest())
+    error = await failure(acts.add_attempt, attempt_input(call))
+    assert_final(error, errors.CALL_IN_OTHER_FINAL_STATE)
+    assert error.details == ("cancelled",)
+    assert sandbox.requests(str(call.uuid), endpoint="add-attempt") == []
+
+
+AT = datetime(2026, 3, 2, 10, 0, 0, 123000, tzinfo=UTC)
+OTHER_USER = uuid.uuid4()
+
+
+@pytest.mark.parametrize(
+    ("at", "user", "other_at", "other_user", "same"),
+    [
+        (AT, USER, AT, USER, True),
+        (AT, USER, AT + timedelta(microseconds=900), USER, True),  # TapRaise rounded the ms
+        (AT, USER, AT - timedelta(microseconds=1000), USER, True),
+        (AT, None, AT, USER, True),  # TapRaise filled in the user the report left out
+        (AT, USER, AT, None, True),
+        (AT, USER, AT, OTHER_USER, False),
+        (AT, USER, AT + timedelta(milliseconds=2), USER, False),
+        (AT, None, AT + timedelta(seconds=1), None, False),
+    ],
+)
+def test_one_rule_tells_two_records_of_an_attempt_apart(
+    at: datetime,
+    user: uuid.UUID | None,
+    other_at: datetime,
+    other_user: uuid.UUID | None,
+    same: bool,
+) -> None:
+    assert same_attempt(at, user, other_at, other_user) is same
+    assert same_attempt(other_at, other_user, at, user) is same
 
 
 async def test_add_attempt_retry_on_a_call_out_of_sight_is_a_final_not_found(
@@ -463,7 +503,7 @@ async def test_forbidden_is_final(acts: TapRaiseActivities) -> None:
     assert "may not create calls for this person" in str(error)
 
 
-async def test_expire_by_an_account_not_allowed_to_expire_is_final(
+async def test_expire_by_an_account_not_allowed_to_expire_is_retried(
     client: TapRaiseClient, sandbox: SandboxServer
 ) -> None:
     call = await new_call(client)
@@ -474,7 +514,9 @@ async def test_expire_by_an_account_not_allowed_to_expire_is_final(
     )
     async with TapRaiseClient(sandbox.base_url, account_of(credentials)) as limited:
         error = await finish_failure(TapRaiseActivities(limited), "expire", call)
-    assert_final(error, errors.TAPRAISE_FORBIDDEN)
+    # A 403 on a later action is a permission being changed, not a verdict on the call.
+    assert_retryable(error, errors.TAPRAISE_FORBIDDEN)
+    assert errors.TAPRAISE_FORBIDDEN not in errors.NON_RETRYABLE
     assert "may not perform 'expire'" in str(error)
     assert sandbox.effects(str(call.uuid))["expire"] == 0
 
@@ -533,12 +575,12 @@ async def impostor(sandbox: SandboxServer) -> AsyncIterator[TapRaiseActivities]:
         yield TapRaiseActivities(wrong)
 
 
-@pytest.mark.parametrize(("attempt", "final"), [(1, False), (2, False), (3, True), (4, True)])
-async def test_unauthorized_is_retried_a_few_times_then_final(
-    impostor: TapRaiseActivities, sandbox: SandboxServer, attempt: int, final: bool
+@pytest.mark.parametrize("attempt", [1, 3, 50])
+async def test_unauthorized_is_never_final(
+    impostor: TapRaiseActivities, sandbox: SandboxServer, attempt: int
 ) -> None:
     request = new_request()
     error = await failure(impostor.create_call, request, attempt=attempt)
-    assert error.type == errors.TAPRAISE_UNAUTHORIZED
-    assert error.non_retryable is final
+    assert_retryable(error, errors.TAPRAISE_UNAUTHORIZED)
+    assert errors.TAPRAISE_UNAUTHORIZED not in errors.NON_RETRYABLE
     assert sandbox.stored_call(str(request.uuid)) is None

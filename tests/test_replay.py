@@ -37,6 +37,10 @@ def test_every_lifecycle_path_has_a_recorded_history() -> None:
         "duplicates_and_malformed",
         "bare_start",
         "continued_as_new",
+        "refused_completion",
+        "tapraise_maximum",
+        "retried_first_task",
+        "outage_continued_as_new",
     } <= names
 
 

@@ -12,12 +12,13 @@ sequences create → wait → record → finish, and every TapRaise action is an
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 from uuid import UUID
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeUpdate
+from temporalio.common import SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -28,8 +29,9 @@ with workflow.unsafe.imports_passed_through():
         AddAttemptInput,
         CancelCallInput,
         CompleteCallInput,
-        CreateCallOutcome,
         ExpireCallInput,
+        TapRaiseActivities,
+        same_attempt,
     )
     from tapraise.models import (
         Attempt,
@@ -42,7 +44,7 @@ with workflow.unsafe.imports_passed_through():
         CreateCallRequest,
         ExpireCallRequest,
     )
-    from workflows import schedule
+    from workflows import retries, schedule
     from workflows.inbox import Action, Progress
     from workflows.messages import (
         ACTION_REJECTED,
@@ -51,6 +53,7 @@ with workflow.unsafe.imports_passed_through():
         COMPLETE,
         DEFAULT_TIMEZONE,
         INVALID_INPUT,
+        MESSAGE_MODELS,
         RESCHEDULE,
         STATE,
         WORKFLOW_TYPE,
@@ -64,33 +67,29 @@ with workflow.unsafe.imports_passed_through():
         CallState,
         CancelSignal,
         CompleteSignal,
+        PendingMessage,
         RescheduleSignal,
         SearchAttributes,
         call_uuid_from_workflow_id,
+        to_json,
     )
     from workflows.policy import AttemptOutcome, CallPolicy
-    from workflows.policy_activity import ResolvePolicyInput
+    from workflows.policy_activity import INVALID_POLICY, PolicyActivities, ResolvePolicyInput
+
+_Arg = TypeVar("_Arg")
+_Result = TypeVar("_Result")
 
 # TapRaise actions are short HTTP calls, run as *local* activities: the result is recorded as one
 # marker in the workflow task that asked for it, instead of three activity events and a second
-# workflow task, which keeps a whole call under 60 history events. They are retried with backoff
-# for up to three days of outage (past a minute, between durable timers); the activities classify
-# what is final (400/403/404) so those are never retried.
-_TAPRAISE_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=5),
-    non_retryable_error_types=sorted(errors.NON_RETRYABLE),
-)
-_TAPRAISE_TIMEOUTS: dict[str, Any] = {
-    "start_to_close_timeout": timedelta(seconds=30),
-    "schedule_to_close_timeout": timedelta(days=3),
-    "retry_policy": _TAPRAISE_RETRY,
-}
+# workflow task, which keeps a whole call under 60 history events. How they are retried, and how
+# an outage is sat out, is in `workflows.retries`.
 # Time a reported message may lie in the future of the workflow's clock (agents' machines drift).
 _CLOCK_TOLERANCE = timedelta(minutes=5)
 # Patch: final actions adopt attempts TapRaise holds that the call never recorded.
 _ADOPT_UNRECORDED_ATTEMPTS = "adopt-unrecorded-attempts"
+# Patch: a start without `requestedAt` takes the run's start time, which a retried first workflow
+# task cannot change (its own clock reading could, and the create's look-up would then miss).
+_STABLE_REQUESTED_AT = "stable-requested-at"
 # How much of the event log a continued run carries over.
 _CARRIED_EVENTS = 100
 
@@ -134,9 +133,14 @@ class CallWorkflow:
                 input = CallInput.model_construct(
                     person_uuid=UUID(int=0), type=CallType.VERIFICATION
                 )
+        if input.resume is not None and workflow.info().continued_run_id is None:
+            # A caller's `resume` would skip the policy and the create: only a continued run
+            # of this very call carries one.
+            self._input_error = "resume: set only by the call itself when it continues as new"
+            input = input.model_copy(update={"resume": None})
         self._input = input
         self._call_uuid = input.uuid or _uuid_from_id()
-        self._requested_at = _ms(input.requested_at or workflow.now())
+        self._requested_at = _ms(input.requested_at or _start_instant())
         self._timezone = input.timezone or DEFAULT_TIMEZONE
         self._phase = CallPhase.CREATING
         self._status: CallStatus | None = None
@@ -149,6 +153,9 @@ class CallWorkflow:
         self._events: list[CallEvent] = []
         self._inbox: list[Action] = []
         self._closing: str | None = None  # the final action accepted, while it is carried out
+        self._created = False
+        self._outage: str | None = None  # what TapRaise failed to do, while it is retried
+        self._draining = False  # continuing as new: messages are queued for the next run
         # What the search attributes hold now (a start from our own tools sets them already).
         self._published: dict[str, Any] = {
             pair.key.name: pair.value for pair in workflow.info().typed_search_attributes
@@ -163,9 +170,22 @@ class CallWorkflow:
         if self._input_error is not None:
             self._fail(f"invalid input: {self._input_error}", INVALID_INPUT)
         self._check_identity()
-        if self._input.resume is None:  # a continued run has both already
+        if self._input.resume is None:  # a continued run has its policy already
             await self._resolve_policy()
-            await self._create()
+        try:
+            if not self._created:
+                await self._create()
+            await self._live()
+        except _Outgrown:  # a long TapRaise outage outgrew the history: carry on in a new run
+            await self._continue_as_new()
+        for action in self._inbox:  # accepted while the call closed: refuse, never hang
+            action.refusal, action.done = f"call is already {self._phase.value}", True
+        self._publish()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self._snapshot()
+
+    async def _live(self) -> None:
+        """Carry out messages and wait for slots until the call is final."""
         while not self._phase.is_final:
             if self._inbox:
                 await self._carry_out(self._inbox[0])
@@ -173,7 +193,6 @@ class CallWorkflow:
                 continue
             if self._history_outgrown():
                 await self._continue_as_new()
-                continue
             decision = self._next_slot()
             if not isinstance(decision, schedule.Slot):
                 await self._expire(decision)
@@ -190,34 +209,37 @@ class CallWorkflow:
                 self._enter(CallPhase.SCHEDULED)
             if not await self._wait_until(decision.due_until, "attempt window"):
                 self._missed_slot()
-        for action in self._inbox:  # accepted while the call closed: refuse, never hang
-            action.refusal, action.done = f"call is already {self._phase.value}", True
-        self._publish()
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        return self._snapshot()
 
     async def _resolve_policy(self) -> None:
         """Defaults + call type + organization + the call's overrides, recorded in history."""
         self._publish()
-        self._policy = await workflow.execute_local_activity(
-            "resolve_policy",
-            ResolvePolicyInput(
-                call_type=self._input.type.value,
-                organization_uuid=self._input.calling_organization_uuid,
-                overrides=self._input.policy,
-                requested_at=self._requested_at,
-            ),
-            result_type=CallPolicy,
-            start_to_close_timeout=timedelta(seconds=10),
-        )
+        try:
+            self._policy = await workflow.execute_local_activity_method(
+                PolicyActivities.resolve_policy,
+                ResolvePolicyInput(
+                    call_type=self._input.type.value,
+                    organization_uuid=self._input.calling_organization_uuid,
+                    overrides=self._input.policy,
+                    requested_at=self._requested_at,
+                ),
+                start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=retries.POLICY_RETRY,
+            )
+        except (ActivityError, ApplicationError) as err:
+            cause = _cause(err)
+            kind = cause.type if isinstance(cause, ApplicationError) else INVALID_POLICY
+            self._fail(f"could not resolve the call's policy: {_reason(cause)}", kind)
         self._timezone = schedule.effective_timezone(self._policy, self._input.timezone)
 
     async def _create(self) -> None:
         """Create the call in TapRaise; on 409 adopt the state TapRaise already holds."""
-        request = self._create_request()
-        outcome: CreateCallOutcome = await self._tapraise(
-            "create", "create_call", request, CreateCallOutcome
-        )
+        try:
+            outcome = await self._tapraise(
+                "create the call", TapRaiseActivities.create_call, self._create_request()
+            )
+        except _Refused as refused:
+            self._fail(f"could not create the call: {refused.reason}", refused.kind)
+        self._created = True
         call = outcome.call
         if outcome.created:
             self._log("created", "call created in TapRaise")
@@ -275,17 +297,30 @@ class CallWorkflow:
             or info.get_current_history_length() >= self._policy.history_limit
         )
 
-    async def _continue_as_new(self) -> None:
-        """Carry the call's state into a fresh run once no message is being handled."""
+    async def _continue_as_new(self) -> NoReturn:
+        """Carry the call's state, and the messages not yet carried out, into a fresh run.
+
+        Updates waiting for their message are answered "queued" first (an update cannot wait
+        across runs); the message itself travels to the next run and is carried out there.
+        """
+        self._draining = True
+        self._queue_waiting()
         await workflow.wait_condition(workflow.all_handlers_finished)
-        if self._inbox:
-            return  # a message arrived meanwhile: carry it out first
         assert self._policy is not None
         resume = CallResume(
             call_uuid=self._call_uuid,
             requested_at=self._requested_at,
             policy=self._policy,
             timezone=self._timezone,
+            created=self._created,
+            pending=[
+                PendingMessage(
+                    kind=action.kind,
+                    received_at=action.received_at,
+                    message=to_json(action.message),
+                )
+                for action in self._inbox
+            ],
             status=self._status,
             attempts=self._progress.attempts,
             missed_slots=self._progress.missed_slots,
@@ -295,6 +330,11 @@ class CallWorkflow:
         )
         self._publish()
         workflow.continue_as_new(self._input.model_copy(update={"resume": resume}))
+
+    def _queue_waiting(self) -> None:
+        """Answer the updates waiting for their message: it is queued, to be carried out later."""
+        for action in self._inbox:
+            action.queued = True
 
     def _restore(self, resume: CallResume) -> None:
         self._call_uuid = resume.call_uuid
@@ -309,7 +349,13 @@ class CallWorkflow:
             callback_at=resume.callback_at,
         )
         self._events = list(resume.events)
-        self._phase = CallPhase.SCHEDULED
+        self._created = resume.created
+        self._phase = CallPhase.SCHEDULED if resume.created else CallPhase.CREATING
+        for pending in resume.pending:
+            message = MESSAGE_MODELS[pending.kind].model_validate(pending.message)
+            self._inbox.append(Action(pending.kind, message, pending.received_at))  # type: ignore[arg-type]
+            if pending.kind in (COMPLETE, CANCEL):
+                self._closing = "completed" if pending.kind == COMPLETE else "cancelled"
 
     def _missed_slot(self) -> None:
         self._progress.missed_slots += 1
@@ -338,20 +384,29 @@ class CallWorkflow:
     async def _record_attempt(self, action: Action, msg: AttemptSignal) -> None:
         attempt_at = _ms(msg.attempt_at or action.received_at)
         for recorded in self._progress.attempts:
-            if recorded.attempt_at == attempt_at and recorded.user_uuid == msg.user_uuid:
+            if same_attempt(recorded.attempt_at, recorded.user_uuid, attempt_at, msg.user_uuid):
                 action.detail = "duplicate: this attempt is already recorded"
                 return
-        call: Call = await self._tapraise(
-            "record an attempt",
-            "add_attempt",
-            AddAttemptInput(
-                call_uuid=self._call_uuid,
-                requested_at=self._requested_at,
-                attempt_at=attempt_at,
-                user_uuid=msg.user_uuid,
-            ),
-            Call,
-        )
+        assert self._policy is not None
+        if len(self._progress.attempts) >= self._policy.max_attempts:
+            # Accepted before the policy was known (the call was being created), or queued.
+            action.refusal = f"the maximum of {self._policy.max_attempts} attempts is reached"
+            self._log("ignored", f"attempt: {action.refusal}")
+            return
+        try:
+            call = await self._tapraise(
+                "record an attempt",
+                TapRaiseActivities.add_attempt,
+                AddAttemptInput(
+                    call_uuid=self._call_uuid,
+                    requested_at=self._requested_at,
+                    attempt_at=attempt_at,
+                    user_uuid=msg.user_uuid,
+                ),
+            )
+        except _Refused as refused:
+            self._attempt_refused(action, refused, attempt_at)
+            return
         self._status = call.status
         self._progress.attempts.append(
             AttemptRecord(attempt_at=attempt_at, outcome=msg.outcome, user_uuid=msg.user_uuid)
@@ -362,6 +417,32 @@ class CallWorkflow:
         action.detail = f"attempt {len(self._progress.attempts)} recorded ({msg.outcome.value})"
         self._log("attempt", action.detail)
         self._enter(CallPhase.SCHEDULED)
+
+    def _attempt_refused(self, action: Action, refused: _Refused, attempt_at: datetime) -> None:
+        """TapRaise refused an attempt for good: refuse it, and keep the call alive if it can be.
+
+        A call TapRaise holds as final is adopted in that state. A 400 on a call still requested,
+        for an attempt dated as TapRaise allows, means TapRaise's own maximum of attempts is
+        reached (the person's organization sets it, possibly lower than the policy): no attempt
+        can follow, so the call's maximum becomes TapRaise's and the call expires.
+        """
+        if self._adopt_other_final(refused):
+            action.refusal = f"call is already {self._phase.value}"
+            return
+        action.refusal = f"TapRaise refused the attempt: {refused.reason}"
+        self._log("refused", action.refusal)
+        workflow.logger.warning("attempt refused by TapRaise: %s", refused.reason)
+        held = refused.details[0] if refused.details else None
+        assert self._policy is not None
+        if (
+            refused.kind == errors.TAPRAISE_BAD_REQUEST
+            and isinstance(held, int)
+            and 0 < held < self._policy.max_attempts
+            and attempt_at <= workflow.now()
+        ):
+            self._policy = self._policy.model_copy(update={"max_attempts": held})
+            self._slot = None
+            self._log("limited", f"TapRaise allows {held} attempts for this call")
 
     def _reschedule(self, action: Action, msg: RescheduleSignal) -> None:
         assert self._policy is not None
@@ -385,8 +466,9 @@ class CallWorkflow:
             result = result.model_copy(update={"completed_at": _ms(action.received_at)})
         request = CompleteCallRequest(user_uuid=msg.user_uuid, result=result)
         call = await self._finish_in_tapraise(
+            action,
             "complete",
-            "complete_call",
+            TapRaiseActivities.complete_call,
             CompleteCallInput(
                 call_uuid=self._call_uuid, requested_at=self._requested_at, request=request
             ),
@@ -395,15 +477,14 @@ class CallWorkflow:
             self._result = call.result or result
             self._final_reason = f"completed: {result.result_code}"
             self._enter(CallPhase.COMPLETED)
-        if call is None:  # TapRaise already held another final state: adopted, not done
-            action.refusal = f"call is already {self._phase.value}"
-        action.detail = f"call {self._phase.value}"
+            action.detail = f"call {self._phase.value}"
 
     async def _cancel(self, action: Action, msg: CancelSignal) -> None:
         request = CancelCallRequest(cancelled_at=_ms(msg.cancelled_at or action.received_at))
         call = await self._finish_in_tapraise(
+            action,
             "cancel",
-            "cancel_call",
+            TapRaiseActivities.cancel_call,
             CancelCallInput(
                 call_uuid=self._call_uuid, requested_at=self._requested_at, request=request
             ),
@@ -411,38 +492,75 @@ class CallWorkflow:
         if call is not None:
             self._final_reason = f"cancelled: {msg.reason}" if msg.reason else "cancelled"
             self._enter(CallPhase.CANCELLED)
-        if call is None:  # TapRaise already held another final state: adopted, not done
-            action.refusal = f"call is already {self._phase.value}"
-        action.detail = f"call {self._phase.value}"
+            action.detail = f"call {self._phase.value}"
 
     async def _expire(self, decision: schedule.Expire) -> None:
         self._closing = "expired"  # a completion or cancellation arriving now is refused
         request = ExpireCallRequest(expired_at=_ms(workflow.now()))
-        call = await self._finish_in_tapraise(
-            "expire",
-            "expire_call",
-            ExpireCallInput(
-                call_uuid=self._call_uuid, requested_at=self._requested_at, request=request
-            ),
-        )
-        if call is not None:
-            self._final_reason = f"expired: {decision.reason}"
-            self._enter(CallPhase.EXPIRED)
-
-    async def _finish_in_tapraise(self, verb: str, activity: str, data: Any) -> Call | None:
-        """Run a final action. If TapRaise already holds another final state, adopt it."""
         try:
-            call: Call = await self._tapraise(verb, activity, data, Call, adopt=True)
-        except _OtherFinalState as other:
-            self._status = other.status
-            self._final_reason = f"already {other.status.value} in TapRaise"
-            self._log("adopted", self._final_reason)
-            self._enter(_STATUS_PHASE[other.status])
+            await self._finish(
+                "expire",
+                TapRaiseActivities.expire_call,
+                ExpireCallInput(
+                    call_uuid=self._call_uuid, requested_at=self._requested_at, request=request
+                ),
+            )
+        except _Refused as refused:
+            if self._adopt_other_final(refused):
+                return
+            # Nothing more can be attempted, and TapRaise will not expire it: close here, and
+            # say so where operators look (phase expired, CallStatus still requested).
+            workflow.logger.warning("TapRaise refused to expire the call: %s", refused.reason)
+            self._final_reason = f"expired: {decision.reason}; TapRaise refused: {refused.reason}"
+            self._log("refused", f"TapRaise refused the expiry: {refused.reason}")
+            self._enter(CallPhase.EXPIRED)
+            return
+        self._final_reason = f"expired: {decision.reason}"
+        self._enter(CallPhase.EXPIRED)
+
+    async def _finish_in_tapraise(
+        self,
+        action: Action,
+        verb: str,
+        activity: Callable[[TapRaiseActivities, _Arg], Awaitable[Call]],
+        data: _Arg,
+    ) -> Call | None:
+        """Complete or cancel. A refusal refuses this message only; the call lives on."""
+        try:
+            return await self._finish(verb, activity, data)
+        except _Refused as refused:
+            self._closing = None
+            if self._adopt_other_final(refused):
+                action.refusal = f"call is already {self._phase.value}"
+                return None
+            action.refusal = f"TapRaise refused to {verb} the call: {refused.reason}"
+            self._log("refused", action.refusal)
+            workflow.logger.warning("%s refused by TapRaise: %s", verb, refused.reason)
             return None
+
+    async def _finish(
+        self,
+        verb: str,
+        activity: Callable[[TapRaiseActivities, _Arg], Awaitable[Call]],
+        data: _Arg,
+    ) -> Call:
+        """Run a final action and take what TapRaise answers."""
+        call = await self._tapraise(verb, activity, data)
         self._status = call.status
         self._log(verb, f"TapRaise accepted: {verb}")
         self._adopt_unrecorded_attempts(call)
         return call
+
+    def _adopt_other_final(self, refused: _Refused) -> bool:
+        """When TapRaise already holds the call in a final state, close the call in it."""
+        if refused.kind != errors.CALL_IN_OTHER_FINAL_STATE or not refused.details:
+            return False
+        status = CallStatus(str(refused.details[0]))
+        self._status = status
+        self._final_reason = f"already {status.value} in TapRaise"
+        self._log("adopted", self._final_reason)
+        self._enter(_STATUS_PHASE[status])
+        return True
 
     def _adopt_unrecorded_attempts(self, call: Call) -> None:
         """Count what TapRaise counts: adopt attempts it holds that this call never recorded.
@@ -451,11 +569,13 @@ class CallWorkflow:
         asked for it was lost with the worker (an update is kept only once accepted), so the
         final state would otherwise show one attempt less than TapRaise.
         """
-        known = {(a.attempt_at, a.user_uuid) for a in self._progress.attempts}
         unrecorded = [
             record
             for record in self._records_of(call.attempts)
-            if (record.attempt_at, record.user_uuid) not in known
+            if not any(
+                same_attempt(a.attempt_at, a.user_uuid, record.attempt_at, record.user_uuid)
+                for a in self._progress.attempts
+            )
         ]
         if unrecorded and workflow.patched(_ADOPT_UNRECORDED_ATTEMPTS):
             self._progress.attempts.extend(unrecorded)
@@ -475,26 +595,56 @@ class CallWorkflow:
         ]
 
     async def _tapraise(
-        self, verb: str, activity: str, data: Any, result_type: type[Any], adopt: bool = False
-    ) -> Any:
-        """Run one TapRaise activity; a final refusal ends the workflow in phase `failed`."""
-        try:
-            return await workflow.execute_local_activity(
-                activity, data, result_type=result_type, **_TAPRAISE_TIMEOUTS
+        self,
+        verb: str,
+        activity: Callable[[TapRaiseActivities, _Arg], Awaitable[_Result]],
+        data: _Arg,
+    ) -> _Result:
+        """Run one TapRaise action until TapRaise answers it.
+
+        Transient failures (5xx, 429, timeouts, 401, a 403 on a later action) are retried for as
+        long as it takes: the local activity's own round of tries, then more rounds
+        between durable timers. A final refusal raises `_Refused`; the caller decides what it
+        means for the call.
+        """
+        wait = retries.OUTAGE_FIRST_WAIT
+        while True:
+            try:
+                result = await workflow.execute_local_activity_method(
+                    activity,
+                    data,
+                    start_to_close_timeout=retries.TAPRAISE_TRY,
+                    retry_policy=retries.TAPRAISE_RETRY,
+                )
+            except (ActivityError, ApplicationError) as err:
+                # A local activity's final failure arrives as the activity's own ApplicationError.
+                cause = _cause(err)
+                if isinstance(cause, ApplicationError) and (
+                    cause.non_retryable or cause.type in errors.NON_RETRYABLE
+                ):
+                    raise _Refused(cause) from err
+                await self._sit_out_outage(verb, _reason(cause), wait)
+                wait = min(wait * 2, retries.OUTAGE_LONGEST_WAIT)
+                continue
+            if self._outage is not None:
+                self._outage = None
+                self._log("recovered", "TapRaise answers again")
+                workflow.logger.info("TapRaise answers again")
+            return result
+
+    async def _sit_out_outage(self, verb: str, reason: str, wait: timedelta) -> None:
+        """Show the outage, queue waiting messages, and wait before the next round of tries."""
+        if self._outage is None:
+            workflow.logger.warning(
+                "could not %s; retrying until TapRaise answers: %s", verb, reason
             )
-        except (ActivityError, ApplicationError) as err:
-            # A local activity's final failure arrives as the activity's own ApplicationError.
-            cause = err.cause if isinstance(err, ActivityError) else err
-            if (
-                adopt
-                and isinstance(cause, ApplicationError)
-                and cause.type == errors.CALL_IN_OTHER_FINAL_STATE
-                and cause.details
-            ):
-                raise _OtherFinalState(CallStatus(str(cause.details[0]))) from err
-            reason = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
-            kind = cause.type if isinstance(cause, ApplicationError) else None
-            self._fail(f"could not {verb} the call: {reason}", kind)
+            self._log("outage", f"could not {verb}: {reason}")
+        self._outage = f"could not {verb}: {reason} (retrying)"
+        self._queue_waiting()
+        if self._history_outgrown():
+            raise _Outgrown()
+        self._publish()
+        await workflow.sleep(wait, summary="TapRaise outage: next try")
 
     def _fail(self, failure: str, kind: str | None) -> NoReturn:
         """End in phase `failed`, visible in the UI, with an error that says what went wrong."""
@@ -507,25 +657,34 @@ class CallWorkflow:
     # ── messages ─────────────────────────────────────────────────────────────────────────────
 
     def _refusal(self, kind: str, msg: Any) -> str | None:
-        """Why a message cannot be accepted now, or None. Never changes state."""
+        """Why a message cannot be accepted now, or None. Never changes state.
+
+        Everything TapRaise is known to refuse is refused here, before anything is sent: a time
+        in the future or before the call was requested, a result code the policy does not list,
+        an attempt beyond the maximum. What TapRaise still refuses later refuses that message
+        only (see `_attempt_refused`, `_finish_in_tapraise`).
+        """
         if self._phase.is_final:
             return f"call is already {self._phase.value}"
         if self._closing is not None:
             return f"call is already being {self._closing}"
         now = workflow.now()
         if isinstance(msg, AttemptSignal):
-            if msg.attempt_at is not None:
-                if msg.attempt_at > now + _CLOCK_TOLERANCE:
-                    return "attemptAt is in the future"
-                if msg.attempt_at < self._requested_at:
-                    return "attemptAt is before the call was requested"
+            problem = self._time_problem("attemptAt", msg.attempt_at, now)
+            if problem:
+                return problem
             pending = sum(1 for a in self._inbox if a.kind == ATTEMPT)
             if self._policy and len(self._progress.attempts) + pending >= self._policy.max_attempts:
                 return f"the maximum of {self._policy.max_attempts} attempts is reached"
         elif isinstance(msg, CompleteSignal):
-            done_at = msg.result.completed_at
-            if done_at is not None and done_at > now + _CLOCK_TOLERANCE:
-                return "result.completedAt is in the future"
+            problem = self._time_problem("result.completedAt", msg.result.completed_at, now)
+            if problem:
+                return problem
+            codes = self._policy.result_codes if self._policy else None
+            if codes is not None and msg.result.result_code not in codes:
+                return (
+                    f"result.resultCode {msg.result.result_code!r} is not one of {', '.join(codes)}"
+                )
         elif isinstance(msg, RescheduleSignal) and self._policy is not None:
             try:
                 schedule.validate_callback(
@@ -534,8 +693,18 @@ class CallWorkflow:
             except ValueError as exc:
                 return f"callback refused: {exc}"
         elif isinstance(msg, CancelSignal):
-            if msg.cancelled_at is not None and msg.cancelled_at > now + _CLOCK_TOLERANCE:
-                return "cancelledAt is in the future"
+            return self._time_problem("cancelledAt", msg.cancelled_at, now)
+        return None
+
+    def _time_problem(self, field: str, at: datetime | None, now: datetime) -> str | None:
+        """A reported time TapRaise would refuse (a missing one is now, when it is received)."""
+        if at is not None and at > now + _CLOCK_TOLERANCE:
+            return f"{field} is in the future"
+        if _ms(at or now) < self._requested_at:
+            return (
+                f"{field} is before the call was requested "
+                f"({self._requested_at.isoformat().replace('+00:00', 'Z')})"
+            )
         return None
 
     def _accept(self, kind: str, msg: Any) -> Action | None:
@@ -547,6 +716,8 @@ class CallWorkflow:
         if kind in (COMPLETE, CANCEL):
             self._closing = "completed" if kind == COMPLETE else "cancelled"
         action = Action(kind=kind, message=msg, received_at=workflow.now())
+        # While TapRaise is down, or the call moves to a new run, nobody waits for it.
+        action.queued = self._draining or self._outage is not None
         self._inbox.append(action)
         return action
 
@@ -559,9 +730,14 @@ class CallWorkflow:
         action = self._accept(kind, msg)
         if action is None:  # the state changed between validator and handler
             raise ApplicationError(self._refusal(kind, msg) or "refused", type=ACTION_REJECTED)
-        await workflow.wait_condition(lambda: action.done)
+        await workflow.wait_condition(lambda: action.done or action.queued)
         if action.refusal is not None:  # e.g. the call expired while this waited its turn
             raise ApplicationError(action.refusal, type=ACTION_REJECTED)
+        if not action.done:
+            return ActionAccepted(
+                phase=self._phase,
+                detail=f"{kind} queued: TapRaise is not answering; it is sent when it does",
+            )
         return ActionAccepted(phase=self._phase, detail=action.detail)
 
     @workflow.signal(name=ATTEMPT)
@@ -696,6 +872,8 @@ class CallWorkflow:
             lines.append(f"Outcome: {self._final_reason}")
         if self._failure:
             lines.append(f"Failure: {self._failure}")
+        if self._outage:
+            lines.append(f"TapRaise: {self._outage}")
         return "  \n".join(lines)
 
     def _snapshot(self) -> CallState:
@@ -723,6 +901,7 @@ class CallWorkflow:
             result=self._result,
             final_reason=self._final_reason,
             failure=self._failure,
+            outage=self._outage,
             events=list(self._events),
         )
 
@@ -730,12 +909,38 @@ class CallWorkflow:
 _UNSET = object()
 
 
-class _OtherFinalState(Exception):
-    """TapRaise holds the call in a different final state than the one asked for."""
+class _Refused(Exception):
+    """TapRaise refused an action for good (the activity's final `ApplicationError`)."""
 
-    def __init__(self, status: CallStatus) -> None:
-        super().__init__(status.value)
-        self.status = status
+    def __init__(self, cause: ApplicationError) -> None:
+        super().__init__(cause.message)
+        self.reason = cause.message
+        self.kind = cause.type
+        self.details = cause.details
+
+
+class _Outgrown(Exception):
+    """The history outgrew its bound while TapRaise was down: continue as new, then retry."""
+
+
+def _cause(err: BaseException) -> BaseException:
+    """The failure inside an activity error (a local activity's may arrive unwrapped)."""
+    if isinstance(err, ActivityError) and err.cause is not None:
+        return err.cause
+    return err
+
+
+def _reason(cause: BaseException) -> str:
+    return (
+        cause.message if isinstance(cause, ApplicationError) else str(cause) or type(cause).__name__
+    )
+
+
+def _start_instant() -> datetime:
+    """When a call started without `requestedAt` was requested: the run's start, a fixed value."""
+    if workflow.patched(_STABLE_REQUESTED_AT):
+        return workflow.info().workflow_start_time
+    return workflow.now()
 
 
 def _describe(exc: ValidationError) -> str:

@@ -29,6 +29,9 @@ class Action:
     done: bool = False
     detail: str = ""
     refusal: str | None = None  # set when it could not be carried out after all
+    # Answered "queued" before it was carried out: TapRaise is down, or the call continues as
+    # new and carries it over. An update waiting for it returns at once.
+    queued: bool = False
 
 
 @dataclass

@@ -18,14 +18,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
 from temporalio.common import SearchAttributeKey
 
 from tapraise.models import CallResult, CallStatus, CallType, ExternalMetadata
-from workflows.policy import AttemptOutcome, CallPolicy, PolicyOverrides
+from workflows.policy import AttemptOutcome, CallPolicy, PolicyOverrides, TimeZoneName
 
 TASK_QUEUE: Final = "tapraise-calls"
 WORKFLOW_TYPE: Final = "CallWorkflow"
@@ -127,13 +126,27 @@ class CallEvent(_Message):
     detail: str = ""
 
 
+class PendingMessage(_Message):
+    """A message accepted but not yet carried out, carried into a continued run."""
+
+    kind: str
+    received_at: datetime
+    message: dict[str, Any]
+
+
 class CallResume(_Message):
-    """What a call carries into a new run when its history outgrew the policy's bound."""
+    """What a call carries into a new run when its history outgrew the policy's bound.
+
+    A call may continue as new before it is created in TapRaise (`created` false: a long
+    TapRaise outage), and with messages it accepted but could not carry out yet (`pending`).
+    """
 
     call_uuid: UUID
     requested_at: datetime
     policy: CallPolicy
     timezone: str
+    created: bool = True
+    pending: list[PendingMessage] = Field(default_factory=list)
     status: CallStatus | None = None
     attempts: list[AttemptRecord] = Field(default_factory=list)
     missed_slots: int = 0
@@ -154,23 +167,10 @@ class CallInput(_Message):
     requested_by_user_uuid: UUID | None = None
     notes: str | None = Field(default=None, max_length=10_000)
     external_metadata: ExternalMetadata | None = None
-    timezone: str | None = None
+    timezone: TimeZoneName | None = None
     policy: PolicyOverrides | None = None
-    # Set only by the workflow itself when it continues as new; never by a caller.
+    # Set only by the workflow itself when it continues as new: a first run refuses it.
     resume: CallResume | None = None
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_timezone(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown IANA time zone {value!r}") from None
-        return value
 
     @model_validator(mode="after")
     def _external_calls_are_verifications(self) -> CallInput:
@@ -213,6 +213,14 @@ class CancelSignal(_Message):
     reason: str | None = Field(default=None, max_length=2_000)
 
 
+MESSAGE_MODELS: Final[dict[str, type[_Message]]] = {
+    ATTEMPT: AttemptSignal,
+    COMPLETE: CompleteSignal,
+    RESCHEDULE: RescheduleSignal,
+    CANCEL: CancelSignal,
+}
+
+
 class ActionAccepted(_Message):
     """What an update returns when the workflow accepted the action."""
 
@@ -243,6 +251,8 @@ class CallState(_Message):
     result: CallResult | None = None
     final_reason: str | None = None
     failure: str | None = None
+    # Set while TapRaise does not answer (or refuses our credentials): what failed, retried.
+    outage: str | None = None
     events: list[CallEvent] = Field(default_factory=list)
 
     @property

@@ -11,6 +11,8 @@ TOML file and the `holidays` package are read lazily, inside the resolution func
 
 from __future__ import annotations
 
+import functools
+import importlib.resources
 import itertools
 import re
 import uuid
@@ -166,17 +168,42 @@ def _sorted_disjoint(windows: list[TimeWindow]) -> list[TimeWindow]:
 DayWindows = Annotated[list[TimeWindow], AfterValidator(_sorted_disjoint)]
 
 
-def _valid_timezone(value: str | None) -> str | None:
+_ZONE_NAME = re.compile(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*")
+
+
+@functools.cache
+def zone(name: str) -> ZoneInfo:
+    """The IANA time zone `name`, read from the pinned `tzdata` package only.
+
+    Never from the host's zone database: every worker (and every replay) must compute the same
+    calling windows, whatever system it runs on. Upgrading `tzdata` is a deliberate release.
+
+    Raises:
+        ZoneInfoNotFoundError: when `tzdata` has no zone of that name.
+    """
+    if not _ZONE_NAME.fullmatch(name):
+        raise ZoneInfoNotFoundError(f"not an IANA time zone name: {name!r}")
+    resource = importlib.resources.files("tzdata.zoneinfo").joinpath(*name.split("/"))
+    try:
+        with resource.open("rb") as data:
+            return ZoneInfo.from_file(data, key=name)
+    except (OSError, ValueError):
+        raise ZoneInfoNotFoundError(f"no time zone {name!r} in tzdata") from None
+
+
+def valid_timezone(value: str | None) -> str | None:
+    """A pydantic validator: `value` names a zone `tzdata` has (None passes)."""
     if value is None:
         return None
     try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+        zone(value)
+    except ZoneInfoNotFoundError:
         raise ValueError(f"unknown IANA time zone {value!r}") from None
     return value
 
 
-TimeZoneName = Annotated[str, AfterValidator(_valid_timezone)]
+TimeZoneName = Annotated[str, AfterValidator(valid_timezone)]
+ResultCode = Annotated[str, Field(min_length=1, max_length=64)]
 
 _OFFICE_HOURS: Final = [TimeWindow(start="09:00", end="21:00")]
 
@@ -213,6 +240,9 @@ class CallPolicy(_Wire):
         default_factory=lambda: [AttemptOutcome.WRONG_NUMBER]
     )
     max_attempts: int = Field(default=5, ge=1)
+    # The result codes TapRaise accepts for this organization (None: any, as TapRaise publishes
+    # no list). A completion with another code is refused before anything is sent.
+    result_codes: list[ResultCode] | None = None
     deadline: PositiveDuration = timedelta(days=7)
     attempt_window: PositiveDuration = timedelta(hours=2)
     missed_slot_delay: Duration = timedelta(hours=1)
@@ -245,7 +275,7 @@ class CallPolicy(_Wire):
         return self
 
 
-_NULLABLE: Final = frozenset({"timezone"})
+_NULLABLE: Final = frozenset({"timezone", "result_codes"})
 
 
 class PolicyOverrides(_Wire):
@@ -262,6 +292,7 @@ class PolicyOverrides(_Wire):
     retry_delays: dict[AttemptOutcome, Duration] | None = None
     final_outcomes: list[AttemptOutcome] | None = None
     max_attempts: int | None = Field(default=None, ge=1)
+    result_codes: list[ResultCode] | None = None
     history_limit: int | None = Field(default=None, ge=20)
     deadline: PositiveDuration | None = None
     attempt_window: PositiveDuration | None = None

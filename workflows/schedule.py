@@ -25,7 +25,7 @@ from enum import StrEnum
 from typing import Final, TypeAlias
 from zoneinfo import ZoneInfo
 
-from workflows.policy import DEFAULT_TIMEZONE, AttemptOutcome, CallPolicy, Weekday
+from workflows.policy import DEFAULT_TIMEZONE, AttemptOutcome, CallPolicy, Weekday, zone
 
 MAX_SEARCH_DAYS: Final = 400
 # A callback asked for "now" reaches the workflow a little later; don't refuse it for that.
@@ -125,7 +125,7 @@ def align_to_window(policy: CallPolicy, tz: str, t: datetime) -> datetime | None
     `None` when no window opens within `MAX_SEARCH_DAYS`.
     """
     t = _utc(t)
-    for start, end in _windows(policy, ZoneInfo(tz), t):
+    for start, end in _windows(policy, zone(tz), t):
         if end > t:
             return max(start, t)
     return None
@@ -145,7 +145,7 @@ def window_end(
     t = _utc(t)
     horizon = _utc(until) if until is not None else t + _MAX_WINDOW_SPAN
     found: datetime | None = None
-    for start, end in _windows(policy, ZoneInfo(tz), t):
+    for start, end in _windows(policy, zone(tz), t):
         if found is None:
             if end > t:
                 found = end
@@ -267,7 +267,7 @@ def validate_callback(
 
 def to_local(t: datetime, tz: str) -> datetime:
     """`t` in the donor's local time."""
-    return _utc(t).astimezone(ZoneInfo(tz))
+    return _utc(t).astimezone(zone(tz))
 
 
 def format_local(t: datetime, tz: str) -> str:

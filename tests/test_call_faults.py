@@ -1,0 +1,321 @@
+"""The call workflow where TapRaise refuses, fails or is slow: a call is never stranded as `failed`
+while TapRaise keeps it requested, and nothing is recorded twice.
+
+Real worker, real activities, the sandbox on loopback; the virtual clock moves only when a test
+says so. Every assertion holds whatever the instant the call starts at: a call may start inside or
+outside a calling window (`LIVE` waits for either phase).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+
+from tapraise import CallResult, CallType, CreateCallRequest, TapRaiseClient
+from tapraise.sandbox.seed import DEMO_PERSON_UUIDS
+from tests.sandbox_fixture import SandboxServer
+from tests.temporal_fixture import CallWorker, record_history
+from tests.test_call_workflow import wait_for
+from tests.test_reliability import _ready as ready
+from tests.test_reliability import _worker_process as worker_process
+from tests.test_reliability import worker_env
+from workflows import retries
+from workflows.call import CallWorkflow
+from workflows.messages import (
+    ACTION_REJECTED,
+    TASK_QUEUE,
+    AttemptSignal,
+    CallInput,
+    CallPhase,
+    CallState,
+    CancelSignal,
+    CompleteSignal,
+    workflow_id_for,
+)
+from workflows.policy import AttemptOutcome
+
+pytestmark = pytest.mark.timeout(120)
+
+PERSON = uuid.UUID(DEMO_PERSON_UUIDS[0])
+LIVE = (CallPhase.SCHEDULED, CallPhase.DUE)
+
+
+def ms(t: datetime) -> datetime:
+    return t.replace(microsecond=t.microsecond // 1000 * 1000)
+
+
+async def rejection(handle: WorkflowHandle[Any, Any], update: Any, message: Any) -> str:
+    """The reason an update was refused with (fails the test when it was accepted)."""
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update(update, message)
+    cause = refused.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == ACTION_REJECTED
+    return cause.message
+
+
+async def started(worker: CallWorker, **fields: Any) -> tuple[WorkflowHandle[Any, Any], CallState]:
+    fields.setdefault("person_uuid", PERSON)
+    fields.setdefault("type", "verification")
+    handle = await worker.start(**fields)
+    return handle, await wait_for(worker, handle, *LIVE)
+
+
+# --- later actions TapRaise would refuse are refused before anything is sent ----------------------
+
+
+@pytest.mark.parametrize("kind", ["complete", "cancel"])
+async def test_a_final_action_dated_before_the_request_is_refused_and_the_call_lives_on(
+    call_worker: CallWorker, lenient_sandbox: SandboxServer, kind: str
+) -> None:
+    handle, state = await started(call_worker, requested_at=datetime.now(UTC))
+    before = state.requested_at - timedelta(hours=1)
+    if kind == "complete":
+        update: Any = CallWorkflow.complete_update
+        message: Any = CompleteSignal(
+            result=CallResult(result_code="confirmed", completed_at=before)
+        )
+        signal: Any = CallWorkflow.complete_signal
+    else:
+        update, message = CallWorkflow.cancel_update, CancelSignal(cancelled_at=before)
+        signal = CallWorkflow.cancel_signal
+    assert "before the call was requested" in await rejection(handle, update, message)
+    await handle.signal(signal, message)  # a signal is logged and ignored
+    state = await wait_for(call_worker, handle, *LIVE)
+    assert [e.kind for e in state.events].count("ignored") == 1
+    assert lenient_sandbox.effects(str(state.call_uuid))[kind] == 0
+    # The call lives on: a well-dated action closes it.
+    await handle.execute_update(update, message.model_copy(update=_dated_now(message)))
+    final: CallState = await handle.result()
+    assert final.phase == (CallPhase.COMPLETED if kind == "complete" else CallPhase.CANCELLED)
+
+
+def _dated_now(message: Any) -> dict[str, Any]:
+    if isinstance(message, CompleteSignal):
+        return {"result": message.result.model_copy(update={"completed_at": None})}
+    return {"cancelled_at": None}
+
+
+async def test_a_result_code_the_policy_does_not_list_is_refused_before_sending(
+    call_worker: CallWorker, lenient_sandbox: SandboxServer
+) -> None:
+    handle, state = await started(call_worker, policy={"resultCodes": ["confirmed", "declined"]})
+    reason = await rejection(
+        handle,
+        CallWorkflow.complete_update,
+        CompleteSignal(result=CallResult(result_code="maybe")),
+    )
+    assert "'maybe' is not one of confirmed, declined" in reason
+    assert lenient_sandbox.effects(str(state.call_uuid))["complete"] == 0
+    await handle.execute_update(
+        CallWorkflow.complete_update, CompleteSignal(result=CallResult(result_code="declined"))
+    )
+    assert (await handle.result()).phase == CallPhase.COMPLETED
+
+
+# --- what TapRaise still refuses refuses that message only ----------------------------------------
+
+
+@pytest.fixture
+def confirmed_only(lenient_sandbox: SandboxServer) -> Iterator[SandboxServer]:
+    """TapRaise configured to accept the result code `confirmed` only."""
+    lenient_sandbox.set_settings(resultCodes=["confirmed"])
+    try:
+        yield lenient_sandbox
+    finally:
+        lenient_sandbox.set_settings(resultCodes=None)
+
+
+async def test_a_completion_tapraise_refuses_is_refused_and_the_call_lives_on(
+    call_worker: CallWorker, confirmed_only: SandboxServer
+) -> None:
+    handle, state = await started(call_worker)
+    reason = await rejection(
+        handle,
+        CallWorkflow.complete_update,
+        CompleteSignal(result=CallResult(result_code="declined")),
+    )
+    assert reason.startswith("TapRaise refused to complete the call:")
+    after = await wait_for(call_worker, handle, *LIVE)
+    assert after.status is not None and after.status.value == "requested"
+    # Refused once for good: not retried, and the call can still be completed.
+    assert confirmed_only.effects(str(state.call_uuid))["complete"] == 0
+    await handle.execute_update(
+        CallWorkflow.complete_update, CompleteSignal(result=CallResult(result_code="confirmed"))
+    )
+    final: CallState = await handle.result()
+    assert final.phase == CallPhase.COMPLETED and final.failure is None
+    await record_history(handle, "refused_completion")
+
+
+async def test_tapraise_maximum_below_the_policy_expires_the_call_at_tapraise_count(
+    call_worker: CallWorker, lenient_sandbox: SandboxServer
+) -> None:
+    # The demo organization allows 5 attempts in TapRaise; this policy believes 7.
+    start = datetime.now(UTC) - timedelta(hours=2)
+    handle, state = await started(call_worker, requested_at=start, policy={"maxAttempts": 7})
+    for minute in range(5):
+        report = AttemptSignal(
+            outcome=AttemptOutcome.BUSY, attempt_at=start + timedelta(minutes=10 + minute)
+        )
+        await handle.execute_update(CallWorkflow.attempt_update, report)
+    sixth = AttemptSignal(outcome=AttemptOutcome.BUSY, attempt_at=start + timedelta(minutes=30))
+    reason = await rejection(handle, CallWorkflow.attempt_update, sixth)
+    assert reason.startswith("TapRaise refused the attempt:")
+    final: CallState = await handle.result()
+    assert final.phase == CallPhase.EXPIRED and final.failure is None
+    assert len(final.attempts) == 5 and final.max_attempts == 5
+    stored = lenient_sandbox.stored_call(str(state.call_uuid))
+    assert stored is not None and stored["status"] == "expired" and stored["attemptsCount"] == 5
+    await record_history(handle, "tapraise_maximum")
+
+
+# --- requestedAt: fixed once, and a 409 is adopted wherever the call was requested --------------
+
+
+async def test_a_start_without_requested_at_takes_the_run_start_time(
+    call_worker: CallWorker, lenient_sandbox: SandboxServer
+) -> None:
+    _, state = await started(call_worker)
+    created = next(e for e in state.events if e.kind == "created")
+    assert state.requested_at == ms(state.requested_at)
+    assert created.at - timedelta(minutes=1) < state.requested_at <= created.at
+    stored = lenient_sandbox.stored_call(str(state.call_uuid))
+    assert stored is not None
+    assert datetime.fromisoformat(stored["requestedAt"]) == state.requested_at
+
+
+async def test_a_call_started_again_days_later_without_requested_at_adopts_it(
+    call_worker: CallWorker, tapraise_client: TapRaiseClient, lenient_sandbox: SandboxServer
+) -> None:
+    call_uuid = uuid.uuid4()
+    days_ago = ms(datetime.now(UTC) - timedelta(days=3))
+    await tapraise_client.create_call(
+        CreateCallRequest(
+            uuid=call_uuid, requested_at=days_ago, person_uuid=PERSON, type="verification"
+        )
+    )
+    _, state = await started(call_worker, uuid=call_uuid)  # a bare trigger, days later
+    assert state.failure is None
+    assert "adopted" in [e.kind for e in state.events]
+    assert lenient_sandbox.effects(str(call_uuid))["create"] == 1
+
+
+async def test_a_first_task_retried_after_the_create_adopts_the_call_it_created(
+    temporal_env: WorkflowEnvironment,
+    lenient_sandbox: SandboxServer,
+    clean_faults: None,
+    tmp_path: Path,
+) -> None:
+    """The worker dies after TapRaise applied the create; the next one retries the first task.
+
+    Its clock reads later than the first try's. A `requestedAt` taken from that clock would not
+    find the call its first try created, and the call would fail while TapRaise holds it.
+    """
+    env = worker_env(temporal_env, lenient_sandbox, tmp_path)
+    log = tmp_path / "worker.log"
+    call = CallInput(uuid=uuid.uuid4(), person_uuid=PERSON, type=CallType.VERIFICATION)
+    call_uuid = str(call.uuid)
+    with worker_process(env, log) as first:
+        await ready(first, log, 1)
+        # TapRaise applies the create at once but holds its answer back.
+        lenient_sandbox.set_faults(
+            [{"endpoint": "create", "next": ["late"], "lateDelaySeconds": 20}]
+        )
+        handle = await temporal_env.client.start_workflow(
+            CallWorkflow.run,
+            call,
+            id=workflow_id_for(call_uuid),
+            task_queue=TASK_QUEUE,
+            task_timeout=timedelta(seconds=2),
+        )
+        deadline = time.monotonic() + 20
+        while lenient_sandbox.effects(call_uuid)["create"] == 0:
+            assert time.monotonic() < deadline, "the create never reached TapRaise"
+            await asyncio.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    lenient_sandbox.clear_faults()
+    await asyncio.sleep(3)  # the first task times out; the next try reads a later clock
+    try:
+        with worker_process(env, log) as second:
+            await ready(second, log, 2)
+            for _ in range(300):
+                state: CallState = await handle.query(CallWorkflow.state)
+                if state.phase != CallPhase.CREATING:
+                    break
+                await asyncio.sleep(0.1)
+            assert state.phase in LIVE, state.failure
+            assert lenient_sandbox.effects(call_uuid)["create"] == 1
+            stored = lenient_sandbox.stored_call(call_uuid)
+            assert stored is not None
+            assert datetime.fromisoformat(stored["requestedAt"]) == state.requested_at
+            await record_history(handle, "retried_first_task")
+    finally:
+        with contextlib.suppress(Exception):
+            await handle.terminate("test done")
+
+
+# --- outages: retried for as long as it takes, visible, and the history stays bounded ------------
+
+
+@pytest.fixture
+def short_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rounds of two quick tries, so that a test sees many rounds in a few seconds."""
+    quick = dataclasses.replace(
+        retries.TAPRAISE_RETRY, initial_interval=timedelta(milliseconds=100), maximum_attempts=2
+    )
+    monkeypatch.setattr(retries, "TAPRAISE_RETRY", quick)
+
+
+async def test_a_long_tapraise_outage_is_sat_out_across_runs_and_records_the_attempt_once(
+    call_worker: CallWorker, lenient_sandbox: SandboxServer, short_rounds: None
+) -> None:
+    # A tiny history bound: the first round of failed tries outgrows it, and the call continues
+    # as new in the middle of the outage, carrying the attempt it could not record yet.
+    handle, state = await started(
+        call_worker, requested_at=datetime.now(UTC), policy={"historyLimit": 20}
+    )
+    call_uuid = str(state.call_uuid)
+    first_run = (await handle.describe()).run_id
+    lenient_sandbox.set_faults([{"endpoint": "add-attempt", "error500": 1.0}])
+    try:
+        answer = await handle.execute_update(
+            CallWorkflow.attempt_update, AttemptSignal(outcome=AttemptOutcome.NO_ANSWER)
+        )
+        assert "queued" in answer.detail
+        latest = call_worker.client.get_workflow_handle(handle.id)
+        for _ in range(60):  # rounds of tries, a durable wait between them
+            if (await latest.describe()).run_id != first_run:
+                break
+            if (await call_worker.state(latest)).outage is not None:
+                await call_worker.advance(latest, timedelta(minutes=2))
+            await asyncio.sleep(0.2)
+        assert (await latest.describe()).run_id != first_run, "never continued as new"
+        failed = lenient_sandbox.effects(call_uuid)["add-attempt"]
+    finally:
+        lenient_sandbox.clear_faults()
+    assert failed == 0
+    for _ in range(200):
+        state = await call_worker.state(latest)
+        if state.attempts:
+            break
+        await asyncio.sleep(0.2)
+    assert len(state.attempts) == 1 and state.outage is None and state.failure is None
+    assert "outage" in [e.kind for e in state.events]
+    assert lenient_sandbox.effects(call_uuid)["add-attempt"] == 1
+    first = call_worker.client.get_workflow_handle(handle.id, run_id=first_run)
+    await record_history(first, "outage_continued_as_new")
+    await latest.terminate("test over")
