@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test lint demo run bench chaos clean
+.PHONY: setup test test-instants lint demo run bench chaos clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed (found " + sys.version.split()[0] + "); set PYTHON=python3.11"'
@@ -17,6 +17,17 @@ setup: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The call workflow tests once per kind of instant a call can start at (`make test` runs them at
+# the default kind, 03:00 on a working day); see tests/temporal_fixture.py for the kinds.
+START_KINDS := weekday-morning weekday-2059 saturday-afternoon sunday holiday dst-night
+
+test-instants: $(STAMP)
+	@failed=""; for kind in $(START_KINDS); do \
+	  echo "calls starting at: $$kind"; \
+	  CALL_TESTS_START=$$kind $(PY) -m pytest -q tests/test_call_workflow.py tests/test_call_faults.py || failed="$$failed $$kind"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "failed for:$$failed"; exit 1; fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -3,17 +3,21 @@
 Each test runs one call on the dev server with its own virtual clock; `advance` lets days pass in
 a second. Assertions look at the workflow's `state`, its history, and the sandbox's record of
 what TapRaise received.
+
+Calls start at a pinned instant (see `tests.temporal_fixture`): by default 03:00 on a working day,
+or the kind `CALL_TESTS_START` names. Every test passes for every kind: what depends on the start
+instant (a call is `due` at once when it starts inside a calling window) is derived from it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import holidays
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
@@ -30,7 +34,13 @@ from tapraise import (
 )
 from tapraise.sandbox.seed import DEMO_PERSON_UUIDS, FOREIGN_PERSON_UUID
 from tests.sandbox_fixture import SandboxServer
-from tests.temporal_fixture import CallWorker, record_history, temporal_cli
+from tests.temporal_fixture import (
+    DEFAULT_START,
+    CallWorker,
+    record_history,
+    start_instant,
+    temporal_cli,
+)
 from workflows.call import CallWorkflow
 from workflows.messages import (
     AttemptSignal,
@@ -46,6 +56,7 @@ pytestmark = pytest.mark.timeout(90)
 
 PERSON = uuid.UUID(DEMO_PERSON_UUIDS[0])
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
+DUTCH_HOLIDAYS = holidays.country_holidays("NL")
 
 
 async def wait_for(
@@ -78,6 +89,37 @@ def in_weekday_window(t: datetime) -> bool:
     return False
 
 
+def callable_at(t: datetime) -> bool:
+    """Inside a window of the shipped default policy: a weekday window, not a Dutch holiday."""
+    return in_weekday_window(t) and t.astimezone(AMSTERDAM).date() not in DUTCH_HOLIDAYS
+
+
+def first_phase(start: datetime) -> CallPhase:
+    """Where a call on the default windows settles once created, started at `start`.
+
+    With no first-attempt delay its first slot is its start when a window is open then (`due` at
+    once), else the next window's opening (`scheduled`).
+    """
+    return CallPhase.DUE if callable_at(start) else CallPhase.SCHEDULED
+
+
+def next_opening(t: datetime) -> datetime:
+    """The next opening of a default calling window at or after `t` (UTC)."""
+    day = t.astimezone(AMSTERDAM).date()
+    for _ in range(30):
+        if day.weekday() < 6 and day not in DUTCH_HOLIDAYS:
+            opens = datetime.combine(day, time(9 if day.weekday() < 5 else 10), tzinfo=AMSTERDAM)
+            if opens >= t:
+                return opens.astimezone(UTC)
+        day += timedelta(days=1)
+    raise AssertionError(f"no calling window within 30 days after {t}")
+
+
+async def settled(worker: CallWorker, handle: WorkflowHandle[Any, Any]) -> CallState:
+    """The call once it has its first slot, in the phase its start instant calls for."""
+    return await wait_for(worker, handle, first_phase(worker.start_at))
+
+
 # Events the test server adds when a test moves a workflow's virtual clock; never in production.
 _CLOCK_EVENTS = {
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_OPTIONS_UPDATED,
@@ -88,14 +130,18 @@ _CLOCK_EVENTS = {
 async def history_length(handle: WorkflowHandle[Any, Any]) -> int:
     """History events as production would record them.
 
-    Left out: the virtual clock's own events, and the empty workflow task each of them wakes.
+    Left out: the virtual clock's own events, and the empty workflow task each of them wakes
+    (the first workflow task, after the clock skipped the start delay, is the call's own).
     """
     count, skip = 0, 0
     previous = None
+    first_task = True
     for event in (await handle.fetch_history()).events:
         kind = event.event_type
-        if kind == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED and previous in _CLOCK_EVENTS:
-            skip = 3  # scheduled, started, completed
+        if kind == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED:
+            if previous in _CLOCK_EVENTS and not first_task:
+                skip = 3  # scheduled, started, completed
+            first_task = False
         previous = kind
         if kind in _CLOCK_EVENTS:
             continue
@@ -107,7 +153,11 @@ async def history_length(handle: WorkflowHandle[Any, Any]) -> int:
 
 
 async def created_in_tapraise(client: TapRaiseClient) -> tuple[uuid.UUID, datetime]:
-    """A verification call created straight in TapRaise, as another tool would: uuid, time."""
+    """A verification call created straight in TapRaise, as another tool would: uuid, time.
+
+    Requested at the real now: the sandbox dates the actions a test takes on it directly (as
+    cancelling the call) by its own clock, and refuses one dated before the request.
+    """
     call_uuid = uuid.uuid4()
     requested_at = datetime.now(UTC).replace(microsecond=0)
     await client.create_call(
@@ -118,13 +168,31 @@ async def created_in_tapraise(client: TapRaiseClient) -> tuple[uuid.UUID, dateti
     return call_uuid, requested_at
 
 
+async def test_a_call_starts_at_the_instant_its_test_pins(call_worker: CallWorker) -> None:
+    handle = await call_worker.start(person_uuid=PERSON, type="verification")
+    state = await settled(call_worker, handle)
+    events = (await handle.fetch_history()).events
+    first_task = next(
+        e for e in events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED
+    )
+    began = first_task.event_time.ToDatetime().replace(tzinfo=UTC)  # the first `workflow.now()`
+    assert call_worker.start_at <= began < call_worker.start_at + timedelta(seconds=1)
+    assert state.requested_at == call_worker.start_at
+    assert state.next_slot_at is not None
+    if state.phase == CallPhase.DUE:  # inside a window: the first slot is the moment it is made
+        assert began <= state.next_slot_at < began + timedelta(seconds=1)
+    else:
+        assert state.next_slot_at == next_opening(call_worker.start_at)
+    await handle.terminate("test done")
+
+
 async def test_typical_call_attempted_on_two_days_then_completed_on_day_three(
     call_worker: CallWorker, lenient_sandbox: SandboxServer
 ) -> None:
     handle = await call_worker.start(person_uuid=PERSON, type="verification")
     call_uuid = str((await call_worker.state(handle)).call_uuid)
 
-    first = await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    first = await settled(call_worker, handle)
     assert first.status == CallStatus.REQUESTED
     assert first.next_slot_at is not None and in_weekday_window(first.next_slot_at)
 
@@ -176,7 +244,7 @@ async def test_cancel_while_waiting_cancels_in_tapraise(
     call_worker: CallWorker, lenient_sandbox: SandboxServer
 ) -> None:
     handle = await call_worker.start(person_uuid=PERSON, type="happy_call")
-    await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    await settled(call_worker, handle)
     accepted = await handle.execute_update(
         CallWorkflow.cancel_update, CancelSignal(reason="donor asked not to be called")
     )
@@ -191,8 +259,10 @@ async def test_call_expires_when_attempts_run_out(
     call_worker: CallWorker, lenient_sandbox: SandboxServer
 ) -> None:
     handle = await call_worker.start(person_uuid=PERSON, type="winback", policy={"maxAttempts": 2})
-    for _ in range(2):
-        state = await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    state = await settled(call_worker, handle)
+    for attempt in range(2):
+        if attempt:  # a busy line is tried again half an hour later: never at once
+            state = await wait_for(call_worker, handle, CallPhase.SCHEDULED)
         assert state.next_slot_at is not None
         await call_worker.advance_to(handle, state.next_slot_at)
         await wait_for(call_worker, handle, CallPhase.DUE)
@@ -214,7 +284,7 @@ async def test_call_expires_at_its_deadline_after_missed_slots(
     handle = await call_worker.start(
         person_uuid=PERSON, type="verification", policy={"attemptWindow": "PT12H"}
     )
-    await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    await settled(call_worker, handle)
     await call_worker.advance(handle, timedelta(days=8))
     final = await handle.result()
     assert final.phase == CallPhase.EXPIRED and final.final_reason == "expired: deadline"
@@ -229,10 +299,10 @@ async def test_reschedule_moves_the_next_slot_to_the_donors_requested_time(
     call_worker: CallWorker,
 ) -> None:
     handle = await call_worker.start(person_uuid=PERSON, type="verification")
-    state = await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    state = await settled(call_worker, handle)
     now = await call_worker.now(handle)
     local = (now + timedelta(days=3)).astimezone(AMSTERDAM)
-    while local.weekday() >= 5:  # a weekday, so 19:30 is inside a window
+    while not callable_at(local.replace(hour=19, minute=30)):  # a working day's 19:30
         local += timedelta(days=1)
     wanted = local.replace(hour=19, minute=30, second=0, microsecond=0)
     accepted = await handle.execute_update(
@@ -297,7 +367,7 @@ async def test_duplicate_late_and_malformed_messages_change_nothing(
     call_worker: CallWorker, lenient_sandbox: SandboxServer
 ) -> None:
     handle = await call_worker.start(person_uuid=PERSON, type="verification")
-    state = await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    state = await settled(call_worker, handle)
     call_uuid = str(state.call_uuid)
     at = await call_worker.now(handle)
     attempt = AttemptSignal(outcome=AttemptOutcome.NO_ANSWER, attempt_at=at)
@@ -338,13 +408,17 @@ async def test_bare_start_with_camel_case_json_runs_with_the_default_policy(
     call_worker: CallWorker,
 ) -> None:
     call_uuid = uuid.uuid4()
-    handle = await call_worker.client.start_workflow(
+    # Without requestedAt the call counts its deadline from the start request, which a delayed
+    # start leaves at the real now: so this start is at the default kind of instant, days ahead at
+    # most, whatever the run's kind (an instant months ahead would be past the deadline).
+    at = start_instant(DEFAULT_START)
+    handle = await call_worker.start_workflow(
         "CallWorkflow",
         {"uuid": str(call_uuid), "personUuid": str(PERSON), "type": "verification"},
         id=f"call-{call_uuid}",
-        task_queue=call_worker.task_queue,
+        start_at=at,
     )
-    state = await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    state = await wait_for(call_worker, handle, first_phase(at))
     assert state.max_attempts == 5 and state.timezone == "Europe/Amsterdam"
     await handle.signal("complete", {"result": {"resultCode": "confirmed"}})
     result = await handle.result()
@@ -371,7 +445,7 @@ async def test_completion_racing_a_cancellation_records_exactly_one_final_action
     call_worker: CallWorker, lenient_sandbox: SandboxServer
 ) -> None:
     handle = await call_worker.start(person_uuid=PERSON, type="verification")
-    state = await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    state = await settled(call_worker, handle)
     results = await asyncio.gather(
         handle.execute_update(
             CallWorkflow.complete_update,
@@ -422,7 +496,7 @@ async def test_late_answer_to_an_attempt_never_records_it_twice(
     call_worker: CallWorker, lenient_sandbox: SandboxServer, clean_faults: None
 ) -> None:
     handle = await call_worker.start(person_uuid=PERSON, type="verification")
-    state = await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    state = await settled(call_worker, handle)
     # The change is applied, but the answer comes after the client gave up (read timeout 2 s).
     lenient_sandbox.set_faults(
         [{"endpoint": "add-attempt", "next": ["late"], "lateDelaySeconds": 3}]
@@ -444,7 +518,7 @@ async def test_attempt_beyond_the_maximum_is_refused_before_reaching_tapraise(
     handle = await call_worker.start(
         person_uuid=PERSON, type="verification", policy={"maxAttempts": 1}
     )
-    state = await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    state = await settled(call_worker, handle)
     first = handle.execute_update(
         CallWorkflow.attempt_update, AttemptSignal(outcome=AttemptOutcome.NO_ANSWER)
     )
@@ -469,11 +543,12 @@ def _next_dst_change(after: datetime) -> datetime:
 async def test_slots_stay_inside_local_windows_across_a_dst_change(
     call_worker: CallWorker,
 ) -> None:
-    now = datetime.now(UTC)
-    change = _next_dst_change(now)
+    start = call_worker.start_at  # the call's requestedAt: its delays count from here
+    # A day ahead at least, so that the evening before the change is still to come.
+    change = _next_dst_change(start + timedelta(days=1))
     # First slot: the evening before the change, 20:30 local; the retry lands after it.
     evening = (change - timedelta(days=1)).replace(hour=20, minute=30).astimezone(UTC)
-    delay = math.ceil((evening - now).total_seconds())
+    delay = int((evening - start).total_seconds())
     handle = await call_worker.start(
         person_uuid=PERSON,
         type="verification",
@@ -528,8 +603,13 @@ async def test_a_history_past_its_bound_continues_as_new_without_losing_or_repea
     await handle.execute_update(
         CallWorkflow.attempt_update, AttemptSignal(outcome=AttemptOutcome.BUSY)
     )
-    await call_worker.advance(handle, timedelta(minutes=8))  # slot after slot lapses unreported
-    state = await wait_for(call_worker, handle, CallPhase.SCHEDULED, CallPhase.DUE)
+    # Slot after slot lapses unreported, run after run. A minute at a time: the dev server may
+    # skip a new run's first moment (a one-second backoff) to the end of the fast-forward.
+    for _ in range(10):
+        await call_worker.advance(handle, timedelta(minutes=2))
+        state = await wait_for(call_worker, handle, CallPhase.SCHEDULED, CallPhase.DUE)
+        if state.missed_slots >= 5:
+            break
     assert state.missed_slots >= 5 and len(state.attempts) == 1
     assert any(e.kind == "continued" for e in state.events)
     await handle.execute_update(
@@ -567,14 +647,19 @@ async def test_the_plain_temporal_cli_drives_a_call_end_to_end(
 ) -> None:
     call_uuid = uuid.uuid4()
     address = call_worker.client.service_client.config.target_host
+    # Started without requestedAt, as the bare start above: at the default kind of instant.
+    at = start_instant(DEFAULT_START)
+    delay = (at - datetime.now(UTC)).total_seconds()
     await _temporal(
         "workflow", "start", "--address", address,
         "--type", "CallWorkflow", "--task-queue", call_worker.task_queue,
         "--workflow-id", f"call-{call_uuid}",
         "--input", f'{{"uuid": "{call_uuid}", "personUuid": "{PERSON}", "type": "verification"}}',
+        "--start-delay", f"{delay:.3f}s",
     )  # fmt: skip
     handle = call_worker.client.get_workflow_handle(f"call-{call_uuid}")
-    await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    await call_worker.skip_start_delay(handle, at)
+    await wait_for(call_worker, handle, first_phase(at))
     await _temporal(
         "workflow", "signal", "--address", address, "--workflow-id", f"call-{call_uuid}",
         "--name", "complete", "--input", '{"result": {"resultCode": "confirmed"}}',
@@ -663,7 +748,7 @@ async def test_an_attempt_tapraise_holds_but_the_call_missed_is_counted_when_it_
 ) -> None:
     # As when a worker dies after TapRaise applied an attempt whose update was lost with it.
     handle = await call_worker.start(person_uuid=PERSON, type="verification")
-    state = await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    state = await settled(call_worker, handle)
     lost_at = state.requested_at + timedelta(seconds=5)
     await tapraise_client.add_attempt(state.call_uuid, AddAttemptRequest(attempt_at=lost_at))
     await handle.execute_update(
