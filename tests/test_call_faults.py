@@ -80,7 +80,7 @@ async def started(worker: CallWorker, **fields: Any) -> tuple[WorkflowHandle[Any
 async def test_a_final_action_dated_before_the_request_is_refused_and_the_call_lives_on(
     call_worker: CallWorker, lenient_sandbox: SandboxServer, kind: str
 ) -> None:
-    handle, state = await started(call_worker, requested_at=datetime.now(UTC))
+    handle, state = await started(call_worker)
     before = state.requested_at - timedelta(hours=1)
     if kind == "complete":
         update: Any = CallWorkflow.complete_update
@@ -164,7 +164,7 @@ async def test_tapraise_maximum_below_the_policy_expires_the_call_at_tapraise_co
     call_worker: CallWorker, lenient_sandbox: SandboxServer
 ) -> None:
     # The demo organization allows 5 attempts in TapRaise; this policy believes 7.
-    start = datetime.now(UTC) - timedelta(hours=2)
+    start = call_worker.start_at - timedelta(hours=2)
     handle, state = await started(call_worker, requested_at=start, policy={"maxAttempts": 7})
     for minute in range(5):
         report = AttemptSignal(
@@ -188,10 +188,12 @@ async def test_tapraise_maximum_below_the_policy_expires_the_call_at_tapraise_co
 async def test_a_start_without_requested_at_takes_the_run_start_time(
     call_worker: CallWorker, lenient_sandbox: SandboxServer
 ) -> None:
-    _, state = await started(call_worker)
-    created = next(e for e in state.events if e.kind == "created")
-    assert state.requested_at == ms(state.requested_at)
-    assert created.at - timedelta(minutes=1) < state.requested_at <= created.at
+    # A bare start: requested at the real start, so a call pinned far ahead may expire at once.
+    handle = await call_worker.start(person_uuid=PERSON, type="verification", requested_at=None)
+    state = await wait_for(call_worker, handle, *LIVE, CallPhase.EXPIRED)
+    history = await handle.fetch_history()
+    started_at = history.events[0].event_time.ToDatetime().replace(tzinfo=UTC)
+    assert state.requested_at == ms(started_at)
     stored = lenient_sandbox.stored_call(str(state.call_uuid))
     assert stored is not None
     assert datetime.fromisoformat(stored["requestedAt"]) == state.requested_at
@@ -285,9 +287,7 @@ async def test_a_long_tapraise_outage_is_sat_out_across_runs_and_records_the_att
 ) -> None:
     # A tiny history bound: the first round of failed tries outgrows it, and the call continues
     # as new in the middle of the outage, carrying the attempt it could not record yet.
-    handle, state = await started(
-        call_worker, requested_at=datetime.now(UTC), policy={"historyLimit": 20}
-    )
+    handle, state = await started(call_worker, policy={"historyLimit": 20})
     call_uuid = str(state.call_uuid)
     first_run = (await handle.describe()).run_id
     lenient_sandbox.set_faults([{"endpoint": "add-attempt", "error500": 1.0}])
