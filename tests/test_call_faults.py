@@ -319,3 +319,34 @@ async def test_a_long_tapraise_outage_is_sat_out_across_runs_and_records_the_att
     first = call_worker.client.get_workflow_handle(handle.id, run_id=first_run)
     await record_history(first, "outage_continued_as_new")
     await latest.terminate("test over")
+
+
+async def test_a_duplicate_delivery_waiting_in_an_outage_does_not_count_against_the_maximum(
+    call_worker: CallWorker, lenient_sandbox: SandboxServer, short_rounds: None
+) -> None:
+    handle, state = await started(call_worker, policy={"maxAttempts": 2})
+    call_uuid = str(state.call_uuid)
+    first = AttemptSignal(
+        outcome=AttemptOutcome.BUSY, attempt_at=state.requested_at + timedelta(minutes=1)
+    )
+    lenient_sandbox.set_faults([{"endpoint": "add-attempt", "error500": 1.0}])
+    try:
+        await handle.signal(CallWorkflow.attempt_signal, first)
+        await handle.signal(CallWorkflow.attempt_signal, first)  # the dialer delivered it twice
+        second = AttemptSignal(
+            outcome=AttemptOutcome.NO_ANSWER, attempt_at=state.requested_at + timedelta(minutes=2)
+        )
+        answer = await handle.execute_update(CallWorkflow.attempt_update, second)
+        assert "queued" in answer.detail
+    finally:
+        lenient_sandbox.clear_faults()
+    for _ in range(100):
+        state = await call_worker.state(handle)
+        if len(state.attempts) == 2 or state.phase.is_final:
+            break
+        if state.outage is not None:
+            await call_worker.advance(handle, timedelta(minutes=2))
+        await asyncio.sleep(0.2)
+    assert len(state.attempts) == 2
+    assert lenient_sandbox.effects(call_uuid)["add-attempt"] == 2
+    assert (await handle.result()).phase == CallPhase.EXPIRED  # two of two: the call is done

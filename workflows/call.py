@@ -19,7 +19,7 @@ from uuid import UUID
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeUpdate
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
@@ -225,7 +225,7 @@ class CallWorkflow:
                 start_to_close_timeout=timedelta(seconds=10),
                 retry_policy=retries.POLICY_RETRY,
             )
-        except (ActivityError, ApplicationError) as err:
+        except FailureError as err:
             cause = _cause(err)
             kind = cause.type if isinstance(cause, ApplicationError) else INVALID_POLICY
             self._fail(f"could not resolve the call's policy: {_reason(cause)}", kind)
@@ -616,7 +616,7 @@ class CallWorkflow:
                     start_to_close_timeout=retries.TAPRAISE_TRY,
                     retry_policy=retries.TAPRAISE_RETRY,
                 )
-            except (ActivityError, ApplicationError) as err:
+            except FailureError as err:
                 # A local activity's final failure arrives as the activity's own ApplicationError.
                 cause = _cause(err)
                 if isinstance(cause, ApplicationError) and (
@@ -673,8 +673,10 @@ class CallWorkflow:
             problem = self._time_problem("attemptAt", msg.attempt_at, now)
             if problem:
                 return problem
-            pending = sum(1 for a in self._inbox if a.kind == ATTEMPT)
-            if self._policy and len(self._progress.attempts) + pending >= self._policy.max_attempts:
+            counted = self._attempts_counted()
+            mine = (_ms(msg.attempt_at or now), msg.user_uuid)
+            duplicate = any(same_attempt(*mine, *known) for known in counted)
+            if self._policy and not duplicate and len(counted) >= self._policy.max_attempts:
                 return f"the maximum of {self._policy.max_attempts} attempts is reached"
         elif isinstance(msg, CompleteSignal):
             problem = self._time_problem("result.completedAt", msg.result.completed_at, now)
@@ -695,6 +697,17 @@ class CallWorkflow:
         elif isinstance(msg, CancelSignal):
             return self._time_problem("cancelledAt", msg.cancelled_at, now)
         return None
+
+    def _attempts_counted(self) -> list[tuple[datetime, UUID | None]]:
+        """The distinct attempts recorded or waiting to be: a duplicate delivery counts once."""
+        counted = [(a.attempt_at, a.user_uuid) for a in self._progress.attempts]
+        for action in self._inbox:
+            msg = action.message
+            if isinstance(msg, AttemptSignal):
+                key = (_ms(msg.attempt_at or action.received_at), msg.user_uuid)
+                if not any(same_attempt(*key, *known) for known in counted):
+                    counted.append(key)
+        return counted
 
     def _time_problem(self, field: str, at: datetime | None, now: datetime) -> str | None:
         """A reported time TapRaise would refuse (a missing one is now, when it is received)."""
@@ -924,7 +937,11 @@ class _Outgrown(Exception):
 
 
 def _cause(err: BaseException) -> BaseException:
-    """The failure inside an activity error (a local activity's may arrive unwrapped)."""
+    """The failure inside an activity error.
+
+    A local activity's failure may arrive unwrapped, and a timeout as a bare `TimeoutError` on
+    replay where the live run saw it inside an `ActivityError`: both must take the same path.
+    """
     if isinstance(err, ActivityError) and err.cause is not None:
         return err.cause
     return err
