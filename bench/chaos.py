@@ -7,28 +7,43 @@ configured through their environment like a user's). Then it lets the faults loo
 alone or all together (`--faults`):
 
 - **tapraise**: on every endpoint, 30 % of requests answer 500/503, 10 % 429 with `Retry-After`,
-  5 % are applied but answered after the workers' client gave up, and some answer slowly;
+  5 % are applied but answered after the workers' client gave up, and some answer slowly; on
+  add-attempt, complete, cancel and expire 5 % more are held past the client's timeout and
+  applied only then (after the client gave up, before a retry looks: the retry of a timed-out
+  attempt waits as long again as the lost request lasted); and once, while calls are active,
+  TapRaise withdraws the credentials for 30 s (every request answered 401);
 - **kills**: every `--kill-every` seconds one worker is SIGKILLed and started again, in turn;
+  and right after the creates of a burst of starts land in TapRaise (their answers held back),
+  one worker is SIGKILLed, so that first workflow tasks are redone by another worker after
+  TapRaise applied the create;
 - **restart**: once, at `--restart-at`, the dev server is stopped (SIGTERM) and started again on
   the same SQLite file, and every client has to reconnect;
-- **messages**: signals and updates delivered twice, the CRM batch started twice, a completion
-  racing a cancellation, a completion arriving while the create is still being retried.
+- **messages**: signals and updates delivered twice, some updates sent again under the same
+  request id (one after the other, or both at once), the CRM batch started twice, a completion
+  racing a cancellation, a completion arriving while the create is still being retried, and
+  final actions that must be refused (a result code outside TapRaise's allow-list, a time before
+  the call was requested) before the agent goes on with its script.
+
+With `kills` or `messages`, a share of the calls is started the way a plain `temporal workflow
+start` does: only the input (no `requestedAt`, no search attributes), id `call-<uuid>`.
 
 Each call has an agent with a deterministic script chosen from the call's index (two unanswered
 attempts then complete; cancel; attempts until the maximum; left to expire at its deadline; …).
-The agents keep a ledger of what they reported and what the workflow accepted. Once every
-agent's script is done (at the latest after `--chaos-for` seconds, or `--heal-window` seconds
-before the end of the budget) the faults stop, as outages do, and every call must then close
-within the budget. At the end the
-harness checks, from the sandbox's request log and state and from each workflow's final `state`:
-exactly one successful create per call, exactly as many attempts in TapRaise as were accepted,
-exactly one final action matching the agents' or the policy's, the workflow closed in the phase
-TapRaise holds, and every workflow closed within the time budget. It prints the figures and exits
-non-zero when anything was lost, duplicated, mismatched or stuck.
+The agents keep a ledger of what they reported and what the workflow accepted or refused. Once
+every agent's script is done (at the latest after `--chaos-for` seconds, or `--heal-window`
+seconds before the end of the budget) the faults stop, as outages do, and every call must then
+close within the budget. At the end the harness checks, from the sandbox's request log and state
+and from each workflow's final `state` and history: exactly one successful create per call and
+the `requestedAt` TapRaise holds the one the workflow holds, exactly as many attempts in TapRaise
+as were accepted, exactly one final action matching the agents' or the policy's, nothing applied
+for a message that was refused, the same answer to both sends of one request id, the workflow
+closed in the phase TapRaise holds, no call `failed` (only a refused create may fail one), and
+every workflow closed within the time budget. It prints the figures and exits non-zero when
+anything was lost, duplicated, mismatched, stuck or failed.
 
     python -m bench.chaos                          # 1,000 calls, every fault kind at once
-    python -m bench.chaos --calls 100 --kill-every 5 --restart-at 15 --time-budget 70 \
-        --heal-window 25
+    python -m bench.chaos --calls 100 --kill-every 5 --restart-at 15 --time-budget 110 \
+        --heal-window 65 --credential-outage-at 3 --credential-outage-seconds 5
     python -m bench.chaos --faults kills           # one kind alone
 """
 
@@ -61,13 +76,21 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.service import RPCError, RPCStatusCode
 
 from bench.calls import ALWAYS_OPEN
 from bench.stack import Child, free_port, temporal_cli
-from starter.calls import CallService, StartResult, StartStatus
+from starter.calls import (
+    ActionRejected,
+    CallNotFound,
+    CallsError,
+    CallService,
+    StartResult,
+    StartStatus,
+    TemporalUnavailable,
+)
 from tapraise.sandbox.seed import DEMO_PERSON_UUIDS
 from workflows.connect import connect, missing_search_attributes, search_attribute_flags
 from workflows.messages import (
@@ -76,6 +99,8 @@ from workflows.messages import (
     CANCEL,
     COMPLETE,
     RESCHEDULE,
+    TASK_QUEUE,
+    WORKFLOW_TYPE,
     ActionAccepted,
     AttemptSignal,
     CallInput,
@@ -106,6 +131,12 @@ _TRANSIENT: Final = frozenset(
     }
 )
 _EFFECTS: Final = ("create", "add-attempt", "complete", "cancel", "expire")
+# The endpoints whose PUTs may be applied after the client gave up (`late_apply`).
+_LATE_APPLY_ENDPOINTS: Final = ("add-attempt", "complete", "cancel", "expire")
+# How the sandbox labels a request refused during a credential outage.
+CREDENTIAL_OUTAGE: Final = "credential_outage"
+# A result code outside TapRaise's allow-list for the run.
+UNKNOWN_RESULT_CODE: Final = "unknown_code"
 _FINAL_ACTION: Final = {"completed": "complete", "cancelled": "cancel", "expired": "expire"}
 
 
@@ -135,7 +166,22 @@ class ChaosConfig:
         latency_share: Share answered after `latency_seconds`.
         latency_seconds: The slow answers' delay (below the client's timeout).
         late_delay_seconds: How late a late answer comes (above the client's timeout).
+        late_apply_share: Share of add-attempt, complete, cancel and expire requests held past
+            the client's timeout and applied only then.
+        late_apply_delay_seconds: How long such a request is held: above the client's timeout
+            (it has given up) and, with a slow start added, below twice it (the retry of a
+            timed-out attempt waits that long before it looks).
+        credential_outage_at: Seconds into the run at which TapRaise withdraws the credentials.
+        credential_outage_seconds: How long every TapRaise request is then answered 401.
         client_timeout_seconds: The workers' TapRaise timeout (`TAPRAISE_TIMEOUT_SECONDS`).
+        create_kills: How many bursts of starts are followed by a kill as soon as their creates
+            land in TapRaise.
+        bare_share: Share of calls started as a plain `temporal workflow start` does.
+        refused_share: Share of the calls whose script ends the call (or lets it expire) where
+            the agent first sends a final action that must be refused.
+        result_codes: TapRaise's allow-list of result codes for the run (`messages`).
+        same_id_share: Share of the updates delivered twice that are sent again under the same
+            request id rather than a new one (a third of those both at once).
         deadline_seconds: The deadline of the calls whose script lets them expire.
         progress: Print a progress line every few seconds (to stderr).
         work_dir: Where the processes keep their files (default: a fresh temporary directory).
@@ -157,7 +203,16 @@ class ChaosConfig:
     latency_share: float = 0.05
     latency_seconds: float = 1.0
     late_delay_seconds: float = 3.0
+    late_apply_share: float = 0.05
+    late_apply_delay_seconds: float = 2.5
+    credential_outage_at: float = 60.0
+    credential_outage_seconds: float = 30.0
     client_timeout_seconds: float = 2.0
+    create_kills: int = 6
+    bare_share: float = 0.15
+    refused_share: float = 0.35
+    result_codes: tuple[str, ...] = ("confirmed", "declined", "not_reached")
+    same_id_share: float = 0.4
     deadline_seconds: float = 15.0
     progress: bool = True
     work_dir: Path | None = None
@@ -167,6 +222,19 @@ class ChaosConfig:
             raise ValueError(f"faults must be one of {', '.join(FAULT_KINDS)}, not {self.faults!r}")
         if self.late_delay_seconds <= self.client_timeout_seconds:
             raise ValueError("late_delay_seconds must exceed client_timeout_seconds")
+        # Applied after the client gave up, and before the retry of a timed-out attempt looks
+        # (it waits as long again as the lost request lasted), even when it was slow to start.
+        if not (
+            self.client_timeout_seconds
+            < self.late_apply_delay_seconds
+            < 2 * self.client_timeout_seconds - self.latency_seconds
+        ):
+            raise ValueError(
+                "late_apply_delay_seconds must lie between client_timeout_seconds and twice it, "
+                "less latency_seconds"
+            )
+        if "confirmed" not in self.result_codes:
+            raise ValueError("result_codes must allow 'confirmed': the agents complete with it")
 
     def has(self, kind: str) -> bool:
         """Whether this run injects faults of `kind`."""
@@ -175,7 +243,7 @@ class ChaosConfig:
 
 @dataclass
 class ChaosReport:
-    """What a chaos run found. Every count but `calls`, the faults, kills and restarts must be 0.
+    """What a chaos run found: lost, duplicated, mismatched, stuck and failed must all be 0.
 
     Attributes:
         calls: Calls the CRM asked for.
@@ -186,7 +254,18 @@ class ChaosReport:
         restarts: Dev server restarts.
         duplicate_deliveries: Messages and starts the agents delivered a second time.
         races: Completion-versus-cancellation races run.
+        bare_starts: Calls started without `requestedAt` and search attributes.
+        create_kills: Kills right after a burst's creates landed in TapRaise.
+        first_tasks_redone: Calls whose first workflow task ended unfinished after TapRaise had
+            applied their create (the next one found the call and adopted it).
+        credential_outage: When the credentials were withdrawn (seconds into the run) and for
+            how long, or None.
+        same_id_retries: Updates sent a second time under the same request id.
+        same_id_concurrent: Of those, the ones whose two sends were in flight at once.
+        refused_sent: Final actions sent that must be refused, by `update` and by `signal`.
+        refused_by: Who refused them: `TapRaise`, `workflow`, `closed` (the call had closed).
         lost / duplicated / mismatched / stuck: Calls with each kind of problem.
+        failed: Calls that ended in phase `failed` although TapRaise never refused their create.
         problems: One line per problem found.
         stuck_details: For every call still open at the end, what it waits on.
         resolved_from_history: Updates whose answer the agent never got (the server restarted
@@ -203,10 +282,19 @@ class ChaosReport:
     restarts: int = 0
     duplicate_deliveries: int = 0
     races: int = 0
+    bare_starts: int = 0
+    create_kills: int = 0
+    first_tasks_redone: int = 0
+    credential_outage: tuple[float, float] | None = None
+    same_id_retries: int = 0
+    same_id_concurrent: int = 0
+    refused_sent: dict[str, int] = field(default_factory=dict)
+    refused_by: dict[str, int] = field(default_factory=dict)
     lost: int = 0
     duplicated: int = 0
     mismatched: int = 0
     stuck: int = 0
+    failed: int = 0
     problems: list[str] = field(default_factory=list)
     stuck_details: list[str] = field(default_factory=list)
     resolved_from_history: int = 0
@@ -216,29 +304,44 @@ class ChaosReport:
 
     @property
     def ok(self) -> bool:
-        """Nothing lost, duplicated, mismatched or stuck."""
-        return not (self.lost or self.duplicated or self.mismatched or self.stuck)
+        """Nothing lost, duplicated, mismatched, stuck or failed."""
+        return not (self.lost or self.duplicated or self.mismatched or self.stuck or self.failed)
 
     def lines(self) -> list[str]:
         """The report as printed."""
         faults = ", ".join(f"{k} {v}" for k, v in sorted(self.faults_injected.items())) or "none"
         phases = ", ".join(f"{k} {v}" for k, v in sorted(self.final_phases.items())) or "none"
+        if self.credential_outage is not None:
+            at, seconds = self.credential_outage
+            outage = (
+                f"{seconds:.0f} s from {at:.0f} s "
+                f"({self.faults_injected.get(CREDENTIAL_OUTAGE, 0)} requests answered 401)"
+            )
+        else:
+            outage = "none"
+        by = ", ".join(f"{k} {v}" for k, v in sorted(self.refused_by.items())) or "none"
         lines = [
             f"calls                 {self.calls} in {self.elapsed:.0f} s ({phases})",
+            f"bare starts           {self.bare_starts} (no requestedAt, no search attributes)",
             f"TapRaise faults       {sum(self.faults_injected.values())} of "
             f"{self.tapraise_requests} requests ({faults})",
-            f"worker kills          {self.kills} (+ {self.worker_exits} exits on their own)",
+            f"credential outage     {outage}",
+            f"worker kills          {self.kills} (+ {self.worker_exits} exits on their own), "
+            f"{self.create_kills} right after a burst's creates landed",
+            f"first tasks redone    {self.first_tasks_redone} after TapRaise applied the create",
             f"server restarts       {self.restarts}",
             f"faults stopped at     {self.healed_at:.0f} s"
             if self.healed_at is not None
             else "faults stopped at     the end",
             f"duplicate deliveries  {self.duplicate_deliveries} (signals, updates, batch starts)",
+            f"same request id       {self.same_id_retries} updates sent twice "
+            f"({self.same_id_concurrent} both at once)",
+            f"refused final actions {self.refused_sent.get('update', 0)} by update, "
+            f"{self.refused_sent.get('signal', 0)} by signal; refused by {by}",
             f"races                 {self.races} completion-vs-cancellation",
             f"answers from history  {self.resolved_from_history}",
-            f"lost                  {self.lost}",
-            f"duplicated            {self.duplicated}",
-            f"mismatched            {self.mismatched}",
-            f"stuck                 {self.stuck}",
+            f"lost {self.lost} · duplicated {self.duplicated} · mismatched {self.mismatched} · "
+            f"stuck {self.stuck} · failed {self.failed}",
         ]
         if self.problems:
             lines.append("problems:")
@@ -248,7 +351,9 @@ class ChaosReport:
         if self.stuck_details:
             lines.append("still open:")
             lines += [f"  {d}" for d in self.stuck_details[:20]]
-        lines.append("OK: nothing lost, duplicated, mismatched or stuck" if self.ok else "FAILED")
+        lines.append(
+            "OK: nothing lost, duplicated, mismatched, stuck or failed" if self.ok else "FAILED"
+        )
         return lines
 
 
@@ -296,6 +401,7 @@ class _Stack:
         self.kills = 0
         self.worker_exits = 0
         self.restarts = 0
+        self._victim = 0
 
     def _child(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
         env = self.base_env if env is None else env
@@ -372,6 +478,11 @@ class _Stack:
         self.kills += 1
         worker.start()
 
+    def kill_next_worker(self) -> None:
+        """SIGKILL the next worker in turn (every kind of kill takes its turn from one list)."""
+        self.kill_worker(self._victim % len(self.workers))
+        self._victim += 1
+
     def revive_exited_workers(self) -> None:
         """Start again any worker that exited on its own (as a process supervisor would)."""
         for worker in self.workers:
@@ -398,23 +509,46 @@ class _Stack:
 # ── agents ───────────────────────────────────────────────────────────────────────────────────
 
 
-class _Rejected(Exception):
-    """The workflow refused an update; the message is its reason."""
-
-
-class _Unknown(Exception):
-    """The answer to an update never arrived; the history will tell."""
-
-
 @dataclass
 class _Update:
-    """One update an agent sent, and what became of it."""
+    """One update an agent sent, and what became of it.
+
+    Attributes:
+        refused_on_purpose: The message must be refused (see `_Refusal`): never a final action.
+        repeat: The answer (outcome, detail) to a second send under the same update id.
+    """
 
     id: str
     name: str
     attempt_at: str | None = None  # for attempts: the attemptAt reported
     outcome: str = "pending"  # accepted | rejected | unknown
     detail: str = ""
+    refused_on_purpose: bool = False
+    repeat: tuple[str, str] | None = None
+
+
+@dataclass
+class _Refusal:
+    """A final action sent knowing it must be refused, and what would betray it in TapRaise.
+
+    Attributes:
+        name: `complete` or `cancel`.
+        via: `update` or `signal`.
+        why: `result code` (outside TapRaise's allow-list) or `dated` (before `requestedAt`).
+        field: What TapRaise would receive that no other message carries: `resultCode`,
+            `completedAt` or `cancelledAt`.
+        value: Its value (an instant as `_key` writes it).
+        update: The update, when sent as one.
+        refused_by: `TapRaise`, `workflow` or `closed` (the call had closed), once known.
+    """
+
+    name: str
+    via: str
+    why: str
+    field: str
+    value: str
+    update: _Update | None = None
+    refused_by: str | None = None
 
 
 @dataclass
@@ -433,6 +567,16 @@ class Ledger:
         expire_reason: When the script leaves the call to the policy: `max_attempts` or
             `deadline`.
         updates: Updates sent, in order.
+        bare: Started with the input alone, as a plain `temporal workflow start` does.
+        policy: The call's policy overrides as JSON (what a bare start sends).
+        burst: Started in a burst that a worker kill followed as soon as its creates landed.
+        refuse: The final action (name, via, why) the agent sends first, knowing it must be
+            refused; None for none.
+        same_id: How updates delivered twice are sent again under their own id: `sequential`,
+            `concurrent`, or None (a second id, as before).
+        refusals: The refused-on-purpose messages sent.
+        start_tries: First starts sent (a bare start sent again after a restart may find its
+            first try went through).
     """
 
     index: int
@@ -446,6 +590,13 @@ class Ledger:
     updates: list[_Update] = field(default_factory=list)
     race: bool = False
     notes: list[str] = field(default_factory=list)
+    bare: bool = False
+    policy: dict[str, Any] = field(default_factory=dict)
+    burst: bool = False
+    refuse: tuple[str, str, str] | None = None
+    same_id: str | None = None
+    refusals: list[_Refusal] = field(default_factory=list)
+    start_tries: int = 0
 
     @property
     def call_uuid(self) -> str:
@@ -455,6 +606,21 @@ class Ledger:
     def workflow_id(self) -> str:
         return workflow_id_for(self.call.uuid or "")
 
+    @property
+    def label(self) -> str:
+        """The plan and its variations, as problems name the call."""
+        parts = [self.plan]
+        if self.bare:
+            parts.append("bare start")
+        if self.burst:
+            parts.append("kill burst")
+        if self.refuse is not None:
+            name, via, why = self.refuse
+            parts.append(f"refused {name} by {via} ({why})")
+        if self.same_id is not None:
+            parts.append(f"same id {self.same_id}")
+        return ", ".join(parts)
+
     def finals(self, outcome: str) -> set[str]:
         """The final phases asked for by updates with this outcome (and by signal, if any).
 
@@ -462,13 +628,16 @@ class Ledger:
         the phase asked for: a worker that died after carrying out the action but before
         recording it leaves the call closed in TapRaise, and the next worker answers the same
         update "already cancelled"; a delivery retried while the first is carried out is
-        answered "already being cancelled".
+        answered "already being cancelled". An update answered "queued" (TapRaise was not
+        answering) counts as `unknown`: it is carried out later, or refused then. Messages sent
+        to be refused never count.
         """
         phases = {
             _PHASE_OF[u.name]
             for u in self.updates
             if u.name in _PHASE_OF
-            and u.outcome == outcome
+            and not u.refused_on_purpose
+            and _outcome(u) == outcome
             and (
                 outcome != "rejected"
                 or u.detail
@@ -482,6 +651,16 @@ class Ledger:
             phases.add(self.signal_final)
         return phases
 
+    def finals_sent(self) -> set[str]:
+        """The final phases the agents asked for, whatever the answers (refused-on-purpose
+        messages aside)."""
+        phases = {
+            _PHASE_OF[u.name]
+            for u in self.updates
+            if u.name in _PHASE_OF and not u.refused_on_purpose
+        }
+        return phases | ({self.signal_final} if self.signal_final else set())
+
     def judge(self, update: _Update, answer: dict[str, Any] | None) -> None:
         """Record the workflow's answer (None: refused) to an update."""
         if answer is None:
@@ -493,9 +672,27 @@ class Ledger:
             if update.detail.startswith(("attempt ", "duplicate")):
                 self.accepted_attempts.add(update.attempt_at)
 
+    def record(self, update: _Update, answer: tuple[str, str]) -> None:
+        """Record an answer as `_send_update` gives it: (outcome, detail)."""
+        outcome, detail = answer
+        if outcome == "accepted":
+            self.judge(update, {"detail": detail})
+        elif outcome == "rejected":
+            self.judge(update, None)
+            update.detail = detail
+        else:
+            update.outcome, update.detail = "unknown", detail
+
 
 _PHASE_OF: Final = {COMPLETE: "completed", CANCEL: "cancelled"}
 _ADOPTED: Final = "already final in TapRaise"
+
+
+def _outcome(update: _Update) -> str:
+    """An update's outcome as far as the final state goes: "queued" is not yet a decision."""
+    if update.outcome == "accepted" and " queued: " in update.detail:
+        return "unknown"
+    return update.outcome
 
 
 async def _retry(action: Callable[[], Awaitable[T]], until: float) -> T:
@@ -519,9 +716,15 @@ async def _retry(action: Callable[[], Awaitable[T]], until: float) -> T:
         delay = min(delay * 2, 2.0)
 
 
-def chaos_policy(deadline_seconds: float, max_attempts: int) -> dict[str, Any]:
-    """Policy overrides that make a call progress in seconds: windows always open, no holidays."""
-    return {
+def chaos_policy(
+    deadline_seconds: float, max_attempts: int, result_codes: list[str] | None = None
+) -> dict[str, Any]:
+    """Policy overrides that make a call progress in seconds: windows always open, no holidays.
+
+    With `result_codes` the policy lists the codes TapRaise accepts, and the workflow refuses
+    any other before sending it.
+    """
+    policy: dict[str, Any] = {
         "windows": ALWAYS_OPEN,
         "blackoutDates": [],
         "holidayCountries": [],
@@ -533,6 +736,9 @@ def chaos_policy(deadline_seconds: float, max_attempts: int) -> dict[str, Any]:
         "missedSlotDelay": 2,
         "timezone": "Europe/Amsterdam",
     }
+    if result_codes is not None:
+        policy["resultCodes"] = list(result_codes)
+    return policy
 
 
 PLANS: Final = (
@@ -548,6 +754,25 @@ _MESSAGE_PLANS: Final = frozenset(
     {"completion_races_cancellation", "completed_while_the_create_is_retried"}
 )
 _MAX_ATTEMPTS_PLAN: Final = 3
+# The final action (name, via, why) an agent of each plan may send first, knowing it must be
+# refused: two ways per plan, one picked per call. `result code` is outside TapRaise's
+# allow-list (refused by TapRaise, or by the workflow when the call's policy lists the codes);
+# `dated` lies before the call was requested (refused by the workflow before sending).
+_REFUSALS: Final[dict[str, tuple[tuple[str, str, str], tuple[str, str, str]]]] = {
+    "two_unanswered_then_completed": (
+        (COMPLETE, "update", "result code"),
+        (COMPLETE, "update", "dated"),
+    ),
+    "attempted_then_cancelled": ((CANCEL, "update", "dated"), (CANCEL, "signal", "dated")),
+    "rescheduled_then_completed": (
+        (COMPLETE, "signal", "result code"),
+        (COMPLETE, "signal", "dated"),
+    ),
+    "left_to_expire_at_its_deadline": (
+        (COMPLETE, "update", "result code"),
+        (CANCEL, "signal", "dated"),
+    ),
+}
 
 
 class _Agents:
@@ -557,31 +782,69 @@ class _Agents:
         self.config = config
         self.client = client
         self.service = CallService(client)
+        # The agents' tool waits for the workflow's own answer, however long TapRaise takes:
+        # two sends of one request id must get the same answer, never a time-out of our own.
+        self.tool = CallService(client, update_timeout_seconds=config.time_budget)
         self.until = until
         self.duplicate_deliveries = 0
+        self.same_id_retries = 0
+        self.same_id_concurrent = 0
         self.second_batch_started: list[str] = []
         self.closed = 0
         self.started = 0
         self.room = asyncio.Event()
+        # Called with each page of first starts; returns what to run alongside (a kill burst).
+        self.on_page: Callable[[list[Ledger], int], Awaitable[None] | None] | None = None
         plans = [p for p in PLANS if config.has("messages") or p not in _MESSAGE_PLANS]
         long_deadline = config.time_budget + 120
+        starts_bare = config.has("messages") or config.has("kills")
         self.ledgers: list[Ledger] = []
         for index in range(config.calls):
             plan = plans[index % len(plans)]
+            # Each call's variations come from a generator of its own: the same for every run
+            # of a seed, whatever the other calls do.
+            variant = random.Random(config.seed * 7_919 + index)
+            bare = starts_bare and variant.random() < config.bare_share
+            refuse: tuple[str, str, str] | None = None
+            if (
+                config.has("messages")
+                and plan in _REFUSALS
+                and variant.random() < config.refused_share
+            ):
+                refuse = _REFUSALS[plan][variant.random() < 0.5]
+            same_id: str | None = None
+            if config.has("messages") and variant.random() < config.same_id_share:
+                same_id = "concurrent" if variant.random() < 1 / 3 else "sequential"
+            lists_codes = (
+                refuse is not None and refuse[2] == "result code" and variant.random() < 0.5
+            )
             deadline = (
                 config.deadline_seconds
                 if plan == "left_to_expire_at_its_deadline"
                 else long_deadline
             )
             max_attempts = _MAX_ATTEMPTS_PLAN if "maximum" in plan else 5
+            policy = chaos_policy(
+                deadline, max_attempts, list(config.result_codes) if lists_codes else None
+            )
             call = CallInput(
                 uuid=uuid.uuid4(),
                 person_uuid=uuid.UUID(DEMO_PERSON_UUIDS[index % len(DEMO_PERSON_UUIDS)]),
                 type="verification" if index % 3 else "happy_call",
                 notes=f"chaos call {index}",
-                policy=chaos_policy(deadline, max_attempts),
+                policy=policy,
             )
-            self.ledgers.append(Ledger(index=index, call=call, plan=plan))
+            self.ledgers.append(
+                Ledger(
+                    index=index,
+                    call=call,
+                    plan=plan,
+                    bare=bare,
+                    policy=policy,
+                    refuse=refuse,
+                    same_id=same_id,
+                )
+            )
         self._tasks: list[asyncio.Task[None]] = []
         self.scripts_done = 0
         self.scripts_finished = asyncio.Event()
@@ -597,13 +860,21 @@ class _Agents:
         """
         page = max(1, min(50, self.config.max_active))
         pending = list(self.ledgers)
+        pages = 0
         while pending:
             while self.started - self.closed >= self.config.max_active:
                 self.room.clear()
                 await self.room.wait()
             chunk, pending = pending[:page], pending[page:]
             _stamp(chunk)
-            retry = await self._start(chunk, first=True)
+            alongside = self.on_page(chunk, pages) if self.on_page is not None else None
+            watcher = asyncio.ensure_future(alongside) if alongside is not None else None
+            try:
+                retry = await self._start(chunk, first=True)
+            finally:
+                if watcher is not None:
+                    await asyncio.gather(watcher, return_exceptions=True)
+            pages += 1
             pending = retry + pending
             if retry:
                 await asyncio.sleep(1.0)
@@ -620,10 +891,18 @@ class _Agents:
                 await asyncio.sleep(1.0)
 
     async def _start(self, ledgers: list[Ledger], first: bool) -> list[Ledger]:
-        """Start calls with the starter's own logic; return those to send again."""
-        results = await self.service.start_many([ledger.call for ledger in ledgers], 20)
+        """Start calls with the starter's own logic (or bare); return those to send again."""
+        bare = [ledger for ledger in ledgers if first and ledger.bare]
+        crm = [ledger for ledger in ledgers if not (first and ledger.bare)]
+        crm_results, bare_results = await asyncio.gather(
+            self.service.start_many([ledger.call for ledger in crm], 20),
+            asyncio.gather(*(self._start_bare(ledger) for ledger in bare)),
+        )
         retry: list[Ledger] = []
-        for ledger, result in zip(ledgers, results, strict=True):
+        for ledger, result in [
+            *zip(crm, crm_results, strict=True),
+            *zip(bare, bare_results, strict=True),
+        ]:
             if result.status is StartStatus.FAILED:
                 retry.append(ledger)
                 continue
@@ -634,6 +913,36 @@ class _Agents:
                 if result.status is not StartStatus.ALREADY_STARTED:
                     self.second_batch_started.append(ledger.call_uuid)
         return retry
+
+    async def _start_bare(self, ledger: Ledger) -> StartResult:
+        """Start the call as a plain `temporal workflow start` does: the input alone.
+
+        No `requestedAt` (the workflow takes its run's start time), no search attributes, no
+        conflict policy: a start that went through before a restart broke its answer is
+        refused "already started" when sent again, and counts as started.
+        """
+        call_uuid = ledger.call.uuid
+        assert call_uuid is not None
+        body = {
+            "uuid": str(call_uuid),
+            "personUuid": str(ledger.call.person_uuid),
+            "type": ledger.call.type.value,
+            "notes": ledger.call.notes,
+            "policy": ledger.policy,
+        }
+        ledger.start_tries += 1
+        try:
+            await self.client.start_workflow(
+                WORKFLOW_TYPE, body, id=ledger.workflow_id, task_queue=TASK_QUEUE
+            )
+        except WorkflowAlreadyStartedError:
+            tried = ledger.start_tries > 1
+            status = StartStatus.STARTED if tried else StartStatus.ALREADY_STARTED
+            return StartResult(call_uuid, status, detail="already started")
+        except RPCError as exc:
+            status = StartStatus.FAILED if exc.status in _TRANSIENT else StartStatus.REFUSED
+            return StartResult(call_uuid, status, detail=str(exc))
+        return StartResult(call_uuid, StartStatus.STARTED)
 
     def _launched(self, ledger: Ledger, result: StartResult) -> None:
         if result.status is not StartStatus.STARTED:
@@ -696,10 +1005,12 @@ class _Agents:
             for _ in range(2):
                 await self._attempt_update(ledger, twice)
                 await self._pause(rng)
+            await self._send_refused(ledger)
             await self._final_update(ledger, COMPLETE, _complete(), twice)
         elif plan == "attempted_then_cancelled":
             await self._attempt_signal(ledger, twice)
             await self._pause(rng)
+            await self._send_refused(ledger)
             await self._final_update(ledger, CANCEL, CancelSignal(reason="chaos"), twice)
         elif plan == "attempted_until_the_maximum_then_expired":
             ledger.expire_reason = "max_attempts"
@@ -711,12 +1022,14 @@ class _Agents:
             ledger.expire_reason = "deadline"
             if ledger.index % 2:
                 await self._attempt_update(ledger, twice)
+            await self._send_refused(ledger)
         elif plan == "rescheduled_then_completed":
             at = datetime.now(UTC) + timedelta(seconds=3)
             await self._update(ledger, RESCHEDULE, RescheduleSignal(at=at, notes="after dinner"))
             await self._pause(rng)
             await self._attempt_update(ledger, twice)
             await self._pause(rng)
+            await self._send_refused(ledger)
             await self._signal(ledger, COMPLETE, _complete(), twice)
             ledger.signal_final = "completed"
         elif plan == "completion_races_cancellation":
@@ -728,8 +1041,9 @@ class _Agents:
 
     async def _attempt_update(self, ledger: Ledger, twice: bool) -> None:
         message = AttemptSignal(outcome="no_answer", attempt_at=_now_ms(), user_uuid=_AGENT_USER)
-        await self._update(ledger, ATTEMPT, message)
-        if twice:
+        same_id = ledger.same_id if twice else None
+        await self._update(ledger, ATTEMPT, message, same_id=same_id)
+        if twice and same_id is None:
             # The dialer sends the same report again (another update id): a duplicate.
             self.duplicate_deliveries += 1
             await self._update(ledger, ATTEMPT, message)
@@ -742,12 +1056,72 @@ class _Agents:
         ledger.accepted_attempts.add(_key(at))
 
     async def _final_update(self, ledger: Ledger, name: str, message: Any, twice: bool) -> None:
-        await self._update(ledger, name, message)
-        if twice:
+        same_id = ledger.same_id if twice else None
+        await self._update(ledger, name, message, same_id=same_id)
+        if twice and same_id is None:
             self.duplicate_deliveries += 1
             again = await self._update(ledger, name, message)
             if again.outcome == "accepted":
                 ledger.notes.append(f"a second {name} was accepted: {again.detail}")
+
+    async def _send_refused(self, ledger: Ledger) -> None:
+        """Send the final action this call's agent sends first knowing it must be refused.
+
+        Then wait until it is refused (an update's answer; for a signal, or an update answered
+        "queued" while TapRaise was down, the refusal in the call's events), so that the agent's
+        next final action is not refused "already being completed" while this one is carried
+        out. The script then goes on: a valid final action, or the call left to expire.
+        """
+        if ledger.refuse is None:
+            return
+        name, via, why = ledger.refuse
+        message: CompleteSignal | CancelSignal
+        if why == "result code":
+            message = CompleteSignal.model_validate({"result": {"resultCode": UNKNOWN_RESULT_CODE}})
+            refusal = _Refusal(name, via, why, "resultCode", UNKNOWN_RESULT_CODE)
+        else:
+            # An hour ago: before the call was requested, whether stamped or taken at its start.
+            at = _now_ms() - timedelta(hours=1)
+            if name == COMPLETE:
+                message = CompleteSignal.model_validate(
+                    {"result": {"resultCode": "confirmed", "completedAt": at.isoformat()}}
+                )
+                refusal = _Refusal(name, via, why, "completedAt", _key(at))
+            else:
+                message = CancelSignal(cancelled_at=at, reason="dated before the request")
+                refusal = _Refusal(name, via, why, "cancelledAt", _key(at))
+        ledger.refusals.append(refusal)
+        if via == "update":
+            update = await self._update(
+                ledger, name, message, same_id=ledger.same_id, refused_on_purpose=True
+            )
+            refusal.update = update
+            if update.outcome == "rejected":
+                refusal.refused_by = _refused_by(update.detail)
+                return
+        else:
+            try:
+                await self._signal(ledger, name, message, twice=False)
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                refusal.refused_by = "closed"
+                return
+        refusal.refused_by = await self._await_refusal(ledger, refusal)
+
+    async def _await_refusal(self, ledger: Ledger, refusal: _Refusal) -> str | None:
+        """Wait until the call's events show the refusal (or the call closed); who refused."""
+        handle = self._handle(ledger)
+        while time.monotonic() < self.until:
+            with contextlib.suppress(Exception):
+                state: CallState = await asyncio.wait_for(
+                    handle.query("state", result_type=CallState), 10
+                )
+                seen = _refusal_in_events(state, refusal)
+                if seen is not None:
+                    return seen
+            await asyncio.sleep(0.5)
+        return None
 
     async def _signal(self, ledger: Ledger, name: str, message: Any, twice: bool) -> None:
         handle = self._handle(ledger)
@@ -762,35 +1136,127 @@ class _Agents:
                 if exc.status != RPCStatusCode.NOT_FOUND:
                     raise
 
-    async def _update(self, ledger: Ledger, name: str, message: Any) -> _Update:
-        """Send one update (one id, retried under that id across a restart) and record it."""
-        update = _Update(id=f"{name}-{uuid.uuid4()}", name=name)
+    async def _update(
+        self,
+        ledger: Ledger,
+        name: str,
+        message: Any,
+        *,
+        same_id: str | None = None,
+        refused_on_purpose: bool = False,
+    ) -> _Update:
+        """Send one update (one id, retried under that id across a restart) and record it.
+
+        With `same_id` the agent's tool sends it again under the same id, as a tool that timed
+        out or a person who pressed twice does: after the first answer (`sequential`) or while
+        the first is in flight (`concurrent`). Half the agents send through the starter's
+        `CallService.act(request_id=…)` (what the CLI and the gateway use) and the other half
+        through the Temporal client, each with the other for the second send.
+        """
+        update = _Update(
+            id=f"{name}-{uuid.uuid4()}", name=name, refused_on_purpose=refused_on_purpose
+        )
         if isinstance(message, AttemptSignal) and message.attempt_at is not None:
             update.attempt_at = _key(message.attempt_at)
             ledger.unknown_attempts.add(update.attempt_at)
         ledger.updates.append(update)
+        first_via, second_via = ("tool", "client") if ledger.index % 2 else ("client", "tool")
+        if same_id == "concurrent":
+            first, second = await asyncio.gather(
+                self._send_update(ledger, update.id, name, message, first_via),
+                self._send_update(ledger, update.id, name, message, second_via),
+            )
+        else:
+            first = await self._send_update(ledger, update.id, name, message, first_via)
+            second = None
+            if same_id == "sequential":
+                second = await self._send_update(ledger, update.id, name, message, second_via)
+        ledger.record(update, first)
+        if second is not None:
+            update.repeat = second
+            self.same_id_retries += 1
+            self.same_id_concurrent += same_id == "concurrent"
+        return update
+
+    async def _send_update(
+        self, ledger: Ledger, update_id: str, name: str, message: Any, via: str
+    ) -> tuple[str, str]:
+        """One send of an update under `update_id`: (accepted | rejected | unknown, detail)."""
+        if via == "tool":
+            return await self._act(ledger, update_id, name, message)
         handle = self._handle(ledger)
         try:
             answer: ActionAccepted = await _retry(
                 lambda: handle.execute_update(
-                    name, message, id=update.id, result_type=ActionAccepted
+                    name, message, id=update_id, result_type=ActionAccepted
                 ),
                 self.until,
             )
         except WorkflowUpdateFailedError as exc:
             cause = exc.cause
             if isinstance(cause, ApplicationError) and cause.type == ACTION_REJECTED:
-                ledger.judge(update, None)
-                update.detail = cause.message
-            else:
-                update.outcome, update.detail = "unknown", f"update failed: {cause or exc}"
-            return update
+                return "rejected", cause.message
+            return "unknown", f"update failed: {cause or exc}"
         except RPCError as exc:
             # E.g. the workflow closed before the agent got the answer it waited for.
-            update.outcome, update.detail = "unknown", str(exc)
-            return update
-        ledger.judge(update, answer.model_dump(mode="json"))
-        return update
+            return "unknown", str(exc)
+        return "accepted", answer.detail
+
+    async def _act(
+        self, ledger: Ledger, update_id: str, name: str, message: Any
+    ) -> tuple[str, str]:
+        """Send through the starter's service, retrying what a restart makes it report."""
+        call_uuid = ledger.call.uuid
+        assert call_uuid is not None
+        delay = 0.2
+        while True:
+            try:
+                answer = await self.tool.act(call_uuid, name, message, request_id=update_id)
+                return "accepted", answer.detail
+            except ActionRejected as exc:
+                return "rejected", str(exc)
+            except CallNotFound as exc:
+                return "unknown", str(exc)
+            except (TemporalUnavailable, RPCError, WorkflowUpdateRPCTimeoutOrCancelledError) as exc:
+                if time.monotonic() > self.until:
+                    return "unknown", str(exc)
+            except CallsError as exc:
+                # "Temporal refused the request": e.g. the workflow task failed with a killed
+                # worker; anything else is an answer of its own.
+                if not str(exc).startswith("Temporal refused") or time.monotonic() > self.until:
+                    return "unknown", str(exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def _refused_by(reason: str) -> str:
+    """Who refused a message, from the refusal's text."""
+    if reason.startswith("TapRaise refused"):
+        return "TapRaise"
+    if reason.startswith("call is already"):
+        return "closed"
+    return "workflow"
+
+
+def _refusal_in_events(state: CallState, refusal: _Refusal) -> str | None:
+    """Who refused a refused-on-purpose message, from the call's events; None: not yet.
+
+    Only this message can leave these events: the agent sends no other completion or
+    cancellation until it is refused. A delivery of it repeated while it is carried out (a
+    signal retried across a restart) is ignored "already being …": that is not its refusal.
+    """
+    for event in state.events:
+        if event.kind == "refused" and event.detail.startswith(
+            f"TapRaise refused to {refusal.name} "
+        ):
+            return "TapRaise"
+        if event.kind == "ignored" and event.detail.startswith(f"{refusal.name}: "):
+            reason = event.detail.removeprefix(f"{refusal.name}: ")
+            if not reason.startswith("call is already being"):
+                return _refused_by(reason)
+    if state.phase.is_final:
+        return "closed"
+    return None
 
 
 _AGENT_USER: Final = uuid.UUID("6f1d3a0e-2b4c-4d5e-8f90-a1b2c3d4e5f6")
@@ -807,11 +1273,12 @@ def _stamp(ledgers: list[Ledger]) -> None:
 
     Rows of an export are created apart, not all in one instant: 150 ms apart here. (TapRaise
     has no GET by uuid; finding a call pages through the calls requested after it, so a batch
-    stamped with one instant makes every look-up read the whole batch.)
+    stamped with one instant makes every look-up read the whole batch.) Bare starts carry none:
+    the workflow takes its run's start time.
     """
     now = _now_ms()
     for position, ledger in enumerate(ledgers):
-        if ledger.call.requested_at is None:
+        if ledger.call.requested_at is None and not ledger.bare:
             at = now - timedelta(milliseconds=150 * (len(ledgers) - position))
             ledger.call = ledger.call.model_copy(update={"requested_at": at})
 
@@ -852,14 +1319,18 @@ class _Findings:
     duplicated: set[str] = field(default_factory=set)
     mismatched: set[str] = field(default_factory=set)
     stuck: set[str] = field(default_factory=set)
+    failed: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
     stuck_details: list[str] = field(default_factory=list)
     resolved: int = 0
     phases: Counter[str] = field(default_factory=Counter)
+    first_tasks_redone: int = 0
+    refused_by: Counter[str] = field(default_factory=Counter)
+    refused_sent: Counter[str] = field(default_factory=Counter)
 
     def add(self, kind: str, ledger: Ledger, message: str) -> None:
         getattr(self, kind).add(ledger.call_uuid)
-        self.problems.append(f"{kind}: call {ledger.call_uuid} ({ledger.plan}): {message}")
+        self.problems.append(f"{kind}: call {ledger.call_uuid} ({ledger.label}): {message}")
 
 
 class _Checker:
@@ -929,6 +1400,9 @@ class _Checker:
         stored_response = await self.admin.get(f"/calls/{cid}")
         stored = stored_response.json() if stored_response.status_code == 200 else None
         effects: dict[str, int] = (await self.admin.get(f"/calls/{cid}/effects")).json()
+        log: list[dict[str, Any]] = (
+            await self.admin.get("/requests", params={"callUuid": cid, "limit": 100_000})
+        ).json()["requests"]
         if stored is None:
             found.add("lost", ledger, "TapRaise has no such call")
         if successful[cid] > 1 or effects.get("create", 0) > 1:
@@ -939,6 +1413,10 @@ class _Checker:
             found.add("mismatched", ledger, f"{successful[cid]} successful creates in the log")
 
         handle = self.client.get_workflow_handle(ledger.workflow_id, result_type=CallState)
+        for refusal in ledger.refusals:
+            found.refused_sent[refusal.via] += 1
+        if await _first_task_redone(handle, log):
+            found.first_tasks_redone += 1
         description = await _retry(handle.describe, time.monotonic() + 30)
         if description.status == WorkflowExecutionStatus.RUNNING:
             await self._stuck(ledger, handle, description)
@@ -947,12 +1425,18 @@ class _Checker:
             state: CallState = await _retry(handle.result, time.monotonic() + 30)
         except WorkflowFailureError as exc:
             found.phases["failed"] += 1
-            found.add("mismatched", ledger, f"workflow failed: {exc.cause or exc}")
+            # Only a create TapRaise refused for good may fail a call; the harness sends none.
+            refused = [r for r in log if r["endpoint"] == "create" and r["status"] in _REFUSED]
+            if not refused or successful[cid]:
+                found.add("failed", ledger, f"workflow failed: {exc.cause or exc}")
             return
         found.phases[state.phase.value] += 1
         await self._resolve_unknown_updates(ledger, handle)
         self._check_final(ledger, state, effects)
         self._check_attempts(ledger, state, effects, stored)
+        self._check_requested_at(ledger, state, stored)
+        self._check_refusals(ledger, state, stored, log)
+        self._check_same_id(ledger)
         if stored is not None and (
             stored["status"] != state.phase.value
             or (state.status is not None and state.status.value != stored["status"])
@@ -973,6 +1457,14 @@ class _Checker:
             found.add("lost", ledger, f"no final action reached TapRaise (phase {state.phase})")
         accepted = ledger.finals("accepted")
         unknown = ledger.finals("unknown") | ledger.finals("rejected")
+        adopted = (_ADOPTED, f"already {state.phase.value} in TapRaise")
+        if not accepted and state.final_reason in adopted:
+            # A worker died after TapRaise applied a final action it carried out, before its
+            # task was recorded: the message is lost with the task (an update is kept only once
+            # accepted), and the next worker adopted the state TapRaise holds. Any final action
+            # the agents sent may be the one applied, whatever the answers they got afterwards
+            # (the other of two racing ones accepted, this one refused "already being …").
+            unknown |= ledger.finals_sent()
         if len(accepted) > 1:
             found.add("mismatched", ledger, f"two final actions accepted: {sorted(accepted)}")
             return
@@ -1042,6 +1534,88 @@ class _Checker:
                 f"workflow holds attempts {in_workflow}, TapRaise {sorted(in_tapraise)}",
             )
 
+    def _check_requested_at(
+        self, ledger: Ledger, state: CallState, stored: dict[str, Any] | None
+    ) -> None:
+        """One `requestedAt` everywhere: the start's stamp, the workflow's, TapRaise's.
+
+        A bare start has none: the workflow's is its run's start time, and a first workflow task
+        redone after the create cannot have changed it (TapRaise holds the first one).
+        """
+        held = _key(state.requested_at)
+        if ledger.call.requested_at is not None and _key(ledger.call.requested_at) != held:
+            self.found.add(
+                "mismatched",
+                ledger,
+                f"the workflow holds requestedAt {held}, the start sent "
+                f"{_key(ledger.call.requested_at)}",
+            )
+        if stored is not None and _key(stored["requestedAt"]) != held:
+            self.found.add(
+                "mismatched",
+                ledger,
+                f"the workflow holds requestedAt {held}, TapRaise {_key(stored['requestedAt'])}",
+            )
+
+    def _check_refusals(
+        self,
+        ledger: Ledger,
+        state: CallState,
+        stored: dict[str, Any] | None,
+        log: list[dict[str, Any]],
+    ) -> None:
+        """A message that must be refused is refused, and TapRaise applied nothing of it."""
+        found = self.found
+        for refusal in ledger.refusals:
+            applied = [
+                r
+                for r in log
+                if r["endpoint"] == refusal.name
+                and 200 <= r["status"] < 300
+                and _carries(r["requestBody"], refusal.field, refusal.value)
+            ]
+            if applied:
+                found.add(
+                    "mismatched",
+                    ledger,
+                    f"a {refusal.name} with {refusal.field} {refusal.value} was applied in "
+                    f"TapRaise (request {applied[0]['id']}, answered {applied[0]['status']})",
+                )
+            update = refusal.update
+            if (
+                update is not None
+                and update.outcome == "accepted"
+                and "queued" not in update.detail
+            ):
+                found.add(
+                    "mismatched",
+                    ledger,
+                    f"a {refusal.name} that must be refused ({refusal.why}) was answered "
+                    f"{update.detail!r}",
+                )
+            if refusal.refused_by is None:
+                refusal.refused_by = _refusal_in_events(state, refusal)
+            found.refused_by[refusal.refused_by or "nobody seen"] += 1
+        result = (stored or {}).get("result") or {}
+        if result.get("resultCode") == UNKNOWN_RESULT_CODE:
+            found.add("mismatched", ledger, "TapRaise holds a result code it refuses")
+
+    def _check_same_id(self, ledger: Ledger) -> None:
+        """Both sends of one request id got the same answer (and the effects are checked once)."""
+        for update in ledger.updates:
+            if update.repeat is None:
+                continue
+            first = (update.outcome, update.detail)
+            if "unknown" in (first[0], update.repeat[0]):
+                continue  # an answer lost with a restart says nothing either way
+            if not _same_answer(first, update.repeat):
+                self.found.add(
+                    "mismatched",
+                    ledger,
+                    f"{update.name} {update.id} answered {first} and, sent again under the "
+                    f"same id, {update.repeat}",
+                )
+
     async def _resolve_unknown_updates(
         self, ledger: Ledger, handle: WorkflowHandle[Any, Any]
     ) -> None:
@@ -1092,30 +1666,163 @@ class _Checker:
                 waits.append(f"last workflow task failure: {failures[-1]}")
         self.found.add("stuck", ledger, "still running at the end of the time budget")
         self.found.stuck_details.append(
-            f"call {ledger.call_uuid} ({ledger.plan}): " + "; ".join(waits)
+            f"call {ledger.call_uuid} ({ledger.label}): " + "; ".join(waits)
         )
+
+
+# What TapRaise answers a request it refuses for good.
+_REFUSED: Final = frozenset({400, 403, 404})
+_TASK_ENDED_UNFINISHED: Final = frozenset(
+    {
+        EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT,
+        EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED,
+    }
+)
+
+
+async def _first_task_redone(handle: WorkflowHandle[Any, Any], log: list[dict[str, Any]]) -> bool:
+    """Whether the call's first workflow task ended unfinished after TapRaise applied the create.
+
+    Then the next worker ran the first task again from the start and found the call in TapRaise
+    (a 409): the case a kill right after a create is there to produce.
+    """
+    created = [r for r in log if r["endpoint"] == "create" and r["status"] == 201]
+    if not created:
+        return False
+    applied_at = datetime.fromisoformat(created[0]["receivedAt"].replace("Z", "+00:00"))
+    history = await _retry(handle.fetch_history, time.monotonic() + 30)
+    for event in history.events:
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+            return False
+        if event.event_type in _TASK_ENDED_UNFINISHED and (
+            event.event_time.ToDatetime(tzinfo=UTC) > applied_at
+        ):
+            return True
+    return False
+
+
+def _carries(body: Any, name: str, value: str) -> bool:
+    """Whether a logged request body holds `name` with `value` (instants compared as `_key`)."""
+    if isinstance(body, dict):
+        for key, item in body.items():
+            if key == name and isinstance(item, str):
+                if item == value:
+                    return True
+                with contextlib.suppress(ValueError):
+                    if _key(item) == value:
+                        return True
+            elif _carries(item, name, value):
+                return True
+    elif isinstance(body, list):
+        return any(_carries(item, name, value) for item in body)
+    return False
+
+
+def _same_answer(first: tuple[str, str], second: tuple[str, str]) -> bool:
+    """Two answers to one request id agree.
+
+    Equal; or both refusals, the second saying the call has closed since: a refusal by the
+    workflow's validator is not recorded, so a send after it is judged afresh.
+    """
+    if first == second:
+        return True
+    return first[0] == second[0] == "rejected" and second[1].startswith("call is already")
 
 
 # ── the run ──────────────────────────────────────────────────────────────────────────────────
 
 
-def _fault_rules(config: ChaosConfig) -> dict[str, Any]:
-    return {
-        "seed": config.seed,
-        "rules": [
+def _fault_rules(
+    config: ChaosConfig, held_creates: int = 0, seed: int | None = None
+) -> dict[str, Any]:
+    """The sandbox's fault rules: every kind of the `tapraise` faults, plus `held_creates`
+    creates applied at once and answered after the client gave up (a kill burst's window)."""
+    shares: dict[str, Any] = {}
+    if config.has("tapraise"):
+        shares = {
+            "error500": config.error_share / 2,
+            "error503": config.error_share / 2,
+            "error429": config.rate_limit_share,
+            "retryAfterSeconds": 1,
+            "late": config.late_share,
+            "latencyShare": config.latency_share,
+            "latencySeconds": config.latency_seconds,
+        }
+    late = {"lateDelaySeconds": config.late_delay_seconds}
+    rules: list[dict[str, Any]] = []
+    if shares:
+        rules.append({"endpoint": "*", **shares, **late})
+        rules += [
             {
-                "endpoint": "*",
-                "error500": config.error_share / 2,
-                "error503": config.error_share / 2,
-                "error429": config.rate_limit_share,
-                "retryAfterSeconds": 1,
-                "late": config.late_share,
-                "lateDelaySeconds": config.late_delay_seconds,
-                "latencyShare": config.latency_share,
-                "latencySeconds": config.latency_seconds,
+                "endpoint": endpoint,
+                **shares,
+                **late,
+                "lateApply": config.late_apply_share,
+                "lateApplyDelaySeconds": config.late_apply_delay_seconds,
             }
-        ],
-    }
+            for endpoint in _LATE_APPLY_ENDPOINTS
+        ]
+    if held_creates:
+        rules.append({"endpoint": "create", **shares, **late, "next": ["late"] * held_creates})
+    return {"seed": config.seed if seed is None else seed, "rules": rules}
+
+
+class _Faults:
+    """What the run does to the sandbox: fault rules, settings, and their end when it heals.
+
+    One lock orders the changes, so that nothing is switched on again once the faults stopped.
+    """
+
+    def __init__(self, config: ChaosConfig, admin: httpx.AsyncClient, began: float) -> None:
+        self.config = config
+        self.admin = admin
+        self.began = began
+        self.healed = False
+        self._lock = asyncio.Lock()
+        self._bursts = 0
+        self._outage_began: float | None = None
+        self.outage: tuple[float, float] | None = None
+
+    async def start(self) -> None:
+        """Switch the run's faults on; with `messages`, TapRaise's allow-list of result codes."""
+        if self.config.has("tapraise"):
+            await self._put("/faults", _fault_rules(self.config))
+        if self.config.has("messages"):
+            await self._put("/settings", {"resultCodes": list(self.config.result_codes)})
+
+    async def hold_create_answers(self, creates: int) -> bool:
+        """Answer the next `creates` creates late (applied at once); False once healed."""
+        async with self._lock:
+            if self.healed:
+                return False
+            self._bursts += 1
+            rules = _fault_rules(self.config, creates, self.config.seed + self._bursts)
+            await self._put("/faults", rules)
+            return True
+
+    async def withdraw_credentials(self) -> bool:
+        """Start the credential outage (every API request answered 401); False once healed."""
+        async with self._lock:
+            if self.healed:
+                return False
+            seconds = self.config.credential_outage_seconds
+            await self._put("/settings", {"credentialOutageSeconds": seconds})
+            self._outage_began = time.monotonic()
+            self.outage = (self._outage_began - self.began, seconds)
+            return True
+
+    async def heal(self) -> None:
+        """Stop every fault, an outage still running included; the allow-list stays."""
+        async with self._lock:
+            self.healed = True
+            (await self.admin.delete("/faults")).raise_for_status()
+            if self._outage_began is not None and self.outage is not None:
+                await self._put("/settings", {"credentialOutage": False})
+                lasted = min(self.outage[1], time.monotonic() - self._outage_began)
+                self.outage = (self.outage[0], lasted)
+
+    async def _put(self, path: str, body: dict[str, Any]) -> None:
+        (await self.admin.put(path, json=body)).raise_for_status()
 
 
 @contextlib.contextmanager
@@ -1149,13 +1856,17 @@ async def _run(config: ChaosConfig, stack: _Stack) -> ChaosReport:
     began = time.monotonic()
     until = began + config.time_budget
     async with httpx.AsyncClient(base_url=f"{stack.sandbox_url}/_sandbox", timeout=30) as admin:
-        if config.has("tapraise"):
-            (await admin.put("/faults", json=_fault_rules(config))).raise_for_status()
+        faults = _Faults(config, admin, began)
+        await faults.start()
         client = await connect(stack.address, "default")
         agents = _Agents(config, client, until)
         done = asyncio.Event()
         healed = asyncio.Event()
         healed_at: list[float] = []
+        create_kills = 0
+
+        def at() -> str:
+            return f"[{time.monotonic() - began:5.0f} s]"
 
         async def heal() -> None:
             latest = max(0.0, min(config.chaos_for, config.time_budget - config.heal_window))
@@ -1163,18 +1874,62 @@ async def _run(config: ChaosConfig, stack: _Stack) -> ChaosReport:
                 await asyncio.wait_for(agents.scripts_finished.wait(), latest)
             healed.set()
             healed_at.append(time.monotonic() - began)
-            if config.has("tapraise"):
-                (await admin.delete("/faults")).raise_for_status()
-            _say(config, f"[{healed_at[0]:5.0f} s] faults stopped; every call must now close")
+            await faults.heal()
+            _say(config, f"{at()} faults stopped; every call must now close")
 
         async def kills() -> None:
-            victim = 0
             while not healed.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(healed.wait(), config.kill_every)
                     return
-                stack.kill_worker(victim % len(stack.workers))
-                victim += 1
+                stack.kill_next_worker()
+
+        async def kill_after_creates(chunk: list[Ledger]) -> None:
+            """Kill a worker as soon as half the burst's creates landed in TapRaise.
+
+            Their answers are held back (applied at once, answered after the client gave up),
+            so the workers that sent them are still inside those calls' first workflow task:
+            the killed one's tasks time out and another worker runs them again from the start,
+            after TapRaise applied the create.
+            """
+            nonlocal create_kills
+            if not await faults.hold_create_answers(len(chunk)):
+                return
+            uuids = {ledger.call_uuid for ledger in chunk}
+            enough = max(1, len(uuids) // 2)
+            deadline = time.monotonic() + 20
+            params: dict[str, str | int] = {"endpoint": "create", "limit": 2 * len(chunk) + 20}
+            while time.monotonic() < deadline and not healed.is_set():
+                with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                    log = (await admin.get("/requests", params=params)).json()["requests"]
+                    landed = {
+                        r["callUuid"] for r in log if r["status"] == 201 and r["callUuid"] in uuids
+                    }
+                    if len(landed) >= enough:
+                        stack.kill_next_worker()
+                        create_kills += 1
+                        for ledger in chunk:
+                            ledger.burst = True
+                        _say(config, f"{at()} worker killed after {len(landed)} creates landed")
+                        return
+                await asyncio.sleep(0.05)
+
+        def on_page(chunk: list[Ledger], page: int) -> Awaitable[None] | None:
+            # Every other page of the first starts is a burst, until the kills are used up.
+            if page % 2 or create_kills >= config.create_kills or healed.is_set():
+                return None
+            return kill_after_creates(chunk)
+
+        async def withdraw() -> None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(healed.wait(), config.credential_outage_at)
+                return
+            if await faults.withdraw_credentials():
+                _say(
+                    config,
+                    f"{at()} TapRaise withdrew the credentials for "
+                    f"{config.credential_outage_seconds:.0f} s",
+                )
 
         async def supervise() -> None:
             while not done.is_set():
@@ -1187,7 +1942,7 @@ async def _run(config: ChaosConfig, stack: _Stack) -> ChaosReport:
                 await asyncio.wait_for(healed.wait(), config.restart_at)
                 return
             down = await stack.restart_server()
-            _say(config, f"[{time.monotonic() - began:5.0f} s] dev server restarted ({down:.1f} s)")
+            _say(config, f"{at()} dev server restarted ({down:.1f} s)")
 
         async def progress() -> None:
             while not done.is_set():
@@ -1195,9 +1950,8 @@ async def _run(config: ChaosConfig, stack: _Stack) -> ChaosReport:
                     await asyncio.wait_for(done.wait(), 5.0)
                 _say(
                     config,
-                    f"[{time.monotonic() - began:5.0f} s] started {agents.started}/"
-                    f"{config.calls} · closed {agents.closed} · kills {stack.kills} · "
-                    f"restarts {stack.restarts}",
+                    f"{at()} started {agents.started}/{config.calls} · closed {agents.closed} · "
+                    f"kills {stack.kills} · restarts {stack.restarts}",
                 )
 
         chaos = [
@@ -1207,8 +1961,11 @@ async def _run(config: ChaosConfig, stack: _Stack) -> ChaosReport:
         ]
         if config.has("kills"):
             chaos.append(asyncio.create_task(kills()))
+            agents.on_page = on_page
         if config.has("restart"):
             chaos.append(asyncio.create_task(restart()))
+        if config.has("tapraise") and config.credential_outage_seconds > 0:
+            chaos.append(asyncio.create_task(withdraw()))
         try:
             await agents.send_batch()
             await agents.wait()
@@ -1218,7 +1975,7 @@ async def _run(config: ChaosConfig, stack: _Stack) -> ChaosReport:
             await asyncio.gather(*chaos, return_exceptions=True)
         # The harness's own view must survive a restart too: reconnect if the old client broke.
         client = await connect(stack.address, "default")
-        _say(config, f"[{time.monotonic() - began:5.0f} s] checking {config.calls} calls")
+        _say(config, f"{at()} checking {config.calls} calls")
         checker = _Checker(client, stack.sandbox_url)
         found = await checker.check(agents.ledgers, agents.second_batch_started)
         stats = (await admin.get("/stats")).json()
@@ -1231,10 +1988,19 @@ async def _run(config: ChaosConfig, stack: _Stack) -> ChaosReport:
         restarts=stack.restarts,
         duplicate_deliveries=agents.duplicate_deliveries,
         races=sum(1 for ledger in agents.ledgers if ledger.race),
+        bare_starts=sum(1 for ledger in agents.ledgers if ledger.bare and ledger.started),
+        create_kills=create_kills,
+        first_tasks_redone=found.first_tasks_redone,
+        credential_outage=faults.outage,
+        same_id_retries=agents.same_id_retries,
+        same_id_concurrent=agents.same_id_concurrent,
+        refused_sent=dict(found.refused_sent),
+        refused_by=dict(found.refused_by),
         lost=len(found.lost),
         duplicated=len(found.duplicated),
         mismatched=len(found.mismatched),
         stuck=len(found.stuck),
+        failed=len(found.failed),
         problems=found.problems,
         stuck_details=found.stuck_details,
         resolved_from_history=found.resolved,
@@ -1249,7 +2015,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.chaos",
         description="Drive calls through TapRaise faults, worker kills, a server restart and "
-        "duplicate messages; check that nothing is lost, duplicated, mismatched or stuck.",
+        "duplicate or refused messages; check that nothing is lost, duplicated, mismatched, "
+        "stuck or failed.",
     )
     parser.add_argument("--calls", type=int, default=defaults.calls)
     parser.add_argument("--workers", type=int, default=defaults.workers)
@@ -1261,6 +2028,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--heal-window", type=float, default=defaults.heal_window, metavar="S")
     parser.add_argument("--chaos-for", type=float, default=defaults.chaos_for, metavar="S")
     parser.add_argument("--max-active", type=int, default=defaults.max_active)
+    parser.add_argument(
+        "--credential-outage-at", type=float, default=defaults.credential_outage_at, metavar="S"
+    )
+    parser.add_argument(
+        "--credential-outage-seconds",
+        type=float,
+        default=defaults.credential_outage_seconds,
+        metavar="S",
+        help="0: no credential outage.",
+    )
+    parser.add_argument("--create-kills", type=int, default=defaults.create_kills)
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--quiet", action="store_true", help="No progress lines.")
     return parser
@@ -1288,6 +2066,9 @@ def main(argv: list[str] | None = None) -> None:
         heal_window=args.heal_window,
         chaos_for=args.chaos_for,
         max_active=args.max_active,
+        credential_outage_at=args.credential_outage_at,
+        credential_outage_seconds=args.credential_outage_seconds,
+        create_kills=args.create_kills,
         work_dir=args.work_dir,
         progress=not args.quiet,
     )

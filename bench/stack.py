@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Self
 
 import httpx
 from temporalio.api.enums.v1 import TaskQueueType
@@ -65,10 +65,23 @@ def temporal_cli() -> Path:
     return Path(sys.executable).parent / "temporal"
 
 
+def _load_prctl() -> Callable[..., int] | None:
+    with contextlib.suppress(Exception):
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    return None
+
+
+# Looked up here, in the parent: loading a library in the child, between fork and exec, takes
+# the dynamic loader's and the allocator's locks, which another thread of this process (the
+# Temporal client's runtime) may hold at the fork; the child then hangs for good, and the
+# parent's Popen with it (a chaos run stood still that way on a worker's restart).
+_PRCTL: Final = _load_prctl() if sys.platform == "linux" else None
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the benchmark process dies (Linux only)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _kill_leftovers() -> None:
@@ -133,7 +146,7 @@ class Child:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=_die_with_parent if _PRCTL is not None else None,
             )
         _live[self.process.pid] = self.process
 
