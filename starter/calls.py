@@ -40,10 +40,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from tapraise.models import CallStatus, CallType
 from workflows.messages import (
     ACTION_REJECTED,
-    ATTEMPT,
-    CANCEL,
-    COMPLETE,
-    RESCHEDULE,
+    MESSAGE_MODELS,
     STATE,
     TASK_QUEUE,
     WORKFLOW_TYPE,
@@ -52,21 +49,13 @@ from workflows.messages import (
     CallInput,
     CallPhase,
     CallState,
-    CancelSignal,
-    CompleteSignal,
-    RescheduleSignal,
+    Message,
     SearchAttributes,
     workflow_id_for,
 )
 
-Action: TypeAlias = AttemptSignal | CompleteSignal | RescheduleSignal | CancelSignal
-
-ACTIONS: Final[dict[str, type[Action]]] = {
-    ATTEMPT: AttemptSignal,
-    COMPLETE: CompleteSignal,
-    RESCHEDULE: RescheduleSignal,
-    CANCEL: CancelSignal,
-}
+Action: TypeAlias = Message
+ACTIONS: Final = MESSAGE_MODELS
 
 # A fixed namespace for call uuids derived from an external id: the same id always gives the
 # same call, so re-sending a CRM export starts nothing twice.

@@ -1,5 +1,8 @@
 """Fixtures shared by every test module."""
 
+import dataclasses
+from datetime import timedelta
+
 import pytest
 
 from tests.sandbox_fixture import clean_faults, sandbox
@@ -12,6 +15,7 @@ from tests.temporal_fixture import (
     tapraise_client,
     temporal_env,
 )
+from workflows import retries
 
 __all__ = [
     "call_worker",
@@ -34,3 +38,12 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_report_header(config: pytest.Config) -> str:
     first = start_instant().astimezone(LOCAL)
     return f"calls start at: {start_kind()} (next: {first:%a %Y-%m-%d %H:%M %Z})"
+
+
+@pytest.fixture
+def short_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TapRaise retried in rounds of two quick tries: a test sees many rounds in a few seconds."""
+    quick = dataclasses.replace(
+        retries.TAPRAISE_RETRY, initial_interval=timedelta(milliseconds=100), maximum_attempts=2
+    )
+    monkeypatch.setattr(retries, "TAPRAISE_RETRY", quick)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import signal
 import time
 import uuid
@@ -32,7 +31,6 @@ from tests.test_call_workflow import wait_for
 from tests.test_reliability import _ready as ready
 from tests.test_reliability import _worker_process as worker_process
 from tests.test_reliability import worker_env
-from workflows import retries
 from workflows.call import CallWorkflow
 from workflows.messages import (
     ACTION_REJECTED,
@@ -271,15 +269,6 @@ async def test_a_first_task_retried_after_the_create_adopts_the_call_it_created(
 
 
 # --- outages: retried for as long as it takes, visible, and the history stays bounded ------------
-
-
-@pytest.fixture
-def short_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rounds of two quick tries, so that a test sees many rounds in a few seconds."""
-    quick = dataclasses.replace(
-        retries.TAPRAISE_RETRY, initial_interval=timedelta(milliseconds=100), maximum_attempts=2
-    )
-    monkeypatch.setattr(retries, "TAPRAISE_RETRY", quick)
 
 
 async def test_a_long_tapraise_outage_is_sat_out_across_runs_and_records_the_attempt_once(

@@ -11,13 +11,11 @@ requests without its own token. The recorded histories in `tests/histories/` are
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import re
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +38,6 @@ from tapraise.sandbox.auth import generate_key_pair
 from tapraise.sandbox.seed import DEMO_PERSON_UUIDS, FOREIGN_PERSON_UUID
 from tests.sandbox_fixture import SandboxServer
 from worker import build_worker
-from workflows import retries
 from workflows.call import CallWorkflow
 from workflows.messages import (
     AttemptSignal,
@@ -164,13 +161,9 @@ async def test_no_key_or_token_appears_in_histories_attributes_logs_or_errors(
     recorded_worker: tuple[str, RecordingTransport, ServiceAccount],
     unknown_key_worker: tuple[str, RecordingTransport, ServiceAccount],
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
+    short_rounds: None,
 ) -> None:
     # Quick rounds of tries: the refused key is sat out (a 401 is never final) within seconds.
-    quick = dataclasses.replace(
-        retries.TAPRAISE_RETRY, initial_interval=timedelta(milliseconds=100), maximum_attempts=2
-    )
-    monkeypatch.setattr(retries, "TAPRAISE_RETRY", quick)
     caplog.set_level(logging.DEBUG)
     for name in ("temporalio", "httpx", "httpcore", "tapraise", "activities", "workflows"):
         caplog.set_level(logging.DEBUG, logger=name)

@@ -353,7 +353,7 @@ class CallWorkflow:
         self._phase = CallPhase.SCHEDULED if resume.created else CallPhase.CREATING
         for pending in resume.pending:
             message = MESSAGE_MODELS[pending.kind].model_validate(pending.message)
-            self._inbox.append(Action(pending.kind, message, pending.received_at))  # type: ignore[arg-type]
+            self._inbox.append(Action(pending.kind, message, pending.received_at))
             if pending.kind in (COMPLETE, CANCEL):
                 self._closing = "completed" if pending.kind == COMPLETE else "cancelled"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeAlias
 from uuid import UUID
 
 from pydantic import (
@@ -213,7 +213,10 @@ class CancelSignal(_Message):
     reason: str | None = Field(default=None, max_length=2_000)
 
 
-MESSAGE_MODELS: Final[dict[str, type[_Message]]] = {
+Message: TypeAlias = AttemptSignal | CompleteSignal | RescheduleSignal | CancelSignal
+"""Any message an agent's tooling sends (the same payload serves its signal and its update)."""
+
+MESSAGE_MODELS: Final[dict[str, type[Message]]] = {
     ATTEMPT: AttemptSignal,
     COMPLETE: CompleteSignal,
     RESCHEDULE: RescheduleSignal,
