@@ -104,21 +104,24 @@ def cached_workflows() -> int:
 
 
 async def check_tapraise(tapraise: TapRaiseClient) -> None:
-    """One cheap read at start-up: refused credentials stop the worker, with what to check.
+    """One cheap read at start-up: what TapRaise thinks of this worker, reported, never fatal.
 
-    A TapRaise that does not answer now (unreachable, 5xx, 429, a timeout) is only reported: the
-    calls' actions retry until it is back, and a worker restarted during an outage must serve.
-
-    Raises:
-        RuntimeError: when TapRaise refuses the service account (401).
+    Refused credentials are logged at error level with what to check; a TapRaise that does not
+    answer (unreachable, 5xx, 429, a timeout) at warning level. Either way the worker serves:
+    the calls' actions wait until TapRaise accepts them again (a key being rotated, an outage),
+    and each call shows the wait in its details. A worker that exited instead would restart in a
+    loop and hide where the calls stand.
     """
     try:
         await tapraise.list_calls_page(first=1)
     except AuthenticationError as exc:
-        raise RuntimeError(
-            f"TapRaise at {tapraise.base_url} refused the service account: {exc}. Check "
-            "TAPRAISE_ACCOUNT_EMAIL, TAPRAISE_PRIVATE_KEY_ID and the private key."
-        ) from exc
+        log.error(
+            "TapRaise at %s refuses the service account: %s. Calls hold their actions until it "
+            "accepts it. Check TAPRAISE_ACCOUNT_EMAIL, TAPRAISE_PRIVATE_KEY_ID and the private "
+            "key (or wait for a key rotation to finish).",
+            tapraise.base_url,
+            exc,
+        )
     except PermissionDeniedError:
         log.warning("the service account may not list calls: duplicate starts cannot be adopted")
     except (APIConnectionError, APIStatusError) as exc:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
@@ -339,3 +340,64 @@ async def test_a_duplicate_delivery_waiting_in_an_outage_does_not_count_against_
     assert len(state.attempts) == 2
     assert lenient_sandbox.effects(call_uuid)["add-attempt"] == 2
     assert (await handle.result()).phase == CallPhase.EXPIRED  # two of two: the call is done
+
+
+# --- an update is answered in a task of its own, never in one that resolves a local activity -----
+
+
+def _answers_in_local_activity_tasks(history: Any) -> list[int]:
+    """Update completions recorded in a workflow task that also recorded a local activity result.
+
+    Such a task may be flushed with the result before the update's answer (a workflow task
+    heartbeat); if the next task is then lost, a replay answers inside the flushed task and the
+    server refuses every later task of the call. An answer after a timer has no such window.
+    """
+    found: list[int] = []
+    local_result = False
+    for event in history.events:
+        kind = EventType.Name(event.event_type)
+        if kind == "EVENT_TYPE_WORKFLOW_TASK_COMPLETED":
+            local_result = False
+        elif kind == "EVENT_TYPE_MARKER_RECORDED":
+            local_result |= event.marker_recorded_event_attributes.marker_name == LOCAL_MARKER
+        elif kind == "EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED" and local_result:
+            found.append(event.event_id)
+    return found
+
+
+LOCAL_MARKER = "core_local_activity"
+
+
+async def test_updates_are_answered_after_a_timer_not_with_a_local_activity_result(
+    call_worker: CallWorker, lenient_sandbox: SandboxServer, short_rounds: None
+) -> None:
+    handle, state = await started(call_worker)
+    attempt = AttemptSignal(outcome=AttemptOutcome.BUSY, attempt_at=state.requested_at)
+    recorded = await handle.execute_update(CallWorkflow.attempt_update, attempt)
+    assert recorded.detail is None or "duplicate" not in recorded.detail
+    lenient_sandbox.set_faults([{"endpoint": "add-attempt", "error500": 1.0}])
+    try:
+        later = attempt.model_copy(update={"attempt_at": state.requested_at + timedelta(minutes=1)})
+        queued = await handle.execute_update(CallWorkflow.attempt_update, later)
+        assert "queued" in (queued.detail or "")
+    finally:
+        lenient_sandbox.clear_faults()
+    await call_worker.advance(handle, timedelta(minutes=2))  # the outage's wait ends
+    for _ in range(100):
+        if len((await call_worker.state(handle)).attempts) == 2:
+            break
+        await asyncio.sleep(0.1)
+    await handle.execute_update(
+        CallWorkflow.complete_update, CompleteSignal(result=CallResult(result_code="confirmed"))
+    )
+    final: CallState = await handle.result()
+    assert final.phase == CallPhase.COMPLETED and len(final.attempts) == 2
+    history = await handle.fetch_history()
+    answered = [
+        e
+        for e in history.events
+        if EventType.Name(e.event_type) == "EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED"
+    ]
+    assert len(answered) == 3
+    assert _answers_in_local_activity_tasks(history) == []
+    await record_history(handle, "answered_after_timer")

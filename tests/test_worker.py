@@ -64,8 +64,8 @@ async def test_unreachable_tapraise_is_reported_but_does_not_stop_the_worker(
     assert "TapRaise at http://127.0.0.1:9 does not answer now" in caplog.text
 
 
-async def test_refused_credentials_are_reported_before_any_call_runs(
-    sandbox: SandboxServer,
+async def test_refused_credentials_are_reported_but_do_not_stop_the_worker(
+    sandbox: SandboxServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = stranger.private_bytes(
@@ -75,9 +75,12 @@ async def test_refused_credentials_are_reported_before_any_call_runs(
     ).decode()
     account = ServiceAccount(sandbox.account_email, sandbox.private_key_id, pem)
     async with TapRaiseClient(sandbox.base_url, account) as client:
-        with pytest.raises(RuntimeError, match="refused the service account") as refused:
-            await check_tapraise(client)
-    assert pem.splitlines()[1] not in str(refused.value)
+        with caplog.at_level(logging.WARNING, logger="tapraise_calls.worker"):
+            await check_tapraise(client)  # a key being rotated must not keep workers down
+    [record] = [r for r in caplog.records if "refuses the service account" in r.getMessage()]
+    assert record.levelno == logging.ERROR
+    assert "TAPRAISE_PRIVATE_KEY_ID" in record.getMessage()
+    assert pem.splitlines()[1] not in caplog.text
 
 
 async def test_good_credentials_pass_the_start_up_check(sandbox: SandboxServer) -> None:
