@@ -16,6 +16,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -32,7 +33,7 @@ from tapraise import (
 from workflows.call import CallWorkflow
 from workflows.connect import connect, load_env_file, missing_search_attributes
 from workflows.messages import TASK_QUEUE
-from workflows.policy import PolicyBook
+from workflows.policy import PolicyBook, describe_error
 from workflows.policy_activity import PolicyActivities
 
 log = logging.getLogger("tapraise_calls.worker")
@@ -66,6 +67,47 @@ def sandbox_runner() -> SandboxedWorkflowRunner:
     return SandboxedWorkflowRunner(restrictions=restrictions)
 
 
+class MalformedSignalLine(logging.Filter):
+    """The SDK's report of a signal it could not decode, as one warning line.
+
+    A malformed signal is dropped and changes nothing: that is worth a warning naming the signal
+    and the field, not an error with a traceback that reads like a crash.
+    """
+
+    PREFIX = "Failed deserializing signal input"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR and message.startswith(self.PREFIX):
+            reason = _innermost(record.exc_info[1]) if record.exc_info else ""
+            record.msg = f"{message}: {reason}" if reason else message
+            record.args = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def _innermost(exc: BaseException | None) -> str:
+    """The deepest cause of `exc`, on one line."""
+    while exc is not None and (exc.__cause__ or exc.__context__) is not None:
+        exc = exc.__cause__ or exc.__context__
+    if exc is None:
+        return ""
+    if isinstance(exc, ValidationError):  # each field and what is wrong with it
+        return describe_error(exc, whole="input")
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+_SDK_WORKFLOW_LOGGER = "temporalio.worker._workflow_instance"
+
+
+def quiet_malformed_signals() -> None:
+    """Install `MalformedSignalLine` on the SDK's workflow logger (once)."""
+    logger = logging.getLogger(_SDK_WORKFLOW_LOGGER)
+    if not any(isinstance(f, MalformedSignalLine) for f in logger.filters):
+        logger.addFilter(MalformedSignalLine())
+
+
 def build_worker(
     client: Client,
     tapraise: TapRaiseClient,
@@ -75,6 +117,7 @@ def build_worker(
     **options: Any,
 ) -> Worker:
     """The worker for the call workflow and its activities (used by tests and benchmarks too)."""
+    quiet_malformed_signals()
     calls = TapRaiseActivities(tapraise)
     policies = PolicyActivities(policy_book or PolicyBook.load())
     return Worker(

@@ -48,7 +48,7 @@ from tapraise.sandbox.seed import DEMO_PERSON_UUIDS
 from tests.sandbox_fixture import SandboxServer, free_port
 from tests.temporal_fixture import CallWorker
 from workflows.call import CallWorkflow
-from workflows.messages import CallInput, CallPhase, CallState
+from workflows.messages import CallInput, CallPhase, CallState, SearchAttributes
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -588,6 +588,13 @@ async def test_bare_start_with_bad_json_fails_at_once_naming_the_field(
     assert isinstance(cause, ApplicationError) and cause.type == "InvalidCallInput"
     assert field in cause.message, (body, cause.message)
     assert lenient_sandbox.stored_call(call_uuid) is None
+    # It publishes only what it did say: never a placeholder type or person a filter would match.
+    published = (await handle.describe()).typed_search_attributes
+    said_type = published.get(SearchAttributes.CALL_TYPE)
+    said_person = published.get(SearchAttributes.PERSON_UUID)
+    assert said_type == (None if field == "type" else body["type"])
+    assert said_person == (None if field == "personUuid" else body["personUuid"])
+    assert published.get(SearchAttributes.CALL_PHASE) == "failed"
 
 
 # ── the TapRaise sandbox ─────────────────────────────────────────────────────────────────────

@@ -12,6 +12,7 @@ instant (a call is `due` at once when it starts inside a calling window) is deri
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
@@ -364,8 +365,9 @@ async def test_tapraise_refusal_fails_the_call_visibly(call_worker: CallWorker) 
 
 
 async def test_duplicate_late_and_malformed_messages_change_nothing(
-    call_worker: CallWorker, lenient_sandbox: SandboxServer
+    call_worker: CallWorker, lenient_sandbox: SandboxServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="temporalio.worker._workflow_instance")
     handle = await call_worker.start(person_uuid=PERSON, type="verification")
     state = await settled(call_worker, handle)
     call_uuid = str(state.call_uuid)
@@ -395,6 +397,12 @@ async def test_duplicate_late_and_malformed_messages_change_nothing(
         await handle.signal(CallWorkflow.cancel_signal, CancelSignal())
     await record_history(handle, "duplicates_and_malformed")
     assert final.phase == CallPhase.COMPLETED and len(final.attempts) == 1
+    # The malformed signal: one warning line naming the field, no traceback.
+    [dropped] = [
+        r for r in caplog.records if r.getMessage().startswith("Failed deserializing signal")
+    ]
+    assert dropped.levelno == logging.WARNING and dropped.exc_info is None
+    assert "result.resultCode" in dropped.getMessage(), dropped.getMessage()
     assert lenient_sandbox.effects(call_uuid) == {
         "create": 1,
         "add-attempt": 1,

@@ -22,7 +22,7 @@ from temporalio.common import SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import ValidationError
+    from pydantic import TypeAdapter, ValidationError
 
     from activities import errors
     from activities.calls import (
@@ -73,7 +73,7 @@ with workflow.unsafe.imports_passed_through():
         call_uuid_from_workflow_id,
         to_json,
     )
-    from workflows.policy import AttemptOutcome, CallPolicy
+    from workflows.policy import AttemptOutcome, CallPolicy, describe_error
     from workflows.policy_activity import INVALID_POLICY, PolicyActivities, ResolvePolicyInput
 
 _Arg = TypeVar("_Arg")
@@ -132,14 +132,24 @@ class CallWorkflow:
         # (e.g. from the plain `temporal` CLI) must fail the workflow with a message naming the
         # field, not leave a workflow task retrying forever.
         self._input_error: str | None = None
+        # What the start says of the call's type and person; None where it could not be read.
+        # A bad input publishes only what it did say, never a placeholder a filter would match.
+        self._said: tuple[CallType | None, UUID | None] = (None, None)
         if not isinstance(input, CallInput):
             try:
                 input = CallInput.model_validate(input)
             except ValidationError as exc:
-                self._input_error = _describe(exc)
-                input = CallInput.model_construct(
-                    person_uuid=UUID(int=0), type=CallType.VERIFICATION
+                self._input_error = describe_error(exc, whole="input")
+                self._said = (
+                    _field(input, "type", CallType),
+                    _field(input, "personUuid", UUID),
                 )
+                input = CallInput.model_construct(
+                    person_uuid=self._said[1] or UUID(int=0),
+                    type=self._said[0] or CallType.VERIFICATION,
+                )
+        if self._input_error is None:
+            self._said = (input.type, input.person_uuid)
         if input.resume is not None and workflow.info().continued_run_id is None:
             # A caller's `resume` would skip the policy and the create: only a continued run
             # of this very call carries one.
@@ -856,11 +866,12 @@ class CallWorkflow:
         """Upsert the search attributes that changed, and refresh the UI's current details."""
         sa = SearchAttributes
         slot = self._slot if self._phase in (CallPhase.SCHEDULED, CallPhase.DUE) else None
+        said_type, said_person = self._said
         wanted: dict[str, tuple[Any, Any]] = {
             sa.CALL_PHASE.name: (sa.CALL_PHASE, self._phase.value),
             sa.CALL_STATUS.name: (sa.CALL_STATUS, self._status.value if self._status else None),
-            sa.CALL_TYPE.name: (sa.CALL_TYPE, self._input.type.value),
-            sa.PERSON_UUID.name: (sa.PERSON_UUID, str(self._input.person_uuid)),
+            sa.CALL_TYPE.name: (sa.CALL_TYPE, said_type.value if said_type else None),
+            sa.PERSON_UUID.name: (sa.PERSON_UUID, str(said_person) if said_person else None),
             sa.CALLING_ORGANIZATION_UUID.name: (
                 sa.CALLING_ORGANIZATION_UUID,
                 str(self._input.calling_organization_uuid)
@@ -884,8 +895,10 @@ class CallWorkflow:
 
     def _details(self, slot: schedule.Slot | None) -> str:
         limit = f"/{self._policy.max_attempts}" if self._policy else ""
+        said_type, said_person = self._said
         lines = [
-            f"**{self._input.type.value}** call to person `{self._input.person_uuid}`",
+            f"**{said_type.value if said_type else 'unknown type of'}** call to person "
+            f"`{said_person or 'unknown'}`",
             f"Phase: **{self._phase.value}** · attempts {len(self._progress.attempts)}{limit}",
         ]
         if slot is not None:
@@ -969,11 +982,14 @@ def _start_instant() -> datetime:
     return workflow.now()
 
 
-def _describe(exc: ValidationError) -> str:
-    """A pydantic error as one line that names each field (camelCase, as sent)."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg']}" for e in exc.errors()
-    )
+def _field(raw: Any, alias: str, kind: type[_Result]) -> _Result | None:
+    """One field of a start input that failed validation as a whole, if that field is valid."""
+    if not isinstance(raw, dict) or alias not in raw:
+        return None
+    try:
+        return TypeAdapter(kind).validate_python(raw[alias])
+    except ValidationError:
+        return None
 
 
 def _uuid_from_id() -> Any:

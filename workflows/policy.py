@@ -368,9 +368,11 @@ def expand_holidays(countries: list[str], first: date, last: date) -> list[date]
     return sorted(found)
 
 
-def _describe(error: ValidationError) -> str:
+def describe_error(error: ValidationError, whole: str = "value") -> str:
+    """A pydantic error as one line naming each field (camelCase, as sent); `whole` names the
+    value itself when the error is not about one field."""
     return "; ".join(
-        f"{'.'.join(str(part) for part in e['loc']) or 'value'}: {e['msg']}" for e in error.errors()
+        f"{'.'.join(str(part) for part in e['loc']) or whole}: {e['msg']}" for e in error.errors()
     )
 
 
@@ -427,7 +429,7 @@ class PolicyBook(_Wire):
         try:
             return cls.model_validate(data)
         except ValidationError as error:
-            raise ValueError(f"{path}: {_describe(error)}") from None
+            raise ValueError(f"{path}: {describe_error(error)}") from None
 
     @property
     def call_types(self) -> list[str]:
@@ -486,7 +488,7 @@ class PolicyBook(_Wire):
                 merged = _merge(merged, layer)
             policy = CallPolicy.model_validate(merged)
         except ValidationError as error:
-            raise ValueError(f"policy for a {call_type} call: {_describe(error)}") from None
+            raise ValueError(f"policy for a {call_type} call: {describe_error(error)}") from None
         return with_holidays(policy, requested_at)
 
 
