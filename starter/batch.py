@@ -1,11 +1,14 @@
 """Batches of calls from CSV or JSONL files (a CRM export), validated row by row before anything
 is started.
 
-CSV: the header holds `CallInput`'s camelCase field names; the `policy` and `externalMetadata`
-cells hold JSON; empty cells are absent. JSONL: one JSON object per line, as `POST /calls` takes
-it. Every row gets its call uuid before starting — from its `uuid`, derived from an id column
-(`id_from`), or made at random — so that duplicates inside the file are found and a re-run of
-the same file starts nothing twice (given a uuid or an id column).
+CSV: the header holds `CallInput`'s camelCase field names plus any columns of the CRM's own; the
+`policy` and `externalMetadata` cells hold JSON; empty cells are absent. JSONL: one JSON object
+per line, as `POST /calls` takes it plus any keys of the CRM's own. Own columns and keys are not
+sent to the workflow, but one that is evidently a misspelt call field (`personUUID`,
+`requested_at`) is refused rather than silently dropped. Every row gets its call uuid before
+starting — from its `uuid`, derived from an id column (`id_from`), or made at random — so that
+duplicates inside the file are found and a re-run of the same file starts nothing twice (given a
+uuid or an id column).
 """
 
 from __future__ import annotations
@@ -20,12 +23,52 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from starter.calls import InvalidInput, StartResult, derive_call_uuid, parse_call
+from starter.calls import InvalidInput, StartResult, StartStatus, derive_call_uuid, parse_call
 from workflows.messages import CallInput, workflow_id_for
 
 # CSV columns whose cells are JSON objects rather than plain values.
 JSON_COLUMNS: Final = frozenset({"policy", "externalMetadata"})
 CALL_FIELDS: Final = tuple(f.alias or name for name, f in CallInput.model_fields.items())
+# The fields a CRM fills in (`resume` is the workflow's own, for its continue-as-new).
+_CRM_FIELDS: Final = tuple(name for name in CALL_FIELDS if name != "resume")
+
+INVALID: Final = "invalid"
+"""The outcome of a row that failed validation: nothing was sent for it."""
+OUTCOMES: Final = (
+    StartStatus.STARTED.value,
+    StartStatus.ALREADY_STARTED.value,
+    StartStatus.DUPLICATE.value,
+    INVALID,
+    StartStatus.FAILED.value,
+)
+"""Every outcome a row of a batch can have, in the order summaries count them."""
+
+
+def _folded(name: str) -> str:
+    return name.casefold().replace("_", "").replace("-", "")
+
+
+_FOLDED_FIELDS: Final = {_folded(name): name for name in CALL_FIELDS}
+
+
+def misspelt_field(name: str) -> str | None:
+    """The call field that `name` evidently misspells, or None.
+
+    A name is a misspelling when it equals a call field ignoring case, '_' and '-'
+    (`personUUID`, `person_uuid`, `requested-at`) without being that field.
+    """
+    field_name = _FOLDED_FIELDS.get(_folded(name))
+    return field_name if field_name is not None and field_name != name else None
+
+
+def misspelling_problem(name: str, field_name: str) -> str:
+    """The problem reported for a column or key that misspells a call field."""
+    return f"{name}: misspelt call field, did you mean {field_name}?"
+
+
+def outcome_of(result: StartResult) -> str:
+    """A started row's outcome; a start refused by local validation counts as invalid."""
+    return INVALID if result.status is StartStatus.REFUSED else result.status.value
 
 
 class BatchFormat(StrEnum):
@@ -36,7 +79,7 @@ class BatchFormat(StrEnum):
 
 
 class BatchError(Exception):
-    """The file as a whole cannot be used (empty, unreadable, unknown columns)."""
+    """The file as a whole cannot be used (no rows, misspelt columns, no id column)."""
 
 
 @dataclass(frozen=True)
@@ -48,12 +91,15 @@ class BatchRow:
         call: The validated call, its uuid set; None when the row is bad.
         problems: Why the row is bad (each naming its field); empty when it is good.
         duplicate_of: The line of an earlier row with the same call uuid, if any.
+        external_id: The row's value of the `id_from` column or key, as given (also for a bad
+            row, when it could be read); None when there is no `id_from` or no value.
     """
 
     line: int
     call: CallInput | None
     problems: tuple[str, ...] = ()
     duplicate_of: int | None = None
+    external_id: str | None = None
 
     @property
     def is_good(self) -> bool:
@@ -67,10 +113,12 @@ class Batch:
     Attributes:
         rows: All rows.
         random_uuids: How many rows got a random call uuid (those would start again on a re-run).
+        id_from: The column or key the call uuids were derived from, if any.
     """
 
     rows: list[BatchRow] = field(default_factory=list)
     random_uuids: int = 0
+    id_from: str | None = None
 
     @property
     def good(self) -> list[BatchRow]:
@@ -124,13 +172,26 @@ def read_batch(text: str, fmt: BatchFormat, id_from: str | None = None) -> Batch
         Every row with its verdict; bad rows do not stop the others from being validated.
 
     Raises:
-        BatchError: when the file has no rows or its header names unknown columns.
+        BatchError: when the file has no rows, its header has a column that misspells a call
+            field, or a CSV header lacks the `id_from` column.
     """
     text = text.removeprefix("\ufeff")
-    records = _csv_records(text, id_from) if fmt is BatchFormat.CSV else _jsonl_records(text)
+    if fmt is BatchFormat.CSV:
+        records = _csv_records(text, id_from)
+    else:
+        records = [_Record(line, value) for line, value in _jsonl_records(text)]
     if not records:
         raise BatchError("the file has no rows: nothing to start")
-    return validate_records(records, id_from)
+    return _validate(records, id_from)
+
+
+@dataclass(frozen=True)
+class _Record:
+    """One raw row: its fields by name, or why they could not be read (`data` then partial)."""
+
+    line: int
+    data: dict[str, Any] | str
+    problems: tuple[str, ...] = ()
 
 
 def validate_records(
@@ -138,39 +199,75 @@ def validate_records(
 ) -> Batch:
     """Validate raw records (`(line, object)`, or `(line, problem)` for unparsable ones).
 
-    Also used by the gateway's batch endpoint, with list indexes as line numbers.
+    Keys of the record's own (not call fields) are allowed and not sent; a key that misspells a
+    call field makes the row bad. Also used by the gateway's batch endpoint, with list indexes
+    as line numbers.
     """
-    batch = Batch()
+    return _validate([_Record(line, record) for line, record in records], id_from)
+
+
+def _validate(records: Iterable[_Record], id_from: str | None) -> Batch:
+    batch = Batch(id_from=id_from)
     seen: dict[uuid.UUID, int] = {}
-    for line, record in records:
-        if isinstance(record, str):
-            batch.rows.append(BatchRow(line, None, (record,)))
+    for record in records:
+        line, data = record.line, record.data
+        if isinstance(data, str):
+            batch.rows.append(BatchRow(line, None, (data,)))
+            continue
+        external_id = _external_id(data, id_from)
+        if record.problems:
+            batch.rows.append(BatchRow(line, None, record.problems, external_id=external_id))
             continue
         try:
-            call, random = _row_call(record, id_from)
+            call, random = _row_call(data, id_from, external_id)
         except InvalidInput as exc:
-            batch.rows.append(BatchRow(line, None, tuple(exc.problems)))
+            batch.rows.append(BatchRow(line, None, tuple(exc.problems), external_id=external_id))
             continue
         assert call.uuid is not None
         batch.random_uuids += random
         first = seen.setdefault(call.uuid, line)
-        batch.rows.append(BatchRow(line, call, duplicate_of=None if first == line else first))
+        duplicate_of = None if first == line else first
+        batch.rows.append(BatchRow(line, call, (), duplicate_of, external_id))
     return batch
 
 
-def _row_call(record: dict[str, Any], id_from: str | None) -> tuple[CallInput, bool]:
-    """The validated call of one record, with its uuid; True when that uuid is random."""
-    data = dict(record)
-    external_id = _lookup(data, id_from) if id_from else None
-    if id_from and "." not in id_from and id_from not in CALL_FIELDS:
-        data.pop(id_from, None)  # a CRM column of its own, not a call field
-    call = parse_call(data)
+def _external_id(data: dict[str, Any], id_from: str | None) -> str | None:
+    if not id_from:
+        return None
+    value = _lookup(data, id_from)
+    if value is None or isinstance(value, dict | list) or not str(value).strip():
+        return None
+    return str(value)
+
+
+def _row_call(
+    record: dict[str, Any], id_from: str | None, external_id: str | None
+) -> tuple[CallInput, bool]:
+    """The validated call of one record, with its uuid; True when that uuid is random.
+
+    Only the record's call fields are validated and sent; its other keys are the CRM's own.
+    """
+    misspelt = {
+        name: field_name
+        for name in record
+        if name != id_from and (field_name := misspelt_field(name)) is not None
+    }
+    data = {name: value for name, value in record.items() if name in CALL_FIELDS}
+    problems = [misspelling_problem(name, field_name) for name, field_name in misspelt.items()]
+    try:
+        call = parse_call(data)
+    except InvalidInput as exc:
+        # A field reported missing because it was misspelt is said once, as the misspelling.
+        meant = {f"{field_name}: required" for field_name in misspelt.values()}
+        problems += [problem for problem in exc.problems if problem not in meant]
+    if problems:
+        raise InvalidInput(problems)
     if call.uuid is not None:
         return call, False
     if id_from:
-        if external_id is None or not str(external_id).strip():
+        if external_id is None:
             raise InvalidInput([f"{id_from}: no value to derive the call uuid from"])
-        return call.model_copy(update={"uuid": derive_call_uuid(str(external_id))}), False
+        return call.model_copy(update={"uuid": derive_call_uuid(external_id)}), False
     return call.model_copy(update={"uuid": uuid.uuid4()}), True
 
 
@@ -185,24 +282,33 @@ def _lookup(data: dict[str, Any], path: str) -> Any:
     return value
 
 
-def _csv_records(text: str, id_from: str | None) -> list[tuple[int, dict[str, Any] | str]]:
+def _check_header(header: list[str], id_from: str | None) -> None:
+    misspelt = [
+        misspelling_problem(name, field_name)
+        for name in header
+        if name and name != id_from and (field_name := misspelt_field(name)) is not None
+    ]
+    if misspelt:
+        raise BatchError(
+            f"column {'; column '.join(misspelt)} (the header spells the call's fields exactly: "
+            f"{', '.join(_CRM_FIELDS)}; other columns are the CRM's own and are not sent)"
+        )
+    if id_from and id_from not in header and id_from.split(".")[0] not in header:
+        raise BatchError(f"--id-from {id_from}: the header has no such column")
+
+
+def _csv_records(text: str, id_from: str | None) -> list[_Record]:
     reader = csv.DictReader(io.StringIO(text))
     header = [name.strip() for name in reader.fieldnames or []]
     if not header:
         return []
     reader.fieldnames = header
-    allowed = set(CALL_FIELDS) | ({id_from} if id_from else set())
-    unknown = [name for name in header if name and name not in allowed]
-    if unknown:
-        raise BatchError(
-            f"unknown column(s) {', '.join(unknown)}: the header holds the call's field names "
-            f"({', '.join(CALL_FIELDS)}), plus the --id-from column"
-        )
-    records: list[tuple[int, dict[str, Any] | str]] = []
+    _check_header(header, id_from)
+    records: list[_Record] = []
     for row in reader:
         line = reader.line_num
         if None in row:
-            records.append((line, f"more cells than the header's {len(header)} columns"))
+            records.append(_Record(line, f"more cells than the header's {len(header)} columns"))
             continue
         record: dict[str, Any] = {}
         problems: list[str] = []
@@ -218,7 +324,7 @@ def _csv_records(text: str, id_from: str | None) -> list[tuple[int, dict[str, An
                     continue
             else:
                 record[name] = value
-        records.append((line, "; ".join(problems) if problems else record))
+        records.append(_Record(line, record, tuple(problems)))
     return records
 
 
@@ -242,47 +348,69 @@ def _jsonl_records(text: str) -> list[tuple[int, dict[str, Any] | str]]:
 RESULT_COLUMNS: Final = ("line", "callUuid", "workflowId", "outcome", "phase", "detail")
 
 
+def result_columns(id_from: str | None) -> tuple[str, ...]:
+    """The results CSV's columns: with an id column, its name follows `line` (for a join)."""
+    if not id_from or id_from in RESULT_COLUMNS:
+        return RESULT_COLUMNS
+    return (RESULT_COLUMNS[0], id_from, *RESULT_COLUMNS[1:])
+
+
 def result_rows(
     batch: Batch, started: Iterable[tuple[BatchRow, StartResult]]
 ) -> list[dict[str, str]]:
-    """One result line per row of the file: row → workflow id → outcome.
+    """One result line per row of the file: row (and its id) → workflow id → outcome.
+
+    Outcomes: started, already started, duplicate (of an earlier row), invalid (the row failed
+    validation: nothing was sent for it), failed (Temporal did not take the start), and
+    "not started" for good rows of a file refused as a whole.
 
     Args:
         batch: The validated batch.
         started: The good rows with what became of them.
     """
     outcomes = {row.line: result for row, result in started}
+    columns = result_columns(batch.id_from)
     lines = []
     for row in batch.rows:
         call_uuid = row.call.uuid if row.call else None
         result = outcomes.get(row.line)
         if result is not None:
             outcome, phase, detail = (
-                result.status.value,
+                outcome_of(result),
                 result.phase.value if result.phase else "",
                 result.detail,
             )
         elif row.problems:
-            outcome, phase, detail = "refused", "", "; ".join(row.problems)
+            outcome, phase, detail = INVALID, "", "; ".join(row.problems)
         elif row.duplicate_of is not None:
             outcome, phase, detail = "duplicate", "", f"same call as line {row.duplicate_of}"
         else:
             outcome, phase, detail = "not started", "", "the file was refused"
-        lines.append(
-            {
-                "line": str(row.line),
-                "callUuid": str(call_uuid) if call_uuid else "",
-                "workflowId": workflow_id_for(call_uuid) if call_uuid else "",
-                "outcome": outcome,
-                "phase": phase,
-                "detail": detail,
-            }
-        )
+        values = {
+            "line": str(row.line),
+            "callUuid": str(call_uuid) if call_uuid else "",
+            "workflowId": workflow_id_for(call_uuid) if call_uuid else "",
+            "outcome": outcome,
+            "phase": phase,
+            "detail": detail,
+        }
+        if batch.id_from:
+            values.setdefault(batch.id_from, row.external_id or "")
+        lines.append({column: values[column] for column in columns})
     return lines
+
+
+def summarize(outcomes: Iterable[str]) -> dict[str, int]:
+    """How many rows had each of `OUTCOMES` (every one present, zero or not)."""
+    counts = dict.fromkeys(OUTCOMES, 0)
+    for outcome in outcomes:
+        if outcome in counts:
+            counts[outcome] += 1
+    return counts
 
 
 def write_results(target: TextIO, rows: list[dict[str, str]]) -> None:
     """Write `result_rows` as CSV to `target` (a file opened with `newline=""`, or stdout)."""
-    writer = csv.DictWriter(target, fieldnames=RESULT_COLUMNS)
+    writer = csv.DictWriter(target, fieldnames=list(rows[0]) if rows else RESULT_COLUMNS)
     writer.writeheader()
     writer.writerows(rows)

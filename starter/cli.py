@@ -13,11 +13,14 @@ import importlib
 import json
 import logging
 import os
+import re
+import shutil
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, Final, NoReturn, TypeVar
 
 import typer
 from rich.console import Console, Group
@@ -27,12 +30,14 @@ from rich.table import Table
 from rich.text import Text
 
 from starter.batch import (
+    INVALID,
     BatchError,
     BatchFormat,
     BatchRow,
     detect_format,
     read_batch,
     result_rows,
+    summarize,
     write_results,
 )
 from starter.calls import (
@@ -172,6 +177,30 @@ def _load_json_object(text: str, what: str) -> dict[str, Any]:
     return value
 
 
+_RELATIVE = re.compile(r"(?P<sign>[+-])(?P<parts>(?:\d+[dhms])+)")
+_UNITS: Final = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+_WHEN = "ISO 8601 with offset, or from now: +2h, -10m, +1d12h"
+
+
+def _moment(text: str | None) -> str | None:
+    """A time option: ISO 8601 as given, or relative to now (`+2h`, `-10m`) made absolute (UTC).
+
+    The relative form saves a shell's date arithmetic; anything else is checked where the
+    message is validated, which names the field.
+    """
+    if text is None:
+        return None
+    relative = _RELATIVE.fullmatch(text.strip())
+    if relative is None:
+        return text
+    delta = sum(
+        (timedelta(**{_UNITS[unit]: int(n)}) for n, unit in re.findall(r"(\d+)([dhms])", text)),
+        timedelta(),
+    )
+    at = datetime.now(UTC) + (delta if relative["sign"] == "+" else -delta)
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _put(data: dict[str, Any], key: str, value: Any) -> None:
     if value is not None:
         data[key] = value
@@ -230,7 +259,7 @@ def start(
     ] = None,
     requested_at: Annotated[
         str | None,
-        typer.Option("--requested-at", help="ISO 8601 with offset, e.g. 2026-11-27T10:00:00Z."),
+        typer.Option("--requested-at", help=f"requestedAt: {_WHEN}."),
     ] = None,
     org: Annotated[str | None, typer.Option("--org", help="callingOrganizationUuid.")] = None,
     related_case: Annotated[
@@ -265,7 +294,7 @@ def start(
             ("personUuid", person),
             ("type", call_type),
             ("uuid", call_uuid),
-            ("requestedAt", requested_at),
+            ("requestedAt", _moment(requested_at)),
             ("callingOrganizationUuid", org),
             ("relatedCaseUuid", related_case),
             ("requestedByUserUuid", requested_by),
@@ -297,7 +326,8 @@ def start(
 @app.command(
     "start-batch",
     epilog="Example: python -m starter start-batch calls.csv --id-from crmId --results out.csv  "
-    "·  CSV header: personUuid,type,uuid,requestedAt,callingOrganizationUuid,notes,…",
+    "·  CSV header: personUuid,type,uuid,requestedAt,callingOrganizationUuid,notes,… plus "
+    "columns of your own, e.g. crmId",
 )
 def start_batch(
     ctx: typer.Context,
@@ -306,14 +336,14 @@ def start_batch(
     ],
     fmt: Annotated[BatchFormat | None, typer.Option("--format", help="csv or jsonl.")] = None,
     strict: Annotated[
-        bool, typer.Option("--strict", help="Start nothing if any row is bad.")
+        bool, typer.Option("--strict", help="Start nothing if any row is invalid.")
     ] = False,
     id_from: Annotated[
         str | None,
         typer.Option(
             "--id-from",
             help="Column (or JSON path such as externalMetadata.referenceId) to derive call uuids "
-            "from, so that re-running the file starts nothing twice.",
+            "from, so that re-running the file starts nothing twice; the results carry it.",
         ),
     ] = None,
     concurrency: Annotated[
@@ -324,25 +354,38 @@ def start_batch(
         typer.Option(
             "--results",
             metavar="FILE",
-            help="Write row → workflow id → outcome to this CSV file ('-' = stdout, the "
-            "report then goes to stderr).",
+            help="Write row (and its --id-from value) → workflow id → outcome to this CSV file "
+            "('-' = stdout, the report then goes to stderr).",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print per-row results as JSON.")] = False,
 ) -> None:
     """Start many calls from a CSV or JSONL file ('-' = stdin), validating every row first.
 
+    Columns (JSONL: keys) other than the call's fields are the CRM's own and are not sent; one
+    that misspells a call field (personUUID, requested_at) refuses the file (JSONL: the row).
     Standard input without --format is JSONL when it opens with '{', else CSV.
+
+    Exit 0 when every row was started (or already was), 1 when some rows were invalid or their
+    start failed, 2 when bad input started nothing (a bad file, --strict with invalid rows, or
+    no valid row at all).
     """
     if results == "-" and as_json:
         _invalid(InvalidInput(["--results -: stdout carries the --json answer already"]), as_json)
+    if results is not None and results != "-":
+        problem = _unwritable(results)
+        if problem is not None:
+            _fail(f"--results {results}: {problem}", EXIT_USAGE, as_json, kind="invalid")
     try:
         text = _read_text(path)
         batch = read_batch(text, detect_format(path, fmt, text), id_from)
     except OSError as exc:
-        _fail(f"cannot read {path}: {exc.strerror}", EXIT_FAILED, as_json)
+        _fail(f"cannot read {path}: {exc.strerror}", EXIT_USAGE, as_json, kind="invalid")
+    except UnicodeDecodeError as exc:
+        message = f"cannot read {path}: not UTF-8 text ({exc.reason})"
+        _fail(message, EXIT_USAGE, as_json, kind="invalid")
     except BatchError as exc:
-        _fail(str(exc), EXIT_FAILED, as_json, kind="invalid")
+        _fail(f"{exc}; nothing started", EXIT_USAGE, as_json, kind="invalid")
 
     # People read the report; with the results CSV on stdout it goes to stderr instead.
     report = err if as_json or results == "-" else out
@@ -361,14 +404,18 @@ def start_batch(
             soft_wrap=True,
         )
     good = batch.good
-    if strict and batch.bad:
+    if batch.bad and (strict or not good):
+        # Bad input and nothing sent: the whole file is refused, with each row's verdict.
+        refused = result_rows(batch, [])
         if results is not None:
-            _write_results(results, result_rows(batch, []))
+            _write_results(results, refused)
+        why = "(--strict)" if strict else "and no good row"
         _fail(
-            f"refused the whole file: {len(batch.bad)} bad row(s) (--strict); nothing started",
-            EXIT_FAILED,
+            f"refused the whole file: {len(batch.bad)} invalid row(s) {why}; nothing started",
+            EXIT_USAGE,
             as_json,
             kind="invalid",
+            rows=refused,
         )
 
     async def work(service: CallService) -> list[StartResult]:
@@ -394,13 +441,14 @@ def start_batch(
     if good:
         started = list(zip(good, _run(ctx, work, as_json), strict=True))
     rows = result_rows(batch, started)
+    counts = summarize(line["outcome"] for line in rows)
     if results is not None:
-        _write_results(results, rows)
+        try:
+            _write_results(results, rows)
+        except OSError as exc:  # checked before starting, yet the disk may fill up meanwhile
+            message = f"cannot write {results}: {exc.strerror} (the good rows were started)"
+            _fail(message, EXIT_FAILED, as_json, summary=counts)
 
-    counts = {status.value: 0 for status in StartStatus}
-    for line in rows:
-        if line["outcome"] in counts:
-            counts[line["outcome"]] += 1
     if as_json:
         _print_json({"summary": counts, "rows": rows})
     else:
@@ -412,8 +460,21 @@ def start_batch(
         report.print(summary)
         if results is not None and results != "-":
             report.print(f"results written to {results}")
-    if counts[StartStatus.REFUSED.value] or counts[StartStatus.FAILED.value]:
+    if counts[INVALID] or counts[StartStatus.FAILED.value]:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _unwritable(name: str) -> str | None:
+    """Why a results file cannot be written there, or None (checked before anything starts)."""
+    target = Path(name)
+    if target.is_dir():
+        return "is a directory"
+    if target.exists():
+        return None if os.access(target, os.W_OK) else "not writable"
+    parent = target.parent
+    if not parent.is_dir():
+        return f"no directory {str(parent)!r}"
+    return None if os.access(parent, os.W_OK) else f"directory {str(parent)!r} is not writable"
 
 
 # ── actions ──────────────────────────────────────────────────────────────────────────────────
@@ -492,7 +553,7 @@ def attempt(
     user: Annotated[str | None, typer.Option("--user", help="userUuid of the agent.")] = None,
     at: Annotated[
         str | None,
-        typer.Option("--at", help="attemptAt, ISO 8601 with offset (default: now)."),
+        typer.Option("--at", help=f"attemptAt: {_WHEN} (default: now)."),
     ] = None,
     request_id: RequestId = None,
     signal: Annotated[bool, typer.Option("--signal", help=_SIGNAL_HELP)] = False,
@@ -501,7 +562,7 @@ def attempt(
     """Report an unsuccessful attempt to reach the donor."""
     data: dict[str, Any] = {"outcome": outcome}
     _put(data, "userUuid", user)
-    _put(data, "attemptAt", at)
+    _put(data, "attemptAt", _moment(at))
     _act(ctx, call_uuid, ATTEMPT, data, signal, as_json, request_id)
 
 
@@ -523,7 +584,7 @@ def complete(
     user: Annotated[str | None, typer.Option("--user", help="userUuid of the agent.")] = None,
     completed_at: Annotated[
         str | None,
-        typer.Option("--completed-at", help="completedAt, ISO 8601 with offset (default now)."),
+        typer.Option("--completed-at", help=f"completedAt: {_WHEN} (default: now)."),
     ] = None,
     request_id: RequestId = None,
     signal: Annotated[bool, typer.Option("--signal", help=_SIGNAL_HELP)] = False,
@@ -534,7 +595,7 @@ def complete(
     _put(result, "notes", notes)
     _put(result, "duration", duration)
     _put(result, "donorRetentionRating", rating)
-    _put(result, "completedAt", completed_at)
+    _put(result, "completedAt", _moment(completed_at))
     data: dict[str, Any] = {"result": result}
     _put(data, "userUuid", user)
     _act(ctx, call_uuid, COMPLETE, data, signal, as_json, request_id)
@@ -542,12 +603,12 @@ def complete(
 
 @app.command(
     epilog="Example: python -m starter reschedule 5d1c…-uuid --at 2026-11-30T18:30:00+01:00 "
-    "--notes 'after dinner'"
+    "--notes 'after dinner'  ·  python -m starter reschedule 5d1c…-uuid --at +2h"
 )
 def reschedule(
     ctx: typer.Context,
     call_uuid: Annotated[str, typer.Argument(metavar="UUID", help="The call's uuid.")],
-    at: Annotated[str, typer.Option("--at", help="Callback time, ISO 8601 with offset.")],
+    at: Annotated[str, typer.Option("--at", help=f"Callback time: {_WHEN}.")],
     notes: Annotated[
         str | None, typer.Option("--notes", help="Why, or what the donor said.")
     ] = None,
@@ -557,7 +618,7 @@ def reschedule(
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
 ) -> None:
     """Ask for the next attempt at the time the donor named."""
-    data: dict[str, Any] = {"at": at}
+    data: dict[str, Any] = {"at": _moment(at)}
     _put(data, "notes", notes)
     _put(data, "userUuid", user)
     _act(ctx, call_uuid, RESCHEDULE, data, signal, as_json, request_id)
@@ -570,9 +631,7 @@ def cancel(
     reason: Annotated[
         str | None, typer.Option("--reason", help="Why the call is not wanted.")
     ] = None,
-    at: Annotated[
-        str | None, typer.Option("--at", help="cancelledAt, ISO 8601 with offset.")
-    ] = None,
+    at: Annotated[str | None, typer.Option("--at", help=f"cancelledAt: {_WHEN}.")] = None,
     request_id: RequestId = None,
     signal: Annotated[bool, typer.Option("--signal", help=_SIGNAL_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
@@ -580,7 +639,7 @@ def cancel(
     """Cancel the call."""
     data: dict[str, Any] = {}
     _put(data, "reason", reason)
-    _put(data, "cancelledAt", at)
+    _put(data, "cancelledAt", _moment(at))
     _act(ctx, call_uuid, CANCEL, data, signal, as_json, request_id)
 
 
@@ -658,22 +717,91 @@ def status(
         out.print(_state_panel(state))
 
 
-def _calls_table(calls: list[CallSummary]) -> Table:
-    table = Table(show_lines=False)
-    # The workflow id is what people copy into other commands: never wrapped.
-    table.add_column("workflow id", no_wrap=True)
-    for column in ("phase", "status", "type", "attempts", "next attempt (UTC)"):
-        table.add_column(column)
+# Piped, `list` prints every field in full, tab-separated, under the `--json` names.
+LIST_TSV_COLUMNS: Final = (
+    "workflowId",
+    "executionStatus",
+    "phase",
+    "callStatus",
+    "type",
+    "personUuid",
+    "callingOrganizationUuid",
+    "attempts",
+    "nextAttemptAt",
+    "startedAt",
+    "closedAt",
+)
+_COLUMN_GAP: Final = "  "
+
+
+def _stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+def _calls_tsv(calls: list[CallSummary]) -> list[str]:
+    """A header and one tab-separated line per call, every value in full (for cut and awk)."""
+
+    def cell(value: Any) -> str:
+        return "" if value is None else " ".join(str(value).split())  # no tab can split a cell
+
+    lines = ["\t".join(LIST_TSV_COLUMNS)]
     for call in calls:
-        table.add_row(
-            call.workflow_id,
-            call.phase or "—",
-            call.call_status or "—",
-            call.type or "—",
-            "" if call.attempts is None else str(call.attempts),
-            call.next_attempt_at.strftime("%Y-%m-%d %H:%M") if call.next_attempt_at else "",
-        )
-    return table
+        data = call.to_json()
+        lines.append("\t".join(cell(data[column]) for column in LIST_TSV_COLUMNS))
+    return lines
+
+
+def _calls_columns(calls: list[CallSummary], width: int) -> list[tuple[str, list[str]]]:
+    """The table's columns (header, cells) that fit in `width` characters.
+
+    The workflow id, what people copy into other commands, is always there and complete; when
+    the table is too wide, the less important columns go first: the TapRaise status (the phase
+    says nearly as much), the next attempt's year, the attempts, the type, the next attempt.
+    """
+
+    def when(call: CallSummary, fmt: str) -> str:
+        return call.next_attempt_at.astimezone(UTC).strftime(fmt) if call.next_attempt_at else ""
+
+    columns: dict[str, list[str]] = {
+        "workflow id": [call.workflow_id for call in calls],
+        "phase": [call.phase or "—" for call in calls],
+        "status": [call.call_status or "—" for call in calls],
+        "type": [call.type or "—" for call in calls],
+        "attempts": ["" if call.attempts is None else str(call.attempts) for call in calls],
+        "next (UTC)": [when(call, "%Y-%m-%d %H:%M") for call in calls],
+    }
+
+    def total() -> int:
+        widths = [max([len(header), *map(len, cells)]) for header, cells in columns.items()]
+        return sum(widths) + len(_COLUMN_GAP) * (len(widths) - 1)
+
+    # Each step drops a column (None) or shortens its cells, until the table fits.
+    steps: list[tuple[str, list[str] | None]] = [
+        ("status", None),
+        ("next (UTC)", [when(call, "%m-%d %H:%M") for call in calls]),
+        ("attempts", None),
+        ("type", None),
+        ("next (UTC)", None),
+        ("phase", None),
+    ]
+    for header, cells in steps:
+        if total() <= width:
+            break
+        if cells is None:
+            del columns[header]
+        else:
+            columns[header] = cells
+    return list(columns.items())
+
+
+def _calls_lines(calls: list[CallSummary], width: int) -> list[str]:
+    """The calls as aligned columns for a terminal `width` characters wide (header first)."""
+    columns = _calls_columns(calls, width)
+    widths = [max([len(header), *map(len, cells)]) for header, cells in columns]
+    rows = [[header for header, _ in columns]]
+    rows += [[cells[i] for _, cells in columns] for i in range(len(calls))]
+    gap = _COLUMN_GAP
+    return [gap.join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
 @app.command(
@@ -699,7 +827,7 @@ def list_calls(
     org: Annotated[str | None, typer.Option("--org", help="CallingOrganizationUuid.")] = None,
     due_before: Annotated[
         str | None,
-        typer.Option("--due-before", help="NextAttemptAt before this ISO 8601 time (with offset)."),
+        typer.Option("--due-before", help=f"NextAttemptAt before this time: {_WHEN}."),
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = DEFAULT_LIST_LIMIT,
     query: Annotated[
@@ -707,7 +835,11 @@ def list_calls(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the calls as JSON.")] = False,
 ) -> None:
-    """List calls by their search attributes (Temporal visibility; lags by a second or so)."""
+    """List calls by their search attributes (Temporal visibility; lags by a second or so).
+
+    On a terminal, a table that fits its width; piped, one tab-separated line per call under a
+    header line, every value in full.
+    """
     try:
         filters = ListFilters.parse(
             status=status,
@@ -715,7 +847,7 @@ def list_calls(
             type=call_type,
             person=person,
             org=org,
-            due_before=due_before,
+            due_before=_moment(due_before),
             query=query,
         )
     except InvalidInput as exc:
@@ -727,9 +859,16 @@ def list_calls(
     used, calls = _run(ctx, work, as_json)
     if as_json:
         _print_json({"query": used, "calls": [call.to_json() for call in calls]})
-    else:
-        out.print(_calls_table(calls))
-        err.print(f"{len(calls)} call(s) · {used}", soft_wrap=True)
+        return
+    if not _stdout_is_terminal():
+        for line in _calls_tsv(calls):
+            typer.echo(line)
+    elif calls:
+        header, *lines = _calls_lines(calls, shutil.get_terminal_size().columns)
+        out.print(Text(header, style="bold"), soft_wrap=True)
+        for line in lines:
+            out.print(Text(line), soft_wrap=True)
+    err.print(f"{len(calls)} call(s) · {used}", soft_wrap=True)
 
 
 # ── serve and dev ────────────────────────────────────────────────────────────────────────────
@@ -762,17 +901,95 @@ def serve(
 
 
 @app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    add_help_option=False,  # --help goes on to the stack's own options
-    epilog="Example: python -m starter dev --demo",
+    epilog="Example: python -m starter dev --demo  ·  make demo runs exactly this, make run "
+    "runs it without --demo; then open http://localhost:8233 (the Web UI)"
 )
-def dev(ctx: typer.Context) -> None:
-    """Run everything locally: dev server, sandbox, worker (and --demo calls). Options pass on."""
+def dev(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            metavar="DIR",
+            help="Where the server's SQLite file, the sandbox store and the logs live "
+            "(default .data).",
+        ),
+    ] = None,
+    temporal_port: Annotated[
+        int | None, typer.Option("--temporal-port", help="Temporal's gRPC port (default 7233).")
+    ] = None,
+    ui_port: Annotated[
+        int | None, typer.Option("--ui-port", help="The Web UI's port (default 8233).")
+    ] = None,
+    sandbox_port: Annotated[
+        int | None,
+        typer.Option("--sandbox-port", help="The TapRaise sandbox's port (default 8081)."),
+    ] = None,
+    gateway_port: Annotated[
+        int | None, typer.Option("--gateway-port", help="The HTTP gateway's port (default 8080).")
+    ] = None,
+    namespace: Annotated[
+        str | None,
+        typer.Option("--namespace", help="The Temporal namespace (default default)."),
+    ] = None,
+    no_gateway: Annotated[
+        bool, typer.Option("--no-gateway", help="Do not start the HTTP gateway.")
+    ] = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="Also show every process's output here, each line prefixed with its name.",
+        ),
+    ] = False,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo",
+            help="Once healthy, start demo calls and play agents through them (sandbox only).",
+        ),
+    ] = False,
+    exit_after_demo: Annotated[
+        bool,
+        typer.Option(
+            "--exit-after-demo", help="With --demo: stop the stack when the demo is done (CI)."
+        ),
+    ] = False,
+    startup_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--startup-timeout",
+            metavar="SECONDS",
+            help="Seconds each process may take to become healthy (default 60).",
+        ),
+    ] = None,
+) -> None:
+    """Run everything locally: dev server and Web UI, sandbox, worker, gateway. Ctrl-C stops it."""
+    argv: list[str] = []
+    for option, value in (
+        ("--data-dir", data_dir),
+        ("--temporal-port", temporal_port),
+        ("--ui-port", ui_port),
+        ("--sandbox-port", sandbox_port),
+        ("--gateway-port", gateway_port),
+        ("--namespace", namespace),
+        ("--startup-timeout", startup_timeout),
+    ):
+        if value is not None:
+            argv += [option, str(value)]
+    for flag, given in (
+        ("--no-gateway", no_gateway),
+        ("--follow", follow),
+        ("--demo", demo),
+        ("--exit-after-demo", exit_after_demo),
+    ):
+        if given:
+            argv.append(flag)
     try:
         devstack = importlib.import_module("starter.devstack")
     except ModuleNotFoundError as exc:
         _fail(f"the dev stack is not available: {exc}", EXIT_FAILED, False)
-    raise typer.Exit(int(devstack.main(list(ctx.args)) or 0))
+    raise typer.Exit(int(devstack.main(argv) or 0))
 
 
 def main(prog_name: str = "tapraise-calls") -> NoReturn:

@@ -6,6 +6,11 @@ unanswered attempts, a donor's callback request, completions, a cancellation. Wi
 the Web UI shows calls in every phase: scheduled, due, completed, cancelled, expired (by a wrong
 number, by attempts, by the deadline) and failed (a person TapRaise refuses with 403).
 
+Left running, the four calls the demo leaves open (scheduled or due) stay quiet: a slot nobody
+reports on stays due for 20 minutes (the "due-now" call: 30) and the next one follows 10 minutes
+later, so each lapses at most two slots an hour, and every open call expires by its deadline an
+hour after it started.
+
 Every demo call has a fixed uuid derived from its label, so a second run finds the calls of the
 first: running ones are left as they are and finished ones are reported, never started twice.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import textwrap
 import time
 import uuid
 from collections import Counter
@@ -53,7 +59,7 @@ from workflows.messages import (
     SearchAttributes,
     workflow_id_for,
 )
-from workflows.policy import AttemptOutcome, demo_policy
+from workflows.policy import DEFAULT_TIMEZONE, AttemptOutcome, demo_policy, zone
 
 # How long the demo waits for any one call to reach its phase. The slowest is the call left to
 # expire by its deadline (20 s after it was requested).
@@ -61,6 +67,22 @@ PHASE_TIMEOUT_SECONDS: Final = 75.0
 POLL_SECONDS: Final = 0.25
 # The calls left open stay open this long, so that there is time to drive them by hand.
 OPEN_CALL_DEADLINE: Final = timedelta(hours=1)
+# A slot nobody reports on lapses when its attempt window closes, and the next slot follows a
+# missed-slot delay later; each lapse costs a dozen history events. The demo policy's 20 s + 5 s
+# would lapse a slot every 25 s, so every demo call waits longer after a lapse (a call left alone,
+# as when the demo is interrupted, lapses about one slot a minute until its 3-minute deadline),
+# and the calls left open keep a slot due for 20 minutes and wait 10 more: at most two lapses an
+# hour, well below 100 history events an hour each.
+MISSED_SLOT_DELAY: Final = timedelta(seconds=40)
+OPEN_ATTEMPT_WINDOW: Final = timedelta(minutes=20)
+OPEN_MISSED_SLOT_DELAY: Final = timedelta(minutes=10)
+# The zone of every demo call (the demo policy's): the table shows its times on this clock.
+DEMO_TIMEZONE: Final = DEFAULT_TIMEZONE
+TIMES_LABEL: Final = f"times in {DEMO_TIMEZONE}"
+# The outcome column wraps at this width: a refusal's whole reason is shown.
+OUTCOME_WIDTH: Final = 64
+# The open call the stack's guide names as `CALL`, to drive by hand: due for half an hour.
+HAND_CALL_LABEL: Final = "due-now"
 
 Progress = Callable[[str], None]
 
@@ -271,7 +293,9 @@ class Scenario:
         return workflow_id_for(self.call_uuid)
 
     def call_input(self) -> CallInput:
-        policy = demo_policy().model_copy(update=self.policy)
+        policy = demo_policy().model_copy(
+            update={"missed_slot_delay": MISSED_SLOT_DELAY, **self.policy}
+        )
         return CallInput(
             uuid=self.call_uuid,
             person_uuid=uuid.UUID(self.person_uuid),
@@ -282,7 +306,11 @@ class Scenario:
         )
 
 
-_OPEN = {"deadline": OPEN_CALL_DEADLINE}
+_OPEN = {
+    "deadline": OPEN_CALL_DEADLINE,
+    "attempt_window": OPEN_ATTEMPT_WINDOW,
+    "missed_slot_delay": OPEN_MISSED_SLOT_DELAY,
+}
 _V, _H, _W = CallType.VERIFICATION, CallType.HAPPY_CALL, CallType.WINBACK
 _P = DEMO_PERSON_UUIDS
 
@@ -319,6 +347,14 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
 """The demo's calls: every call type, every phase."""
 
 
+_OPEN_PHASES: Final = (CallPhase.DUE, CallPhase.SCHEDULED)
+
+
+def hand_call_uuid() -> uuid.UUID:
+    """The demo call the stack's guide names as `CALL`: open for an hour after the demo starts."""
+    return demo_call_uuid(HAND_CALL_LABEL)
+
+
 @dataclass
 class DemoRow:
     """One demo call in the final table."""
@@ -351,8 +387,15 @@ class DemoReport:
         return {row.scenario.workflow_id: row.phase for row in self.rows}
 
     def open_call(self) -> uuid.UUID | None:
-        """A call still waiting for an agent (due first), to try the CLI on."""
-        for phase in (CallPhase.DUE, CallPhase.SCHEDULED):
+        """A call still waiting for an agent, to try the CLI on.
+
+        The `HAND_CALL_LABEL` call while it is open, else any due call, else any scheduled one;
+        None when every call is closed (the open ones expire an hour after they started).
+        """
+        for row in self.rows:
+            if row.scenario.label == HAND_CALL_LABEL and row.phase in _OPEN_PHASES:
+                return row.scenario.call_uuid
+        for phase in _OPEN_PHASES:
             for row in self.rows:
                 if row.phase == phase:
                     return row.scenario.call_uuid
@@ -370,8 +413,13 @@ class DemoReport:
         return text
 
     def table(self) -> str:
-        """A plain-text table: call → workflow id, type, phase, attempts, outcome."""
-        header = ("call", "workflow id", "type", "phase", "tries", "outcome")
+        """A plain-text table: call → workflow id, type, phase, attempts, outcome.
+
+        Every time in it is the donor's local time (the demo's calls are all in
+        `DEMO_TIMEZONE`), labelled with its abbreviation, as the workflow's own messages are. A
+        long outcome is wrapped under itself, never cut.
+        """
+        header = ("call", "workflow id", "type", "phase", "tries", f"outcome ({TIMES_LABEL})")
         lines = [
             (
                 row.scenario.label + (" *" if row.earlier else ""),
@@ -380,22 +428,32 @@ class DemoReport:
                 (row.phase.value if row.phase else "?")
                 + ("" if row.ok else f" (expected {row.scenario.expect.value})"),
                 str(row.attempts),
-                _shorten(row.note),
+                row.note,
             )
             for row in self.rows
         ]
         widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header) - 1)]
-        out = [
-            "  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
-            for r in [header, *lines]
-        ]
+        indent = " " * (sum(widths) + 2 * len(widths))
+        out: list[str] = []
+        for r in [header, *lines]:
+            lead = "  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True))
+            parts = _wrap(r[-1]) if r is not header else [r[-1]]
+            out.append(f"{lead}  {parts[0]}")
+            out += [indent + part for part in parts[1:]]
         if any(row.earlier for row in self.rows):
             out.append("* started by an earlier demo run")
         return "\n".join(line.rstrip() for line in out)
 
 
-def _shorten(text: str, width: int = 72) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+def _wrap(text: str, width: int = OUTCOME_WIDTH) -> list[str]:
+    """`text` in lines of at most `width` characters (a longer word keeps a line of its own)."""
+    return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False) or [""]
+
+
+def local_time(moment: datetime) -> str:
+    """A time of a demo call as the table shows it: the donor's clock, e.g. "14:03:22 CET"."""
+    local = moment.astimezone(zone(DEMO_TIMEZONE))
+    return f"{local:%H:%M:%S} {local.tzname()}"
 
 
 def _note(state: CallState | None) -> str:
@@ -406,11 +464,11 @@ def _note(state: CallState | None) -> str:
     if state.final_reason:
         return state.final_reason
     if state.callback_at:
-        return f"callback at {state.callback_at:%H:%M:%S} UTC"
+        return f"callback at {local_time(state.callback_at)}"
     if state.next_slot_at:
         verb = "due until" if state.phase == CallPhase.DUE and state.due_until else "next slot"
-        at = state.due_until if verb == "due until" else state.next_slot_at
-        return f"{verb} {at:%H:%M:%S} UTC"
+        at = state.due_until if verb == "due until" and state.due_until else state.next_slot_at
+        return f"{verb} {local_time(at)}"
     return ""
 
 

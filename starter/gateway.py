@@ -35,7 +35,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.client import Client
 
-from starter.batch import validate_records
+from starter.batch import INVALID, outcome_of, summarize, validate_records
 from starter.calls import (
     DEFAULT_CONCURRENCY,
     DEFAULT_LIST_LIMIT,
@@ -249,9 +249,21 @@ def create_app(
     async def start_batch(
         items: Annotated[list[dict[str, Any]], Body(max_length=MAX_BATCH)],
         service: Service,
-        id_from: Annotated[str | None, Query(alias="idFrom")] = None,
+        id_from: Annotated[
+            str | None,
+            Query(
+                alias="idFrom",
+                description="A key (or dotted path such as externalMetadata.referenceId) to "
+                "derive call uuids from; each result carries its value under that name.",
+            ),
+        ] = None,
     ) -> dict[str, Any]:
-        """Start many calls; every item is validated and answered on its own (by `index`)."""
+        """Start many calls; every item is validated and answered on its own (by `index`).
+
+        Keys other than the call's fields are the CRM's own and are not sent; one that
+        misspells a call field (`personUUID`) makes its item invalid. Statuses: started,
+        already started, duplicate, invalid (nothing sent for it), failed.
+        """
         batch = validate_records(list(enumerate(items)), id_from)
         good = batch.good
         started = await service.start_many(
@@ -263,9 +275,10 @@ def create_app(
         results: list[dict[str, Any]] = []
         for row in batch.rows:
             if row.line in outcomes:
-                entry = outcomes[row.line].to_json()
+                result = outcomes[row.line]
+                entry = {**result.to_json(), "status": outcome_of(result)}
             elif row.problems:
-                entry = {"status": StartStatus.REFUSED.value, "problems": list(row.problems)}
+                entry = {"status": INVALID, "problems": list(row.problems)}
             else:
                 assert row.call is not None and row.call.uuid is not None
                 entry = {
@@ -274,10 +287,11 @@ def create_app(
                     "status": StartStatus.DUPLICATE.value,
                     "detail": f"same call as item {row.duplicate_of}",
                 }
-            results.append({"index": row.line, **entry})
-        summary = {status.value: 0 for status in StartStatus}
-        for entry in results:
-            summary[entry["status"]] += 1
+            head: dict[str, Any] = {"index": row.line}
+            if id_from and id_from not in entry and id_from != "index":
+                head[id_from] = row.external_id
+            results.append({**head, **entry})
+        summary = summarize(entry["status"] for entry in results)
         return {"summary": summary, "results": results}
 
     signal_query = Query(

@@ -18,7 +18,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from starter.batch import BatchError, BatchFormat, detect_format, read_batch
+from starter.batch import (
+    BatchError,
+    BatchFormat,
+    detect_format,
+    read_batch,
+    result_rows,
+    write_results,
+)
 from starter.calls import derive_call_uuid
 from starter.cli import app
 from tapraise.sandbox.seed import DEMO_PERSON_UUIDS
@@ -117,7 +124,7 @@ def test_duplicate_rows_are_reported_and_kept_once(tmp_path: Path) -> None:
             json.dumps({"crmId": "A-1", "personUuid": DEMO_PERSON_UUIDS[0], "type": "winback"}),
             "[1, 2]",
             json.dumps({"crmId": "A-2", "personUuid": DEMO_PERSON_UUIDS[0], "type": "winback",
-                        "priority": 1}),
+                        "Type": "winback"}),
         ]
     )  # fmt: skip
     batch = read_batch(text, BatchFormat.JSONL, id_from="crmId")
@@ -125,7 +132,7 @@ def test_duplicate_rows_are_reported_and_kept_once(tmp_path: Path) -> None:
     assert [(row.line, row.duplicate_of) for row in batch.duplicates] == [(4, 1), (5, 3)]
     assert [(row.line, row.problems) for row in batch.bad] == [
         (6, ("a line must hold one JSON object",)),
-        (7, ("priority: unknown field",)),
+        (7, ("Type: misspelt call field, did you mean type?",)),
     ]
 
 
@@ -136,8 +143,13 @@ def test_file_level_problems_refuse_the_file() -> None:
         read_batch(HEADER + "\n", BatchFormat.CSV)
     with pytest.raises(BatchError, match="no rows"):
         read_batch("\n\n", BatchFormat.JSONL)
-    with pytest.raises(BatchError, match=r"unknown column.*personUUID"):
+    with pytest.raises(
+        BatchError, match="personUUID: misspelt call field, did you mean personUuid"
+    ):
         read_batch("personUUID,type\nx,verification\n", BatchFormat.CSV)
+    with pytest.raises(BatchError, match="--id-from crmId: the header has no such column"):
+        read_batch(f"personUuid,type,crm_id\n{DEMO_PERSON_UUIDS[0]},winback,A\n", BatchFormat.CSV,
+                   id_from="crmId")  # fmt: skip
     with pytest.raises(BatchError, match="--format"):
         detect_format("calls.txt")
     assert detect_format("a.CSV") is BatchFormat.CSV
@@ -153,6 +165,89 @@ def test_standard_input_without_format_is_told_by_its_first_character() -> None:
         detect_format("-")
 
 
+def test_csv_columns_of_the_crms_own_are_accepted_and_not_sent() -> None:
+    text = (
+        "crmId,personUuid,type,region,notes,Owner Name\n"
+        f"C-1,{DEMO_PERSON_UUIDS[0]},verification,north,new donor,Ann\n"
+        f"C-2,{DEMO_PERSON_UUIDS[1]},winback,,,\n"
+    )
+    batch = read_batch(text, BatchFormat.CSV, id_from="crmId")
+    assert not batch.bad and len(batch.good) == 2
+    first = batch.rows[0].call
+    assert first is not None and first.uuid == derive_call_uuid("C-1")
+    assert first.notes == "new donor"
+    sent = first.model_dump(by_alias=True)
+    assert "region" not in sent and "crmId" not in sent and "Owner Name" not in sent
+    assert [row.external_id for row in batch.rows] == ["C-1", "C-2"]
+
+
+@pytest.mark.parametrize(
+    ("column", "field"),
+    [("personUUID", "personUuid"), ("person_uuid", "personUuid"), ("PersonUuid", "personUuid"),
+     ("requested_at", "requestedAt"), ("requested-at", "requestedAt"), ("TYPE", "type"),
+     ("external_metadata", "externalMetadata"), ("calling_organization_uuid",
+                                                 "callingOrganizationUuid")],
+)  # fmt: skip
+def test_csv_column_that_misspells_a_call_field_refuses_the_file(column: str, field: str) -> None:
+    text = f"personUuid,type,{column}\n{DEMO_PERSON_UUIDS[0]},verification,x\n"
+    with pytest.raises(BatchError) as info:
+        read_batch(text, BatchFormat.CSV)
+    assert f"column {column}: misspelt call field, did you mean {field}?" in str(info.value)
+
+
+def test_jsonl_keys_of_the_crms_own_are_ignored_misspelt_call_fields_refused_per_row() -> None:
+    person = DEMO_PERSON_UUIDS[0]
+    lines = [
+        {"crmId": "J-1", "personUuid": person, "type": "winback", "region": "north",
+         "crm": {"owner": "Ann"}},
+        {"crmId": "J-2", "personUUID": person, "type": "winback"},
+        {"crmId": "J-3", "person_uuid": person, "type": "winback", "requested_at": "x"},
+        {"crmId": "J-4", "personUuid": person, "type": "robocall", "Notes": "hi"},
+    ]  # fmt: skip
+    batch = read_batch("\n".join(json.dumps(line) for line in lines), BatchFormat.JSONL, "crmId")
+    assert [row.line for row in batch.good] == [1]
+    good = batch.rows[0].call
+    assert good is not None and good.uuid == derive_call_uuid("J-1")
+    assert [(row.line, row.problems) for row in batch.bad] == [
+        (2, ("personUUID: misspelt call field, did you mean personUuid?",)),
+        (3, ("person_uuid: misspelt call field, did you mean personUuid?",
+             "requested_at: misspelt call field, did you mean requestedAt?")),
+        (4, ("Notes: misspelt call field, did you mean notes?",
+             "type: Input should be 'verification', 'happy_call' or 'winback'")),
+    ]  # fmt: skip
+    assert [row.external_id for row in batch.rows] == ["J-1", "J-2", "J-3", "J-4"]
+
+
+def test_results_carry_the_id_column_after_line_and_call_bad_rows_invalid() -> None:
+    text = (
+        "crmId,personUuid,type,region\n"
+        f"K-1,{DEMO_PERSON_UUIDS[0]},verification,north\n"
+        "K-2,not-a-uuid,verification,south\n"
+        f"K-1,{DEMO_PERSON_UUIDS[0]},verification,north\n"
+    )
+    batch = read_batch(text, BatchFormat.CSV, id_from="crmId")
+    rows = result_rows(batch, [])
+    buffer = io.StringIO()
+    write_results(buffer, rows)
+    written = list(csv.reader(io.StringIO(buffer.getvalue())))
+    assert written[0] == ["line", "crmId", "callUuid", "workflowId", "outcome", "phase", "detail"]
+    assert [(row["line"], row["crmId"], row["outcome"]) for row in rows] == [
+        ("2", "K-1", "not started"), ("3", "K-2", "invalid"), ("4", "K-1", "duplicate"),
+    ]  # fmt: skip
+    assert rows[1]["detail"].startswith("personUuid: Input should be a valid UUID")
+    assert rows[0]["callUuid"] == str(derive_call_uuid("K-1"))
+
+    plain = result_rows(read_batch(f"personUuid,type\n{DEMO_PERSON_UUIDS[0]},winback\n",
+                                   BatchFormat.CSV), [])  # fmt: skip
+    assert list(plain[0]) == ["line", "callUuid", "workflowId", "outcome", "phase", "detail"]
+    dotted = read_batch(
+        'personUuid,type,externalMetadata\n'
+        f'{DEMO_PERSON_UUIDS[0]},verification,"{{""referenceId"": ""R-9""}}"\n',
+        BatchFormat.CSV, id_from="externalMetadata.referenceId",
+    )  # fmt: skip
+    assert result_rows(dotted, [])[0]["externalMetadata.referenceId"] == "R-9"
+
+
 # ── start-batch against Temporal ─────────────────────────────────────────────────────────────
 
 
@@ -163,20 +258,20 @@ async def test_start_batch_starts_good_rows_reports_bad_and_rerun_starts_nothing
     uuids = csv_file(path, 60, bad_line=57)
 
     strict = await cli(call_worker, "start-batch", str(path), "--strict")
-    assert strict.exit_code == 1
+    assert strict.exit_code == 2  # bad input, nothing sent
     assert "line 57: personUuid: Input should be a valid UUID" in strict.stdout
-    assert "refused the whole file: 1 bad row(s)" in strict.stderr
+    assert "refused the whole file: 1 invalid row(s) (--strict); nothing started" in strict.stderr
     assert await workflow_count(call_worker, 0) == 0
 
     results = tmp_path / "results.csv"
     first = await cli(call_worker, "start-batch", str(path), "--results", str(results),
                       "--concurrency", "8")  # fmt: skip
-    assert first.exit_code == 1, first.output  # one row refused
+    assert first.exit_code == 1, first.output  # one row invalid, the others started
     assert "line 57: personUuid" in first.stdout
     rows = list(csv.DictReader(results.open()))
     assert len(rows) == 60
     by_line = {row["line"]: row for row in rows}
-    assert by_line["57"]["outcome"] == "refused" and "personUuid" in by_line["57"]["detail"]
+    assert by_line["57"]["outcome"] == "invalid" and "personUuid" in by_line["57"]["detail"]
     assert by_line["2"] == {
         "line": "2", "callUuid": uuids[0], "workflowId": f"call-{uuids[0]}",
         "outcome": "started", "phase": "creating", "detail": "",
@@ -188,7 +283,7 @@ async def test_start_batch_starts_good_rows_reports_bad_and_rerun_starts_nothing
     assert second.exit_code == 1
     body = json.loads(second.stdout)
     assert body["summary"] == {"started": 0, "already started": 59, "duplicate": 0,
-                               "refused": 1, "failed": 0}  # fmt: skip
+                               "invalid": 1, "failed": 0}  # fmt: skip
     assert await workflow_count(call_worker, 59) == 59
 
 
@@ -222,8 +317,67 @@ async def test_start_batch_refuses_an_empty_file(call_worker: CallWorker, tmp_pa
     path = tmp_path / "empty.csv"
     path.write_text("")
     result = await cli(call_worker, "start-batch", str(path))
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "the file has no rows: nothing to start" in result.stderr
+    assert await workflow_count(call_worker, 0) == 0
+
+
+async def test_start_batch_with_own_columns_writes_results_a_crm_can_join_back(
+    call_worker: CallWorker, tmp_path: Path
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    path = tmp_path / "crm-export.csv"
+    path.write_text(
+        "crmId,personUuid,type,region,notes\n"
+        f"{tag}-1,{DEMO_PERSON_UUIDS[0]},verification,north,new donor\n"
+        f"{tag}-2,{DEMO_PERSON_UUIDS[1]},winback,south,\n"
+    )
+    results = tmp_path / "results.csv"
+    args = ("start-batch", str(path), "--id-from", "crmId", "--results", str(results))
+    first = await cli(call_worker, *args)
+    assert first.exit_code == 0, first.output
+    with results.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == ["line", "crmId", "callUuid", "workflowId", "outcome", "phase",
+                             "detail"]  # fmt: skip
+    assert [(row["crmId"], row["callUuid"], row["outcome"]) for row in rows] == [
+        (f"{tag}-{i}", str(derive_call_uuid(f"{tag}-{i}")), "started") for i in (1, 2)
+    ]
+    handle = call_worker.client.get_workflow_handle(rows[0]["workflowId"])
+    sent = (await handle.fetch_history()).events[0].workflow_execution_started_event_attributes
+    payload = json.loads(sent.input.payloads[0].data)
+    assert "region" not in payload and "crmId" not in payload
+    assert payload["notes"] == "new donor"
+    assert await workflow_count(call_worker, 2) == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "args", "message"),
+    [
+        ("personUUID,type\nx,winback\n", (),
+         "column personUUID: misspelt call field, did you mean personUuid?"),
+        ("personUuid,type\nx,winback\ny,happy_call\n", (),
+         "refused the whole file: 2 invalid row(s) and no good row; nothing started"),
+        (f"personUuid,type\n{DEMO_PERSON_UUIDS[0]},winback\n", ("--id-from", "crmId"),
+         "--id-from crmId: the header has no such column"),
+        (f"personUuid,type\n{DEMO_PERSON_UUIDS[0]},winback\n", ("--results", "no/such/dir.csv"),
+         "--results no/such/dir.csv: no directory 'no/such'"),
+    ],
+)  # fmt: skip
+async def test_start_batch_bad_input_exits_2_and_starts_nothing(
+    call_worker: CallWorker, tmp_path: Path, text: str, args: tuple[str, ...], message: str
+) -> None:
+    path = tmp_path / "calls.csv"
+    path.write_text(text)
+    result = await cli(call_worker, "start-batch", str(path), *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    as_json = await cli(call_worker, "start-batch", str(path), *args, "--json")
+    assert as_json.exit_code == 2
+    assert json.loads(as_json.stdout)["kind"] == "invalid"
+    missing = await cli(call_worker, "start-batch", str(tmp_path / "absent.csv"))
+    assert missing.exit_code == 2
+    assert "cannot read" in missing.stderr
     assert await workflow_count(call_worker, 0) == 0
 
 

@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from starter.calls import derive_call_uuid
 from starter.gateway import create_app
 from starter.settings import ConfigurationError, GatewaySettings
 from tapraise.sandbox.seed import DEMO_PERSON_UUIDS
@@ -237,9 +238,9 @@ async def test_post_calls_batch_answers_each_item(
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["summary"] == {"started": 2, "already started": 0, "duplicate": 1,
-                               "refused": 1, "failed": 0}  # fmt: skip
+                               "invalid": 1, "failed": 0}  # fmt: skip
     results = body["results"]
-    assert [r["status"] for r in results] == ["started", "started", "refused", "duplicate"]
+    assert [r["status"] for r in results] == ["started", "started", "invalid", "duplicate"]
     assert results[2]["problems"][0].startswith("personUuid: Input should be a valid UUID")
     assert results[3]["detail"] == "same call as item 1"
 
@@ -248,6 +249,35 @@ async def test_post_calls_batch_answers_each_item(
 
     not_a_list = await gateway.post("/calls/batch", json={"uuid": ok}, headers=AUTH)
     assert not_a_list.status_code == 422
+
+
+async def test_post_calls_batch_ignores_own_keys_and_refuses_misspelt_call_fields(
+    gateway: httpx.AsyncClient, call_worker: CallWorker
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    items = [
+        {"crmId": f"{tag}-1", "personUuid": PERSON, "type": "winback", "region": "north"},
+        {"crmId": f"{tag}-2", "personUUID": PERSON, "type": "winback"},
+        {"crmId": f"{tag}-3", "person_uuid": PERSON, "type": "winback", "region": "south"},
+    ]
+    response = await gateway.post("/calls/batch", params={"idFrom": "crmId"}, json=items,
+                                  headers=AUTH)  # fmt: skip
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [(r["index"], r["crmId"], r["status"]) for r in results] == [
+        (0, f"{tag}-1", "started"), (1, f"{tag}-2", "invalid"), (2, f"{tag}-3", "invalid"),
+    ]  # fmt: skip
+    assert results[0]["callUuid"] == str(derive_call_uuid(f"{tag}-1"))
+    assert results[1]["problems"] == ["personUUID: misspelt call field, did you mean personUuid?"]
+    assert results[2]["problems"] == ["person_uuid: misspelt call field, did you mean personUuid?"]
+    assert response.json()["summary"]["invalid"] == 2
+    assert not await exists(call_worker, str(derive_call_uuid(f"{tag}-2")))
+
+    # One call at a time stays strict: a key of the CRM's own is refused.
+    single = await gateway.post("/calls", json={**items[0], "uuid": str(uuid.uuid4())},
+                                headers=AUTH)  # fmt: skip
+    assert single.status_code == 422
+    assert "crmId: unknown field" in single.json()["message"]
 
 
 # ── actions ──────────────────────────────────────────────────────────────────────────────────

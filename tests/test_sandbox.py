@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tapraise.sandbox import auth
+from tapraise.sandbox import auth, index
 from tapraise.sandbox.seed import (
     DEMO_ORGANIZATION_UUID,
     DEMO_PERSON_UUIDS,
@@ -108,6 +108,57 @@ def assert_error(response: httpx.Response, status: int, field: str | None = None
     assert body["statusCode"] == status and body["message"]
     if field is not None:
         assert field in [error["field"] for error in body["errors"]], body
+
+
+# --- the index ----------------------------------------------------------------------------------
+
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
+@pytest.mark.parametrize("path", ["", "/", "/_sandbox/", "/_sandbox"])
+def test_the_root_and_sandbox_links_answer_an_index_of_the_pages(
+    sandbox: SandboxServer, path: str
+) -> None:
+    as_json = httpx.get(f"{sandbox.base_url}{path}", follow_redirects=False)
+    assert as_json.status_code == 200, as_json.text
+    assert as_json.headers["content-type"].startswith("application/json")
+    pages = {(page["method"], page["path"]) for page in as_json.json()["pages"]}
+    wanted = {"/_sandbox/docs", "/_sandbox/health", "/_sandbox/requests", "/_sandbox/stats"}
+    assert {("GET", wanted_path) for wanted_path in wanted} <= pages
+
+    as_html = httpx.get(f"{sandbox.base_url}{path}", headers={"Accept": BROWSER_ACCEPT})
+    assert as_html.status_code == 200
+    assert as_html.headers["content-type"].startswith("text/html")
+    for wanted_path in wanted:
+        assert f'href="{wanted_path}"' in as_html.text
+
+
+def test_the_index_lists_every_sandbox_route_and_each_plain_page_answers(
+    sandbox: SandboxServer,
+) -> None:
+    listed = httpx.get(f"{sandbox.base_url}/_sandbox/").json()["pages"]
+    schema = httpx.get(f"{sandbox.base_url}/_sandbox/openapi.json").json()
+    routes = {
+        (method.upper(), path)
+        for path, operations in schema["paths"].items()
+        if path.startswith("/_sandbox/")
+        for method in operations
+    }
+    assert routes <= {(page["method"], page["path"]) for page in listed}
+    for page in listed:
+        if page["method"] == "GET" and "{" not in page["path"]:
+            status = httpx.get(f"{sandbox.base_url}{page['path']}").status_code
+            # The API itself asks for a service account's token.
+            assert status == (401 if page["path"].startswith("/api/") else 200), page
+
+
+def test_the_index_follows_the_accept_header() -> None:
+    assert index.wants_html(BROWSER_ACCEPT)
+    assert index.wants_html("text/html")
+    assert not index.wants_html("*/*")
+    assert not index.wants_html("application/json")
+    assert not index.wants_html("text/html;q=0, application/json")
+    assert not index.wants_html(None)
 
 
 # --- create ---------------------------------------------------------------------------------

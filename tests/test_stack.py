@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -24,7 +25,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from starter.demo import SCENARIOS
+from starter.demo import SCENARIOS, hand_call_uuid
+from tapraise.sandbox.seed import DEMO_PERSON_UUIDS
+from tests import readme_examples
 from tests.sandbox_fixture import REPO_ROOT, free_port
 from workflows.connect import connect
 from workflows.messages import CallPhase
@@ -37,6 +40,7 @@ DEMO_TIMEOUT = 90.0
 STOP_TIMEOUT = 40.0
 
 _PID_LINE = re.compile(r"^\s+(?P<name>\w+)\s+pid (?P<pid>\d+)\s+log ")
+_EXPORT = re.compile(r"^\s*export (?P<name>\w+)=(?P<value>\S+)$")
 
 
 class StackProcess:
@@ -128,6 +132,10 @@ class StackProcess:
             self._reader.join(5)
         return code
 
+    def exports(self) -> dict[str, str]:
+        """The `export NAME=value` lines the stack printed (the last of each name wins)."""
+        return {m["name"]: m["value"] for line in self.lines if (m := _EXPORT.match(line))}
+
     def child_pids(self) -> dict[str, int]:
         """The processes the stack reported starting, by name."""
         return {m["name"]: int(m["pid"]) for line in self.lines if (m := _PID_LINE.match(line))}
@@ -175,6 +183,14 @@ def port_free(port: int) -> bool:
     return True
 
 
+def table_text(output: str) -> str:
+    """The demo's final table, from its header to the line before the summary."""
+    lines = output.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("call "))
+    last = next(i for i, line in enumerate(lines) if line.startswith("Demo finished:"))
+    return "\n".join(lines[first:last])
+
+
 def table_phases(output: str) -> dict[str, tuple[str, bool]]:
     """Demo label → (phase, from an earlier run) from the final table."""
     rows: dict[str, tuple[str, bool]] = {}
@@ -196,10 +212,12 @@ class FirstRun:
     ready_seconds: float
     demo_seconds: float
     health: dict[str, int]
+    auth: dict[str, int]
     counts: dict[str, int]
     pids: dict[str, int]
     exit_code: int
     output: str
+    readme: readme_examples.Outcome
 
 
 async def _count_by_phase(address: str) -> dict[str, int]:
@@ -212,7 +230,10 @@ async def _count_by_phase(address: str) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirstRun]:
-    stack = StackProcess(tmp_path_factory.mktemp("stack") / "data", "--demo")
+    # Laid out as a clone is: the data directory `.data`, the virtualenv `.venv` beside it.
+    home = tmp_path_factory.mktemp("stack")
+    stack = StackProcess(home / ".data", "--demo")
+    (home / ".venv").symlink_to(sys.prefix, target_is_directory=True)
     stack.start()
     try:
         ready = stack.wait_for("Ready in", READY_TIMEOUT)
@@ -224,12 +245,33 @@ def first_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirstRun]:
             "gateway": httpx.get(f"http://127.0.0.1:{stack.gateway_port}/healthz").status_code,
             "web ui": httpx.get(f"http://127.0.0.1:{stack.ui_port}/").status_code,
         }
+        exports = stack.exports()
+        call = f"http://127.0.0.1:{stack.gateway_port}/calls/{exports.get('CALL')}"
+        bearer = {"Authorization": f"Bearer {exports.get('TOKEN')}"}
+        auth = {
+            "no token": httpx.get(call).status_code,
+            "another token": httpx.get(call, headers={"Authorization": "Bearer x"}).status_code,
+            "TOKEN": httpx.get(call, headers=bearer, timeout=10).status_code,
+        }
         counts = asyncio.run(_count_by_phase(stack.temporal_address))
+        # The README's examples, in a second terminal, while the demo runs.
+        readme = readme_examples.run(home, readme_examples.fresh_shell_env(home))
         pids = stack.child_pids()
         code = stack.interrupt()
-        yield FirstRun(stack, ready, demo, health, counts, pids, code, stack.output)
+        yield FirstRun(stack, ready, demo, health, auth, counts, pids, code, stack.output, readme)
     finally:
         stack.cleanup()
+
+
+def test_every_readme_example_works_as_written_in_a_fresh_shell(first_run: FirstRun) -> None:
+    outcome = first_run.readme
+    where = f"README.md line {outcome.failed.line}" if outcome.failed else "README.md"
+    assert outcome.code == 0, f"{where} failed:\n{outcome.output}"
+    runnable = [e for e in readme_examples.examples() if e.not_run is None]
+    assert outcome.ran == len(runnable) >= 7
+    # The request retried under one key recorded one attempt; the retry got the first answer.
+    assert outcome.output.count("attempt 1 recorded (busy)") >= 2, outcome.output
+    assert "attempt 2 recorded (busy)" not in outcome.output
 
 
 def test_stack_becomes_healthy_and_prints_the_guide(first_run: FirstRun) -> None:
@@ -239,10 +281,44 @@ def test_stack_becomes_healthy_and_prints_the_guide(first_run: FirstRun) -> None
     out = first_run.output
     assert f"http://localhost:{first_run.stack.ui_port}/namespaces/default/workflows" in out
     assert f"http://127.0.0.1:{first_run.stack.gateway_port}/docs" in out
-    for command in ("python -m starter list", "python -m starter status <uuid>",
-                    "python -m starter complete <uuid> --result-code confirmed"):  # fmt: skip
+    for command in ("python -m starter list", 'python -m starter status "$CALL"',
+                    'python -m starter complete "$CALL" --result-code confirmed'):  # fmt: skip
         assert command in out
     assert "Ctrl-C stops everything" in out
+
+
+def test_the_gateway_asks_for_the_token_the_stack_prints(first_run: FirstRun) -> None:
+    assert first_run.auth == {"no token": 401, "another token": 401, "TOKEN": 200}
+    exports = first_run.stack.exports()
+    assert set(exports) == {
+        "TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "GATEWAY", "TOKEN", "PERSON", "CALL",
+    }  # fmt: skip
+    assert exports["GATEWAY"] == f"http://127.0.0.1:{first_run.stack.gateway_port}"
+    assert exports["PERSON"] == DEMO_PERSON_UUIDS[0]
+    assert exports["CALL"] == str(hand_call_uuid())  # the "due-now" call, open for an hour
+    data = first_run.stack.data_dir
+    token_file = data / "gateway-token"
+    assert token_file.read_text().strip() == exports["TOKEN"]
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    env_file = data / "demo.env"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    written = {m["name"]: m["value"] for m in map(_EXPORT.match, env_file.read_text().splitlines())
+               if m}  # fmt: skip
+    assert written == exports
+    assert f"source {env_file.relative_to(data.parent)}" in first_run.output  # as cwd-relative
+    # The token goes to the terminal only: no process writes it to its log.
+    for log in (data / "logs").glob("*.log"):
+        assert exports["TOKEN"] not in log.read_text(errors="replace"), log
+
+
+def test_the_demo_table_shows_one_zone_and_whole_reasons(first_run: FirstRun) -> None:
+    table = table_text(first_run.output)
+    assert "UTC" not in table and "…" not in table, table
+    assert "outcome (times in Europe/Amsterdam)" in table.splitlines()[0]
+    times = re.findall(r"\d\d:\d\d:\d\d (\S+)", table)
+    assert times and set(times) <= {"CET", "CEST"}, table
+    # The sandbox's whole reason for refusing the foreign person's call.
+    assert "Service account may not create calls for this person" in " ".join(table.split())
 
 
 def test_demo_drives_calls_into_every_phase_within_the_time_budget(first_run: FirstRun) -> None:
@@ -274,7 +350,7 @@ def test_sigint_stops_every_process_the_stack_started(first_run: FirstRun) -> No
 
 
 def test_second_run_resumes_and_leaves_the_first_runs_demo_calls_alone(first_run: FirstRun) -> None:
-    again = StackProcess(first_run.stack.data_dir, "--demo", "--exit-after-demo", "--no-gateway")
+    again = StackProcess(first_run.stack.data_dir, "--demo", "--exit-after-demo")
     again.temporal_port, again.ui_port = first_run.stack.temporal_port, first_run.stack.ui_port
     again.sandbox_port = first_run.stack.sandbox_port
     again.start()
@@ -296,6 +372,9 @@ def test_second_run_resumes_and_leaves_the_first_runs_demo_calls_alone(first_run
             assert phases[label][0] == phase
     assert f"{len(SCENARIOS) - len(failed)} from an earlier run" in again.output
     assert again.output.count("started call-") == len(failed)
+    # The same token as the first run's, and still the same call to drive by hand.
+    assert again.exports()["TOKEN"] == first_run.stack.exports()["TOKEN"]
+    assert again.exports()["CALL"] == first_run.stack.exports()["CALL"]
 
 
 def test_a_port_in_use_is_named_before_anything_starts(tmp_path: Path) -> None:

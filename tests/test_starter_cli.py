@@ -17,11 +17,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import typer
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 from typer.testing import CliRunner, Result
 
-from starter.cli import app
+import starter.cli
+from starter.calls import CallSummary
+from starter.cli import LIST_TSV_COLUMNS, _calls_lines, _calls_tsv, app
 from tapraise.sandbox.seed import DEMO_ORGANIZATION_UUID, DEMO_PERSON_UUIDS, FOREIGN_PERSON_UUID
 from tests.sandbox_fixture import REPO_ROOT, SandboxServer
 from tests.temporal_fixture import CallWorker
@@ -95,15 +98,61 @@ async def test_python_dash_m_starter_shows_help_with_every_command() -> None:
         assert command in text
 
 
-@pytest.mark.parametrize(
-    "command",
-    ["start", "start-batch", "attempt", "complete", "reschedule", "cancel", "status", "list",
-     "serve", "dev"],
-)  # fmt: skip
+COMMANDS = ["start", "start-batch", "attempt", "complete", "reschedule", "cancel", "status",
+            "list", "serve", "dev"]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 async def test_every_command_help_has_an_example(command: str) -> None:
     result = await asyncio.to_thread(runner.invoke, app, [command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Example" in result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_help_has_the_same_layout(command: str) -> None:
+    text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "100"}).stdout
+    lines = [line.strip() for line in text.splitlines()]
+    usage = next(line for line in lines if line)
+    assert usage.startswith("Usage: ") and f" {command} [OPTIONS]" in usage, usage
+    assert any(line.startswith("╭─ Options") for line in lines), text
+    example = next(i for i, line in enumerate(lines) if line.startswith("Example: "))
+    last_panel = max(i for i, line in enumerate(lines) if line.startswith("╰"))
+    assert example > last_panel, "the example closes the help, after the options"
+
+
+def test_dev_offers_every_option_of_the_stack_with_its_default() -> None:
+    from starter.devstack import build_parser
+
+    command = typer.main.get_command(app).commands["dev"]  # type: ignore[attr-defined]
+    offered = {opt: param for param in command.params for opt in param.opts + param.secondary_opts}
+    for action in build_parser()._actions:
+        if "--help" in action.option_strings:
+            continue
+        for opt in action.option_strings:
+            assert opt in offered, f"dev does not offer {opt}"
+        default = action.default
+        if default not in (None, False):
+            shown = f"{default:g}" if isinstance(default, float) else str(default)
+            help_text = offered[action.option_strings[0]].help or ""
+            assert f"(default {shown})" in help_text, (action.option_strings, help_text)
+
+
+def test_dev_passes_its_options_to_the_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    import starter.devstack
+
+    seen: list[list[str]] = []
+
+    def main(argv: list[str]) -> int:
+        seen.append(argv)
+        return 3
+
+    monkeypatch.setattr(starter.devstack, "main", main)
+    result = runner.invoke(app, ["dev", "--demo", "-f", "--ui-port", "9233", "--data-dir", "d"])
+    assert result.exit_code == 3
+    assert seen == [["--data-dir", "d", "--ui-port", "9233", "--follow", "--demo"]]
+    unknown = runner.invoke(app, ["dev", "--dmeo"])
+    assert unknown.exit_code == 2 and len(seen) == 1
 
 
 # ── start ────────────────────────────────────────────────────────────────────────────────────
@@ -493,7 +542,9 @@ async def test_cancel_as_a_signal_is_fire_and_forget(
 # ── list ─────────────────────────────────────────────────────────────────────────────────────
 
 
-async def test_list_filters_by_search_attributes(call_worker: CallWorker) -> None:
+async def test_list_filters_by_search_attributes(
+    call_worker: CallWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     person = DEMO_PERSON_UUIDS[7]
     call_uuid = str(uuid.uuid4())
     started = await cli(call_worker, "start", "--uuid", call_uuid, "--person", person, "--type",
@@ -513,13 +564,75 @@ async def test_list_filters_by_search_attributes(call_worker: CallWorker) -> Non
     assert body["query"].startswith("WorkflowType = 'CallWorkflow' AND CallType = 'winback'")
     assert body["calls"][0]["type"] == "winback"
 
-    table = await cli(call_worker, "list", "--person", person, "--query", query)
-    assert table.exit_code == 0
+    # Piped (as here): a header and one tab-separated line per call, every value in full.
+    piped = await cli(call_worker, "list", "--person", person, "--query", query)
+    assert piped.exit_code == 0
+    header, *lines = piped.stdout.splitlines()
+    assert header.split("\t") == list(LIST_TSV_COLUMNS)
+    assert [line.split("\t")[:2] for line in lines] == [[f"call-{call_uuid}", "running"]]
+    fields = dict(zip(header.split("\t"), lines[0].split("\t"), strict=True))
+    assert fields["personUuid"] == person and fields["type"] == "winback"
+    assert fields["nextAttemptAt"].endswith("Z")
+
+    # On a terminal 80 columns wide: a table that fits, the workflow id complete.
+    monkeypatch.setattr(starter.cli, "_stdout_is_terminal", lambda: True)
+    env = {**cli_env(call_worker), "COLUMNS": "80"}
+    argv = ["--task-queue", call_worker.task_queue, "list", "--person", person, "--query", query]
+    table = await asyncio.to_thread(runner.invoke, app, argv, env=env)
+    assert table.exit_code == 0, table.output
+    headers = table.stdout.splitlines()[0].split()
+    assert headers[:3] == ["workflow", "id", "phase"] and "type" in headers
     assert f"call-{call_uuid}" in table.stdout
+    assert max(map(len, table.stdout.splitlines())) <= 80
 
     none = await cli(call_worker, "list", "--person", person, "--phase", "completed", "--query",
                      query, "--json")  # fmt: skip
     assert json.loads(none.stdout)["calls"] == []
+
+
+def summaries(count: int) -> list[CallSummary]:
+    """Calls as visibility lists them, each column at its widest."""
+    now = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+    return [
+        CallSummary(
+            workflow_id=workflow_id_for(uuid.uuid4()), execution_status="running",
+            phase="scheduled", call_status="requested", type="verification",
+            person_uuid=str(uuid.uuid4()), organization_uuid=None, attempts=12,
+            next_attempt_at=now + timedelta(days=3), started_at=now, closed_at=None,
+        )
+        for _ in range(count)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("width", [200, 120, 100, 80, 72, 60, 40])
+def test_the_calls_table_fits_the_terminal_and_keeps_the_workflow_id_whole(width: int) -> None:
+    calls = summaries(3)
+    lines = _calls_lines(calls, width)
+    assert len(lines) == 4
+    if width >= 41:  # the id alone is 41 characters: never shortened, even when it overflows
+        assert max(map(len, lines)) <= width, lines
+    for call, line in zip(calls, lines[1:], strict=True):
+        assert line.split()[0] == call.workflow_id
+    headers = lines[0]
+    assert "phase" in headers or width < 52
+    if width >= 105:
+        assert headers.split() == ["workflow", "id", "phase", "status", "type", "attempts",
+                                   "next", "(UTC)"]  # fmt: skip
+        assert lines[1].endswith("2026-11-30 10:00")
+    if width == 80:
+        assert headers.split() == ["workflow", "id", "phase", "type", "next", "(UTC)"]
+        assert lines[1].endswith("11-30 10:00")
+
+
+def test_piped_calls_are_tab_separated_in_full() -> None:
+    calls = summaries(2)
+    header, *lines = _calls_tsv(calls)
+    assert header.split("\t") == list(calls[0].to_json()) == list(LIST_TSV_COLUMNS)
+    for call, line in zip(calls, lines, strict=True):
+        cells = line.split("\t")
+        assert len(cells) == len(LIST_TSV_COLUMNS)
+        assert cells[0] == call.workflow_id and cells[5] == call.person_uuid
+        assert cells[6] == "" and cells[8] == "2026-11-30T10:00:00Z"
 
 
 @pytest.mark.parametrize(
@@ -546,3 +659,25 @@ async def test_unreachable_temporal_is_a_clear_failure(call_worker: CallWorker) 
     )  # fmt: skip
     assert result.exit_code == 1
     assert "cannot reach Temporal at 127.0.0.1:1" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("given", "offset"),
+    [
+        ("+2h", timedelta(hours=2)),
+        ("-10m", -timedelta(minutes=10)),
+        ("+1d12h", timedelta(days=1, hours=12)),
+        ("+90s", timedelta(seconds=90)),
+    ],
+)
+def test_time_options_take_a_time_relative_to_now(given: str, offset: timedelta) -> None:
+    before = datetime.now(UTC)
+    moment = starter.cli._moment(given)
+    assert moment is not None and moment.endswith("Z")
+    at = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+    assert before + offset - timedelta(seconds=1) <= at <= datetime.now(UTC) + offset
+
+
+@pytest.mark.parametrize("given", ["2026-11-30T18:30:00+01:00", "tomorrow", "+2x", "2h", ""])
+def test_time_options_pass_anything_else_on_to_be_validated(given: str) -> None:
+    assert starter.cli._moment(given) == given

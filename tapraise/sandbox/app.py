@@ -2,7 +2,8 @@
 
 Every ``/api/v1/`` request goes through :meth:`Sandbox.serve`, which injects faults, checks the
 token (refusing every one during a credential outage), runs the endpoint in one transaction and
-appends the request to the log. The ``/_sandbox/`` routes need no token and never see faults.
+appends the request to the log. The ``/_sandbox/`` routes need no token and never see faults;
+``/`` and ``/_sandbox/`` answer an index of them (HTML for a browser, else JSON).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from tapraise.sandbox.auth import (
 )
 from tapraise.sandbox.calls import Settings
 from tapraise.sandbox.faults import Fault, FaultConfig, FaultInjector
+from tapraise.sandbox.index import add_index_routes
 from tapraise.sandbox.store import Account, Store
 from tapraise.sandbox.validation import (
     AddAttemptIn,
@@ -435,6 +437,7 @@ def create_app(data_dir: Path, clock_skew_seconds: float = 300) -> FastAPI:
         return await sandbox.serve(request, "mark-processed", _mark_processed, None)
 
     _admin_routes(app, sandbox)
+    add_index_routes(app)
     return app
 
 
