@@ -22,6 +22,7 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.calls import TapRaiseActivities
+from activities.turn import answer_turn
 from tapraise import (
     APIConnectionError,
     APIStatusError,
@@ -124,7 +125,7 @@ def build_worker(
         client,
         task_queue=task_queue,
         workflows=[CallWorkflow],
-        activities=[*calls.all(), policies.resolve_policy],
+        activities=[*calls.all(), policies.resolve_policy, answer_turn],
         workflow_runner=sandbox_runner(),
         **options,
     )

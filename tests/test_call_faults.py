@@ -350,7 +350,7 @@ def _answers_in_local_activity_tasks(history: Any) -> list[int]:
 
     Such a task may be flushed with the result before the update's answer (a workflow task
     heartbeat); if the next task is then lost, a replay answers inside the flushed task and the
-    server refuses every later task of the call. An answer after a timer has no such window.
+    server refuses every later task of the call. An answer after an activity has no such window.
     """
     found: list[int] = []
     local_result = False
@@ -368,7 +368,7 @@ def _answers_in_local_activity_tasks(history: Any) -> list[int]:
 LOCAL_MARKER = "core_local_activity"
 
 
-async def test_updates_are_answered_after_a_timer_not_with_a_local_activity_result(
+async def test_updates_are_answered_in_a_task_of_their_own_not_with_a_local_activity_result(
     call_worker: CallWorker, lenient_sandbox: SandboxServer, short_rounds: None
 ) -> None:
     handle, state = await started(call_worker)
@@ -400,4 +400,11 @@ async def test_updates_are_answered_after_a_timer_not_with_a_local_activity_resu
     ]
     assert len(answered) == 3
     assert _answers_in_local_activity_tasks(history) == []
-    await record_history(handle, "answered_after_timer")
+    # Each answer follows the completion of its own empty activity.
+    turns = [
+        e
+        for e in history.events
+        if EventType.Name(e.event_type) == "EVENT_TYPE_ACTIVITY_TASK_COMPLETED"
+    ]
+    assert len(turns) == 3
+    await record_history(handle, "answered_in_own_task")

@@ -41,7 +41,7 @@ def test_every_lifecycle_path_has_a_recorded_history() -> None:
         "tapraise_maximum",
         "retried_first_task",
         "outage_continued_as_new",
-        "answered_after_timer",
+        "answered_in_own_task",
     } <= names
 
 

@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         TapRaiseActivities,
         same_attempt,
     )
+    from activities.turn import answer_turn
     from tapraise.models import (
         Attempt,
         Call,
@@ -90,13 +91,9 @@ _ADOPT_UNRECORDED_ATTEMPTS = "adopt-unrecorded-attempts"
 # Patch: a start without `requestedAt` takes the run's start time, which a retried first workflow
 # task cannot change (its own clock reading could, and the create's look-up would then miss).
 _STABLE_REQUESTED_AT = "stable-requested-at"
-# Patch: an update is answered after a short durable timer, never in the workflow task that
-# resolves a local activity. When a worker flushes such a task early (a workflow task heartbeat
-# while a local activity runs) and the next task is lost (worker killed, task timed out), a replay
-# would answer the update inside the replayed task: the SDK then sends the answer's command
-# without its message, and the server refuses every later task of the call.
-_ANSWER_AFTER_TIMER = "answer-after-timer"
-_ANSWER_DELAY = timedelta(milliseconds=1)
+# Patch: an update is answered in a workflow task of its own, the one an empty activity's
+# completion starts, never in the task that resolves a local activity (see `activities.turn`).
+_ANSWER_IN_OWN_TASK = "answer-in-own-task"
 # How much of the event log a continued run carries over.
 _CARRIED_EVENTS = 100
 
@@ -761,8 +758,13 @@ class CallWorkflow:
         if action is None:  # the state changed between validator and handler
             raise ApplicationError(self._refusal(kind, msg) or "refused", type=ACTION_REJECTED)
         await workflow.wait_condition(lambda: action.done or action.queued)
-        if workflow.patched(_ANSWER_AFTER_TIMER):
-            await workflow.sleep(_ANSWER_DELAY, summary=f"answer the {kind} update")
+        if workflow.patched(_ANSWER_IN_OWN_TASK):
+            await workflow.execute_activity(
+                answer_turn,
+                start_to_close_timeout=retries.ANSWER_TURN_TIMEOUT,
+                retry_policy=retries.ANSWER_TURN_RETRY,
+                summary=f"answer the {kind} update",
+            )
         if action.refusal is not None:  # e.g. the call expired while this waited its turn
             raise ApplicationError(action.refusal, type=ACTION_REJECTED)
         if not action.done:

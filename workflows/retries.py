@@ -36,3 +36,9 @@ OUTAGE_FIRST_WAIT = timedelta(minutes=1)
 OUTAGE_LONGEST_WAIT = timedelta(minutes=15)
 # The policy comes from a file on the worker: an unexpected failure is not retried for ever.
 POLICY_RETRY = RetryPolicy(maximum_attempts=3)
+# The empty activity before an update's answer (`activities.turn`): retried until a worker runs
+# it, which a live worker does at once.
+ANSWER_TURN_TIMEOUT = timedelta(seconds=10)
+ANSWER_TURN_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
+)
