@@ -79,10 +79,11 @@ async def test_hundred_calls_through_every_fault_at_once_lose_and_duplicate_noth
         faults="all",
         kill_every=5,
         restart_at=15,
-        # The faults stop at 45 s at the latest; the budget leaves a minute after that: a call
+        # The faults stop after 25 s; the budget leaves more than a minute after that: a call
         # whose round of tries TapRaise failed waits one minute before the next round.
         time_budget=110,
         heal_window=65,
+        chaos_for=25,
         max_active=100,
         # Every TapRaise fault kind, at half the large run's shares: a hundred calls have to
         # close within a minute while a worker dies every five seconds.
