@@ -407,4 +407,21 @@ async def test_updates_are_answered_in_a_task_of_their_own_not_with_a_local_acti
         if EventType.Name(e.event_type) == "EVENT_TYPE_ACTIVITY_TASK_COMPLETED"
     ]
     assert len(turns) == 3
+    # The patch is asked for in the run's first task, not where an update is answered: a task
+    # that resolves a local activity may replay as part of an earlier one, and a patch marker
+    # recorded there would not be found on replay.
+    completed = [
+        e.event_id
+        for e in history.events
+        if EventType.Name(e.event_type) == "EVENT_TYPE_WORKFLOW_TASK_COMPLETED"
+    ]
+    [patch] = [
+        e.event_id
+        for e in history.events
+        if EventType.Name(e.event_type) == "EVENT_TYPE_MARKER_RECORDED"
+        and e.marker_recorded_event_attributes.marker_name == "core_patch"
+        and b"answer-in-own-task"
+        in e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data
+    ]
+    assert completed[0] < patch < completed[1]
     await record_history(handle, "answered_in_own_task")

@@ -93,6 +93,9 @@ _ADOPT_UNRECORDED_ATTEMPTS = "adopt-unrecorded-attempts"
 _STABLE_REQUESTED_AT = "stable-requested-at"
 # Patch: an update is answered in a workflow task of its own, the one an empty activity's
 # completion starts, never in the task that resolves a local activity (see `activities.turn`).
+# Decided once, in a run's first task: a task that resolves a local activity may be replayed as
+# part of an earlier task than the one it ran in live, and a patch asked for there would not be
+# found on replay (a non-determinism error).
 _ANSWER_IN_OWN_TASK = "answer-in-own-task"
 # How much of the event log a continued run carries over.
 _CARRIED_EVENTS = 100
@@ -170,6 +173,7 @@ class CallWorkflow:
         self._created = False
         self._outage: str | None = None  # what TapRaise failed to do, while it is retried
         self._draining = False  # continuing as new: messages are queued for the next run
+        self._answer_in_own_task = workflow.patched(_ANSWER_IN_OWN_TASK)
         # What the search attributes hold now (a start from our own tools sets them already).
         self._published: dict[str, Any] = {
             pair.key.name: pair.value for pair in workflow.info().typed_search_attributes
@@ -758,7 +762,7 @@ class CallWorkflow:
         if action is None:  # the state changed between validator and handler
             raise ApplicationError(self._refusal(kind, msg) or "refused", type=ACTION_REJECTED)
         await workflow.wait_condition(lambda: action.done or action.queued)
-        if workflow.patched(_ANSWER_IN_OWN_TASK):
+        if self._answer_in_own_task:
             await workflow.execute_activity(
                 answer_turn,
                 start_to_close_timeout=retries.ANSWER_TURN_TIMEOUT,
