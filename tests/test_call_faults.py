@@ -24,7 +24,7 @@ from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from tapraise import CallResult, CallType, CreateCallRequest, TapRaiseClient
+from tapraise import AddAttemptRequest, CallResult, CallType, CreateCallRequest, TapRaiseClient
 from tapraise.sandbox.seed import DEMO_PERSON_UUIDS
 from tests.sandbox_fixture import SandboxServer
 from tests.temporal_fixture import CallWorker, record_history
@@ -425,3 +425,30 @@ async def test_updates_are_answered_in_a_task_of_their_own_not_with_a_local_acti
     ]
     assert completed[0] < patch < completed[1]
     await record_history(handle, "answered_in_own_task")
+
+
+async def test_an_attempt_tapraise_holds_but_the_call_never_recorded_is_adopted_at_the_end(
+    call_worker: CallWorker, tapraise_client: TapRaiseClient
+) -> None:
+    """A worker died after TapRaise applied an attempt, and the message that asked for it was
+    lost with it: the final action finds the attempt in TapRaise, and the call counts it."""
+    handle, state = await started(call_worker)
+    lost_at = state.requested_at + timedelta(seconds=1)
+    await tapraise_client.add_attempt(state.call_uuid, AddAttemptRequest(attempt_at=lost_at))
+    await handle.execute_update(
+        CallWorkflow.complete_update, CompleteSignal(result=CallResult(result_code="confirmed"))
+    )
+    final: CallState = await handle.result()
+    assert final.phase == CallPhase.COMPLETED
+    assert [a.attempt_at for a in final.attempts] == [lost_at]
+    assert "adopted" in [e.kind for e in final.events]
+    # Decided by the patch asked for in the run's first task: none is asked for at the end,
+    # where the task resolving the completion may replay as part of an earlier one.
+    patches = [
+        e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data
+        for e in (await handle.fetch_history()).events
+        if EventType.Name(e.event_type) == "EVENT_TYPE_MARKER_RECORDED"
+        and e.marker_recorded_event_attributes.marker_name == "core_patch"
+    ]
+    assert len(patches) == 1 and b"answer-in-own-task" in patches[0]
+    await record_history(handle, "adopted_unrecorded_attempt")

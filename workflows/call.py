@@ -95,7 +95,8 @@ _STABLE_REQUESTED_AT = "stable-requested-at"
 # completion starts, never in the task that resolves a local activity (see `activities.turn`).
 # Decided once, in a run's first task: a task that resolves a local activity may be replayed as
 # part of an earlier task than the one it ran in live, and a patch asked for there would not be
-# found on replay (a non-determinism error).
+# found on replay (a non-determinism error). A run with this patch also adopts unrecorded
+# attempts without asking for `_ADOPT_UNRECORDED_ATTEMPTS` where it adopts (older runs do).
 _ANSWER_IN_OWN_TASK = "answer-in-own-task"
 # How much of the event log a continued run carries over.
 _CARRIED_EVENTS = 100
@@ -173,7 +174,7 @@ class CallWorkflow:
         self._created = False
         self._outage: str | None = None  # what TapRaise failed to do, while it is retried
         self._draining = False  # continuing as new: messages are queued for the next run
-        self._answer_in_own_task = workflow.patched(_ANSWER_IN_OWN_TASK)
+        self._patched_at_start = workflow.patched(_ANSWER_IN_OWN_TASK)
         # What the search attributes hold now (a start from our own tools sets them already).
         self._published: dict[str, Any] = {
             pair.key.name: pair.value for pair in workflow.info().typed_search_attributes
@@ -595,7 +596,7 @@ class CallWorkflow:
                 for a in self._progress.attempts
             )
         ]
-        if unrecorded and workflow.patched(_ADOPT_UNRECORDED_ATTEMPTS):
+        if unrecorded and (self._patched_at_start or workflow.patched(_ADOPT_UNRECORDED_ATTEMPTS)):
             self._progress.attempts.extend(unrecorded)
             self._log(
                 "adopted", f"{len(unrecorded)} attempt(s) TapRaise holds and this call missed"
@@ -762,7 +763,7 @@ class CallWorkflow:
         if action is None:  # the state changed between validator and handler
             raise ApplicationError(self._refusal(kind, msg) or "refused", type=ACTION_REJECTED)
         await workflow.wait_condition(lambda: action.done or action.queued)
-        if self._answer_in_own_task:
+        if self._patched_at_start:
             await workflow.execute_activity(
                 answer_turn,
                 start_to_close_timeout=retries.ANSWER_TURN_TIMEOUT,
