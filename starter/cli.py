@@ -751,6 +751,11 @@ def _calls_tsv(calls: list[CallSummary]) -> list[str]:
     return lines
 
 
+def _width(header: str, cells: list[str]) -> int:
+    """How wide a column is: its widest cell, or its header."""
+    return max([len(header), *map(len, cells)])
+
+
 def _calls_columns(calls: list[CallSummary], width: int) -> list[tuple[str, list[str]]]:
     """The table's columns (header, cells) that fit in `width` characters.
 
@@ -772,7 +777,7 @@ def _calls_columns(calls: list[CallSummary], width: int) -> list[tuple[str, list
     }
 
     def total() -> int:
-        widths = [max([len(header), *map(len, cells)]) for header, cells in columns.items()]
+        widths = [_width(header, cells) for header, cells in columns.items()]
         return sum(widths) + len(_COLUMN_GAP) * (len(widths) - 1)
 
     # Each step drops a column (None) or shortens its cells, until the table fits.
@@ -797,7 +802,7 @@ def _calls_columns(calls: list[CallSummary], width: int) -> list[tuple[str, list
 def _calls_lines(calls: list[CallSummary], width: int) -> list[str]:
     """The calls as aligned columns for a terminal `width` characters wide (header first)."""
     columns = _calls_columns(calls, width)
-    widths = [max([len(header), *map(len, cells)]) for header, cells in columns]
+    widths = [_width(header, cells) for header, cells in columns]
     rows = [[header for header, _ in columns]]
     rows += [[cells[i] for _, cells in columns] for i in range(len(calls))]
     gap = _COLUMN_GAP

@@ -95,10 +95,10 @@ def fresh_shell_env(home: Path) -> dict[str, str]:
     """The environment of a new terminal: no project variables, no virtualenv on PATH."""
     keep = ("PATH", "LANG", "LC_ALL", "TERM", "TMPDIR", "SYSTEMROOT")
     env = {k: v for k, v in os.environ.items() if k in keep}
-    venv_bin = os.environ.get("VIRTUAL_ENV")
-    if venv_bin:
+    venv = os.environ.get("VIRTUAL_ENV")
+    if venv:  # an activated virtualenv's bin/ leaves PATH, as in a new terminal
         env["PATH"] = os.pathsep.join(
-            p for p in env.get("PATH", "").split(os.pathsep) if not p.startswith(venv_bin)
+            p for p in env.get("PATH", "").split(os.pathsep) if not p.startswith(venv)
         )
     env["HOME"] = str(home)
     return env
