@@ -1,5 +1,5 @@
 # The project's one image: the worker by default; the compose file also runs the TapRaise
-# sandbox (`python -m tapraise.sandbox`) and the HTTP gateway (`python -m starter serve`) from it.
+# sandbox (`python -m sandbox`) and the HTTP gateway (`python -m starter serve`) from it.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -12,6 +12,7 @@ WORKDIR /app
 # Metadata first, then the sources: the install layer is rebuilt only when one of them changes.
 COPY pyproject.toml README.md ./
 COPY tapraise ./tapraise
+COPY sandbox ./sandbox
 COPY activities ./activities
 COPY workflows ./workflows
 COPY starter ./starter

@@ -22,6 +22,7 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.calls import TapRaiseActivities
+from activities.policy import PolicyActivities
 from activities.turn import answer_turn
 from tapraise import (
     APIConnectionError,
@@ -35,7 +36,6 @@ from workflows.call import CallWorkflow
 from workflows.connect import connect, load_env_file, missing_search_attributes
 from workflows.messages import TASK_QUEUE
 from workflows.policy import PolicyBook, describe_error
-from workflows.policy_activity import PolicyActivities
 
 log = logging.getLogger("tapraise_calls.worker")
 
@@ -54,7 +54,7 @@ def sandbox_runner() -> SandboxedWorkflowRunner:
         "workflows.retries",
         "workflows.policy",
         "workflows.schedule",
-        "workflows.policy_activity",
+        "activities.policy",
         "pydantic",
         "zoneinfo",
         "tzdata",

@@ -12,9 +12,9 @@ from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
 
+from sandbox.seed import DEMO_PERSON_UUIDS
 from starter.calls import CallService, StartStatus
 from tapraise.models import CallResult, CallType
-from tapraise.sandbox.seed import DEMO_PERSON_UUIDS
 from workflows.messages import (
     ATTEMPT,
     COMPLETE,

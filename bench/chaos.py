@@ -82,6 +82,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from bench.calls import ALWAYS_OPEN
 from bench.stack import Child, free_port, temporal_cli
+from sandbox.seed import DEMO_PERSON_UUIDS
 from starter.calls import (
     ActionRejected,
     CallNotFound,
@@ -91,7 +92,6 @@ from starter.calls import (
     StartStatus,
     TemporalUnavailable,
 )
-from tapraise.sandbox.seed import DEMO_PERSON_UUIDS
 from workflows.connect import connect, missing_search_attributes, search_attribute_flags
 from workflows.messages import (
     ACTION_REJECTED,
@@ -392,7 +392,7 @@ class _Stack:
         self.sandbox = self._child(
             "sandbox",
             [
-                sys.executable, "-m", "tapraise.sandbox", "--host", HOST,
+                sys.executable, "-m", "sandbox", "--host", HOST,
                 "--port", str(self.sandbox_port), "--data-dir", str(work / "sandbox"),
                 "--log-level", "warning",
             ],

@@ -25,9 +25,9 @@ from typing import Any
 from bench import throughput
 from bench.report import Result, bounded, main, parser_for, per_second, progress
 from bench.stack import CpuMeter, Stack
+from sandbox.seed import DEMO_PERSON_UUIDS
 from tapraise import TapRaiseClient
 from tapraise.models import AddAttemptRequest, CallType, CreateCallRequest
-from tapraise.sandbox.seed import DEMO_PERSON_UUIDS
 
 GOAL = 5.0
 DEFAULT_N = 4000

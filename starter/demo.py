@@ -38,9 +38,9 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError
 
+from sandbox.seed import DEMO_ORGANIZATION_UUID, DEMO_PERSON_UUIDS, FOREIGN_PERSON_UUID
 from starter.calls import CallService, StartStatus, stamp_action
 from tapraise.models import CallResult, CallType
-from tapraise.sandbox.seed import DEMO_ORGANIZATION_UUID, DEMO_PERSON_UUIDS, FOREIGN_PERSON_UUID
 from workflows.messages import (
     ATTEMPT,
     CANCEL,

@@ -43,8 +43,8 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
+from sandbox.seed import DEMO_PERSON_UUIDS
 from starter.settings import GatewaySettings
-from tapraise.sandbox.seed import DEMO_PERSON_UUIDS
 from tapraise.settings import SANDBOX_ACCOUNT_FILE, SANDBOX_BASE_URL, TapRaiseSettings
 from workflows.connect import connect, missing_search_attributes, search_attribute_flags
 from workflows.messages import TASK_QUEUE, SearchAttributes
@@ -439,7 +439,7 @@ class Stack:
 
     async def _start_sandbox(self) -> Child:
         argv = [
-            sys.executable, "-m", "tapraise.sandbox",
+            sys.executable, "-m", "sandbox",
             "--host", HOST,
             "--port", str(self.config.sandbox_port),
             "--data-dir", str(self.config.sandbox_dir),

@@ -151,7 +151,7 @@ class TapRaiseSettings(BaseSettings):
             raise ConfigurationError(
                 f"TAPRAISE_BASE_URL is not set, so the embedded sandbox at {SANDBOX_BASE_URL} is "
                 f"used, but its demo account file {path} does not exist yet. Start the sandbox "
-                "first (python -m tapraise.sandbox), or set TAPRAISE_BASE_URL, "
+                "first (python -m sandbox), or set TAPRAISE_BASE_URL, "
                 "TAPRAISE_ACCOUNT_EMAIL, TAPRAISE_PRIVATE_KEY_ID and TAPRAISE_PRIVATE_KEY "
                 "(or TAPRAISE_PRIVATE_KEY_FILE) for a real TapRaise."
             )

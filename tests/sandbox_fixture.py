@@ -62,7 +62,7 @@ class SandboxServer:
         # Importable even when the project is not installed into the interpreter.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         command = [
-            sys.executable, "-m", "tapraise.sandbox", "--host", "127.0.0.1",
+            sys.executable, "-m", "sandbox", "--host", "127.0.0.1",
             "--port", str(self.port), "--data-dir", str(self.data_dir), "--log-level", "warning",
         ]  # fmt: skip
         # Output goes to a file: a pipe nobody reads would eventually block the server.

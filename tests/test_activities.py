@@ -34,6 +34,7 @@ from activities.calls import (
     TapRaiseActivities,
     same_attempt,
 )
+from sandbox.seed import ALL_ACTIONS, FOREIGN_PERSON_UUID
 from tapraise import (
     Call,
     CallResult,
@@ -46,7 +47,6 @@ from tapraise import (
     ServiceAccount,
     TapRaiseClient,
 )
-from tapraise.sandbox.seed import ALL_ACTIONS, FOREIGN_PERSON_UUID
 from tests.sandbox_fixture import SandboxServer
 
 pytestmark = pytest.mark.timeout(60)

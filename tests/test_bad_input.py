@@ -40,12 +40,12 @@ from temporalio.service import RPCError, RPCStatusCode
 from typer.testing import CliRunner
 
 from bench.chaos import chaos_policy
+from sandbox.seed import DEMO_PERSON_UUIDS
 from starter.cli import app as cli_app
 from starter.gateway import create_app
 from starter.settings import GatewaySettings
 from tapraise import ServiceAccount
 from tapraise.auth import TokenSigner
-from tapraise.sandbox.seed import DEMO_PERSON_UUIDS
 from tests.sandbox_fixture import SandboxServer, free_port
 from tests.temporal_fixture import CallWorker
 from workflows.call import CallWorkflow

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
+from sandbox.seed import DEMO_PERSON_UUIDS
 from starter.batch import (
     BatchError,
     BatchFormat,
@@ -28,7 +29,6 @@ from starter.batch import (
 )
 from starter.calls import derive_call_uuid
 from starter.cli import app
-from tapraise.sandbox.seed import DEMO_PERSON_UUIDS
 from tests.sandbox_fixture import REPO_ROOT
 from tests.temporal_fixture import CallWorker
 

@@ -24,8 +24,8 @@ from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
+from sandbox.seed import DEMO_PERSON_UUIDS
 from tapraise import AddAttemptRequest, CallResult, CallType, CreateCallRequest, TapRaiseClient
-from tapraise.sandbox.seed import DEMO_PERSON_UUIDS
 from tests.sandbox_fixture import SandboxServer
 from tests.temporal_fixture import CallWorker, record_history
 from tests.test_call_workflow import wait_for

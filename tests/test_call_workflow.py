@@ -25,6 +25,7 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpda
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
+from sandbox.seed import DEMO_PERSON_UUIDS, FOREIGN_PERSON_UUID
 from tapraise import (
     AddAttemptRequest,
     CallResult,
@@ -33,7 +34,6 @@ from tapraise import (
     CreateCallRequest,
     TapRaiseClient,
 )
-from tapraise.sandbox.seed import DEMO_PERSON_UUIDS, FOREIGN_PERSON_UUID
 from tests.sandbox_fixture import SandboxServer
 from tests.temporal_fixture import (
     DEFAULT_START,

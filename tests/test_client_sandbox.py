@@ -22,6 +22,11 @@ import pytest_asyncio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from sandbox.seed import (
+    ALL_ACTIONS,
+    FOREIGN_PERSON_UUID,
+    SECOND_ORG_PERSON_UUIDS,
+)
 from tapraise import (
     AddAttemptRequest,
     APIStatusError,
@@ -51,11 +56,6 @@ from tapraise import (
     TokenSigner,
 )
 from tapraise.client import FIND_LATER, FIND_WINDOWS, MAX_PAGE_SIZE
-from tapraise.sandbox.seed import (
-    ALL_ACTIONS,
-    FOREIGN_PERSON_UUID,
-    SECOND_ORG_PERSON_UUIDS,
-)
 from tests.sandbox_fixture import SandboxServer
 
 pytestmark = pytest.mark.timeout(60)

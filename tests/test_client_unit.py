@@ -498,7 +498,7 @@ def test_settings_without_url_use_the_sandbox_and_explain_a_missing_account_file
     settings = TapRaiseSettings()
 
     assert settings.base_url() == "http://127.0.0.1:8081"
-    with pytest.raises(ConfigurationError, match=r"python -m tapraise.sandbox"):
+    with pytest.raises(ConfigurationError, match=r"python -m sandbox"):
         settings.service_account()
 
 

@@ -184,7 +184,7 @@ def test_app_services_run_the_projects_image_and_entry_points(
     assert len(images) == 1
     assert all(services[name].get("build") == "." for name in APP_SERVICES)
     assert services["worker"]["command"] == ["python", "-m", "worker"]
-    assert services["sandbox"]["command"][:3] == ["python", "-m", "tapraise.sandbox"]
+    assert services["sandbox"]["command"][:3] == ["python", "-m", "sandbox"]
     assert services["gateway"]["command"][:4] == ["python", "-m", "starter", "serve"]
     for name in ("sandbox", "gateway"):
         command = services[name]["command"]

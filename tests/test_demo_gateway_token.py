@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from sandbox.seed import DEMO_PERSON_UUIDS
 from starter import devstack
 from starter.demo import hand_call_uuid
 from starter.devstack import (
@@ -27,7 +28,6 @@ from starter.devstack import (
     paste_lines,
     write_env_file,
 )
-from tapraise.sandbox.seed import DEMO_PERSON_UUIDS
 
 CONFIGURED = "a-token-the-user-configured-0123456789"
 

@@ -20,10 +20,10 @@ from pydantic import SecretStr
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from sandbox.seed import DEMO_PERSON_UUIDS
 from starter.calls import derive_call_uuid
 from starter.gateway import create_app
 from starter.settings import ConfigurationError, GatewaySettings
-from tapraise.sandbox.seed import DEMO_PERSON_UUIDS
 from tests.sandbox_fixture import SandboxServer, free_port
 from tests.temporal_fixture import CallWorker
 from workflows.messages import SearchAttributes

@@ -26,12 +26,12 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHandle
 from typer.testing import CliRunner, Result
 
+from sandbox.seed import DEMO_PERSON_UUIDS
 from starter.calls import CallService, stamp_action, utc_millis
 from starter.cli import app
 from starter.gateway import create_app
 from starter.settings import GatewaySettings
 from tapraise.models import CallType
-from tapraise.sandbox.seed import DEMO_PERSON_UUIDS
 from tests.sandbox_fixture import SandboxServer, free_port
 from tests.temporal_fixture import CallWorker
 from workflows.messages import ATTEMPT, AttemptSignal, CallInput, CallPhase

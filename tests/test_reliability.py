@@ -31,8 +31,8 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from bench.chaos import ChaosConfig, chaos_policy, run_chaos
+from sandbox.seed import DEMO_PERSON_UUIDS
 from tapraise.models import CallResult
-from tapraise.sandbox.seed import DEMO_PERSON_UUIDS
 from tests.sandbox_fixture import REPO_ROOT, SandboxServer
 from tests.temporal_fixture import CallWorker
 from workflows.call import CallWorkflow

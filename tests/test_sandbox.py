@@ -19,8 +19,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tapraise.sandbox import auth, index
-from tapraise.sandbox.seed import (
+from sandbox import auth, index
+from sandbox.seed import (
     DEMO_ORGANIZATION_UUID,
     DEMO_PERSON_UUIDS,
     FOREIGN_PERSON_UUID,

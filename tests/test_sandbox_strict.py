@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tapraise.sandbox.seed import ALL_ACTIONS
+from sandbox.seed import ALL_ACTIONS
 from tests.sandbox_fixture import SandboxServer
 from tests.test_sandbox import assert_error, client_for, iso, put, sign
 

@@ -28,14 +28,14 @@ from temporalio.testing import WorkflowEnvironment
 
 import worker as worker_module
 from bench.chaos import chaos_policy
+from sandbox.auth import generate_key_pair
+from sandbox.seed import DEMO_PERSON_UUIDS, FOREIGN_PERSON_UUID
 from starter.calls import initial_search_attributes
 from starter.gateway import create_app
 from starter.settings import GatewaySettings
 from tapraise import ServiceAccount, TapRaiseClient
 from tapraise.auth import TokenSigner
 from tapraise.models import CallResult
-from tapraise.sandbox.auth import generate_key_pair
-from tapraise.sandbox.seed import DEMO_PERSON_UUIDS, FOREIGN_PERSON_UUID
 from tests.sandbox_fixture import SandboxServer
 from worker import build_worker
 from workflows.call import CallWorkflow

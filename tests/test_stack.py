@@ -25,8 +25,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sandbox.seed import DEMO_PERSON_UUIDS
 from starter.demo import SCENARIOS, hand_call_uuid
-from tapraise.sandbox.seed import DEMO_PERSON_UUIDS
 from tests import readme_examples
 from tests.sandbox_fixture import REPO_ROOT, free_port
 from workflows.connect import connect

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.seed import DEMO_PERSON_UUIDS
 from starter.demo import Agent, Scenario, run_demo
 from tapraise.models import CallType
-from tapraise.sandbox.seed import DEMO_PERSON_UUIDS
 from tests.test_stack import READY_TIMEOUT, StackProcess
 from workflows.connect import connect
 from workflows.messages import CallPhase

@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         TapRaiseActivities,
         same_attempt,
     )
+    from activities.policy import INVALID_POLICY, PolicyActivities, ResolvePolicyInput
     from activities.turn import answer_turn
     from tapraise.models import (
         Attempt,
@@ -75,7 +76,6 @@ with workflow.unsafe.imports_passed_through():
         to_json,
     )
     from workflows.policy import AttemptOutcome, CallPolicy, describe_error
-    from workflows.policy_activity import INVALID_POLICY, PolicyActivities, ResolvePolicyInput
 
 _Arg = TypeVar("_Arg")
 _Result = TypeVar("_Result")

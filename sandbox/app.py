@@ -26,8 +26,8 @@ from pydantic import UUID4, AwareDatetime, BaseModel, ConfigDict, Field, model_v
 from pydantic.alias_generators import to_camel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tapraise.sandbox import calls, seed, store
-from tapraise.sandbox.auth import (
+from sandbox import calls, seed, store
+from sandbox.auth import (
     authenticate,
     authorize,
     credentials,
@@ -35,11 +35,11 @@ from tapraise.sandbox.auth import (
     load_or_create_credentials,
     withdrawn,
 )
-from tapraise.sandbox.calls import Settings
-from tapraise.sandbox.faults import Fault, FaultConfig, FaultInjector
-from tapraise.sandbox.index import add_index_routes
-from tapraise.sandbox.store import Account, Store
-from tapraise.sandbox.validation import (
+from sandbox.calls import Settings
+from sandbox.faults import Fault, FaultConfig, FaultInjector
+from sandbox.index import add_index_routes
+from sandbox.store import Account, Store
+from sandbox.validation import (
     AddAttemptIn,
     ApiError,
     CancelIn,
@@ -51,7 +51,7 @@ from tapraise.sandbox.validation import (
     parse_body,
 )
 
-logger = logging.getLogger("tapraise.sandbox")
+logger = logging.getLogger("sandbox")
 
 DB_FILE = "sandbox.sqlite3"
 CREDENTIALS_FILE = "service-account.json"

@@ -22,8 +22,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tapraise.sandbox.store import Account, account_by_key_id
-from tapraise.sandbox.validation import ApiError
+from sandbox.store import Account, account_by_key_id
+from sandbox.validation import ApiError
 
 MAX_TOKEN_LIFETIME_SECONDS = 3600
 """Tokens whose ``exp - iat`` exceeds this are refused."""

@@ -2,8 +2,7 @@
 
 Policies live in a file on the worker (`workflows/policies.toml`, or `CALL_POLICY_FILE`). Reading
 it is I/O, so it happens here, once per call, and the resolved policy is recorded in the
-workflow's history: editing the file later never changes a running call. It lives beside the
-policy model rather than in `activities/`, which holds only TapRaise actions.
+workflow's history: editing the file later never changes a running call.
 """
 
 from __future__ import annotations

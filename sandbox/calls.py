@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from tapraise.sandbox import store
-from tapraise.sandbox.store import Account, CallFilter, StoredCall
-from tapraise.sandbox.validation import (
+from sandbox import store
+from sandbox.store import Account, CallFilter, StoredCall
+from sandbox.validation import (
     FINAL_STATUSES,
     AddAttemptIn,
     ApiError,

@@ -1,4 +1,4 @@
-"""Command line: ``python -m tapraise.sandbox`` (console script ``tapraise-sandbox``)."""
+"""Command line: ``python -m sandbox`` (console script ``tapraise-sandbox``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import uvicorn
 
-from tapraise.sandbox.app import create_app
+from sandbox.app import create_app
 
 
 class _Server(uvicorn.Server):
