@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -49,6 +49,7 @@ def sandbox_runner() -> SandboxedWorkflowRunner:
     restrictions = SandboxRestrictions.default.with_passthrough_modules(
         "tapraise",
         "activities",
+        "workflows.errors",
         "workflows.messages",
         "workflows.inbox",
         "workflows.retries",
@@ -136,15 +137,37 @@ def build_worker(
 DEFAULT_CACHED_WORKFLOWS = 400
 
 
-def cached_workflows() -> int:
-    """How many workflows the worker keeps in memory (`WORKER_MAX_CACHED_WORKFLOWS`)."""
-    value = os.environ.get("WORKER_MAX_CACHED_WORKFLOWS", str(DEFAULT_CACHED_WORKFLOWS))
+class WorkerSettings(BaseSettings):
+    """Everything the worker reads from its environment (and `.env`), in one place.
+
+    Attributes:
+        policy_file: `CALL_POLICY_FILE`, the call policies (TOML); unset means the packaged
+            `workflows/policies.toml`.
+        max_cached_workflows: `WORKER_MAX_CACHED_WORKFLOWS`, workflows kept in memory.
+        log_level: `LOG_LEVEL`.
+        tapraise: where TapRaise is and how to authenticate (`TAPRAISE_*`).
+
+    The Temporal connection is read by `connect()` from Temporal's own variables.
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True
+    )
+
+    policy_file: Path | None = Field(default=None, validation_alias="CALL_POLICY_FILE")
+    max_cached_workflows: int = Field(
+        default=DEFAULT_CACHED_WORKFLOWS, ge=1, validation_alias="WORKER_MAX_CACHED_WORKFLOWS"
+    )
+    log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
+    tapraise: TapRaiseSettings = Field(default_factory=TapRaiseSettings)
+
+
+def load_settings() -> WorkerSettings:
+    """The worker's settings, or a `ValueError` naming each variable that is wrong."""
     try:
-        return max(1, int(value))
-    except ValueError:
-        raise ValueError(
-            f"WORKER_MAX_CACHED_WORKFLOWS must be a whole number, not {value!r}"
-        ) from None
+        return WorkerSettings()
+    except ValidationError as exc:
+        raise ValueError(f"invalid settings: {describe_error(exc, whole='settings')}") from None
 
 
 async def check_tapraise(tapraise: TapRaiseClient) -> None:
@@ -177,11 +200,10 @@ async def check_tapraise(tapraise: TapRaiseClient) -> None:
         )
 
 
-async def run(stop: asyncio.Event | None = None) -> None:
+async def run(stop: asyncio.Event | None = None, settings: WorkerSettings | None = None) -> None:
     """Connect, check the namespace, and run until `stop` is set (or a signal arrives)."""
-    settings = TapRaiseSettings()
-    policy_file = os.environ.get("CALL_POLICY_FILE")
-    book = PolicyBook.load(Path(policy_file) if policy_file else None)
+    settings = settings or load_settings()
+    book = PolicyBook.load(settings.policy_file)
     client = await connect()
     missing = await missing_search_attributes(client)
     if missing:
@@ -195,17 +217,17 @@ async def run(stop: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with settings.make_client() as tapraise:
+    async with settings.tapraise.make_client() as tapraise:
         await check_tapraise(tapraise)
         worker = build_worker(
-            client, tapraise, policy_book=book, max_cached_workflows=cached_workflows()
+            client, tapraise, policy_book=book, max_cached_workflows=settings.max_cached_workflows
         )
         log.info(
             "worker ready: task queue %s on %s (namespace %s), TapRaise at %s",
             TASK_QUEUE,
             client.service_client.config.target_host,
             client.namespace,
-            settings.base_url(),
+            settings.tapraise.base_url(),
         )
         async with worker:
             await stop.wait()
@@ -224,12 +246,13 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
 
 def main() -> None:
     load_env_file()
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
-        run_event_loop(run())
+        settings = load_settings()
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        run_event_loop(run(settings=settings))
     except (RuntimeError, ValueError) as exc:  # unreachable or misconfigured: say what to do
         print(f"worker: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -13,13 +13,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import errors
 from tapraise import (
     APIConnectionError,
     APIStatusError,
@@ -40,6 +39,7 @@ from tapraise import (
     TapRaiseError,
 )
 from tapraise.models import AddAttemptRequest
+from workflows import errors
 
 
 class _Input(BaseModel):
@@ -330,7 +330,7 @@ class TapRaiseActivities:
             lambda: self._client.expire_call(data.call_uuid, data.request),
         )
 
-    def all(self) -> list[object]:
+    def all(self) -> list[Callable[..., Any]]:
         """Every activity of this class, for `Worker(activities=…)`."""
         return [
             self.find_call,

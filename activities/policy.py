@@ -13,9 +13,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from workflows import errors
 from workflows.policy import CallPolicy, PolicyBook, PolicyOverrides
-
-INVALID_POLICY = "InvalidCallPolicy"
 
 
 class ResolvePolicyInput(BaseModel):
@@ -47,4 +46,6 @@ class PolicyActivities:
                 requested_at=data.requested_at,
             )
         except ValueError as exc:
-            raise ApplicationError(str(exc), type=INVALID_POLICY, non_retryable=True) from exc
+            raise ApplicationError(
+                str(exc), type=errors.INVALID_POLICY, non_retryable=True
+            ) from exc

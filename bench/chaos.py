@@ -93,8 +93,8 @@ from starter.calls import (
     TemporalUnavailable,
 )
 from workflows.connect import connect, missing_search_attributes, search_attribute_flags
+from workflows.errors import ACTION_REJECTED
 from workflows.messages import (
-    ACTION_REJECTED,
     ATTEMPT,
     CANCEL,
     COMPLETE,

@@ -38,8 +38,8 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from tapraise.models import CallStatus, CallType
+from workflows.errors import ACTION_REJECTED
 from workflows.messages import (
-    ACTION_REJECTED,
     MESSAGE_MODELS,
     STATE,
     TASK_QUEUE,

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities import errors
+from workflows import errors
 from activities.calls import (
     AddAttemptInput,
     CallRef,

@@ -32,9 +32,9 @@ from tests.test_call_workflow import wait_for
 from tests.test_reliability import _ready as ready
 from tests.test_reliability import _worker_process as worker_process
 from tests.test_reliability import worker_env
+from workflows import errors
 from workflows.call import CallWorkflow
 from workflows.messages import (
-    ACTION_REJECTED,
     TASK_QUEUE,
     AttemptSignal,
     CallInput,
@@ -61,7 +61,7 @@ async def rejection(handle: WorkflowHandle[Any, Any], update: Any, message: Any)
     with pytest.raises(WorkflowUpdateFailedError) as refused:
         await handle.execute_update(update, message)
     cause = refused.value.cause
-    assert isinstance(cause, ApplicationError) and cause.type == ACTION_REJECTED
+    assert isinstance(cause, ApplicationError) and cause.type == errors.ACTION_REJECTED
     return cause.message
 
 

@@ -24,7 +24,6 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 with workflow.unsafe.imports_passed_through():
     from pydantic import TypeAdapter, ValidationError
 
-    from activities import errors
     from activities.calls import (
         AddAttemptInput,
         CancelCallInput,
@@ -33,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
         TapRaiseActivities,
         same_attempt,
     )
-    from activities.policy import INVALID_POLICY, PolicyActivities, ResolvePolicyInput
+    from activities.policy import PolicyActivities, ResolvePolicyInput
     from activities.turn import answer_turn
     from tapraise.models import (
         Attempt,
@@ -46,15 +45,13 @@ with workflow.unsafe.imports_passed_through():
         CreateCallRequest,
         ExpireCallRequest,
     )
-    from workflows import retries, schedule
-    from workflows.inbox import Action, Progress
+    from workflows import errors, retries, schedule
+    from workflows.inbox import Action
     from workflows.messages import (
-        ACTION_REJECTED,
         ATTEMPT,
         CANCEL,
         COMPLETE,
         DEFAULT_TIMEZONE,
-        INVALID_INPUT,
         MESSAGE_MODELS,
         RESCHEDULE,
         STATE,
@@ -65,6 +62,7 @@ with workflow.unsafe.imports_passed_through():
         CallEvent,
         CallInput,
         CallPhase,
+        CallRecord,
         CallResume,
         CallState,
         CancelSignal,
@@ -157,21 +155,20 @@ class CallWorkflow:
             self._input_error = "resume: set only by the call itself when it continues as new"
             input = input.model_copy(update={"resume": None})
         self._input = input
-        self._call_uuid = input.uuid or _uuid_from_id()
-        self._requested_at = _ms(input.requested_at or _start_instant())
-        self._timezone = input.timezone or DEFAULT_TIMEZONE
+        call_uuid = input.uuid or _uuid_from_id()
+        self._record = CallRecord(
+            call_uuid=call_uuid,
+            requested_at=_ms(input.requested_at or _start_instant()),
+            timezone=input.timezone or DEFAULT_TIMEZONE,
+        )
         self._phase = CallPhase.CREATING
-        self._status: CallStatus | None = None
         self._policy: CallPolicy | None = None
-        self._progress = Progress()
         self._slot: schedule.Slot | None = None
         self._result: CallResult | None = None
         self._final_reason: str | None = None
         self._failure: str | None = None
-        self._events: list[CallEvent] = []
         self._inbox: list[Action] = []
         self._closing: str | None = None  # the final action accepted, while it is carried out
-        self._created = False
         self._outage: str | None = None  # what TapRaise failed to do, while it is retried
         self._draining = False  # continuing as new: messages are queued for the next run
         self._patched_at_start = workflow.patched(_ANSWER_IN_OWN_TASK)
@@ -187,12 +184,12 @@ class CallWorkflow:
     @workflow.run
     async def run(self, input: CallInput | dict[str, Any]) -> CallState:
         if self._input_error is not None:
-            self._fail(f"invalid input: {self._input_error}", INVALID_INPUT)
+            self._fail(f"invalid input: {self._input_error}", errors.INVALID_INPUT)
         self._check_identity()
         if self._input.resume is None:  # a continued run has its policy already
             await self._resolve_policy()
         try:
-            if not self._created:
+            if not self._record.created:
                 await self._create()
             await self._live()
         except _Outgrown:  # a long TapRaise outage outgrew the history: carry on in a new run
@@ -223,7 +220,7 @@ class CallWorkflow:
                     if await self._wait_until(decision.at, "next attempt slot"):
                         continue
                 self._enter(CallPhase.DUE)
-                self._progress.callback_at = None  # the callback slot is here; it is used up
+                self._record.callback_at = None  # the callback slot is here; it is used up
             else:  # one timer for the slot and its window together
                 self._enter(CallPhase.SCHEDULED)
             if not await self._wait_until(decision.due_until, "attempt window"):
@@ -239,16 +236,16 @@ class CallWorkflow:
                     call_type=self._input.type.value,
                     organization_uuid=self._input.calling_organization_uuid,
                     overrides=self._input.policy,
-                    requested_at=self._requested_at,
+                    requested_at=self._record.requested_at,
                 ),
                 start_to_close_timeout=timedelta(seconds=10),
                 retry_policy=retries.POLICY_RETRY,
             )
         except FailureError as err:
             cause = _cause(err)
-            kind = cause.type if isinstance(cause, ApplicationError) else INVALID_POLICY
+            kind = cause.type if isinstance(cause, ApplicationError) else errors.INVALID_POLICY
             self._fail(f"could not resolve the call's policy: {_reason(cause)}", kind)
-        self._timezone = schedule.effective_timezone(self._policy, self._input.timezone)
+        self._record.timezone = schedule.effective_timezone(self._policy, self._input.timezone)
 
     async def _create(self) -> None:
         """Create the call in TapRaise; on 409 adopt the state TapRaise already holds."""
@@ -258,14 +255,14 @@ class CallWorkflow:
             )
         except _Refused as refused:
             self._fail(f"could not create the call: {refused.reason}", refused.kind)
-        self._created = True
+        self._record.created = True
         call = outcome.call
         if outcome.created:
             self._log("created", "call created in TapRaise")
         else:
             self._log("adopted", f"call already in TapRaise as {call.status.value}")
-            self._progress.attempts = self._records_of(call.attempts)
-        self._status = call.status
+            self._record.attempts = self._records_of(call.attempts)
+        self._record.status = call.status
         if call.status in _STATUS_PHASE:
             self._result = call.result
             self._final_reason = "already final in TapRaise"
@@ -276,17 +273,17 @@ class CallWorkflow:
         if self._slot is not None:
             return self._slot
         assert self._policy is not None
-        last = self._progress.attempts[-1] if self._progress.attempts else None
+        last = self._record.attempts[-1] if self._record.attempts else None
         decision = schedule.next_slot(
             self._policy,
-            tz=self._timezone,
-            requested_at=self._requested_at,
+            tz=self._record.timezone,
+            requested_at=self._record.requested_at,
             now=workflow.now(),
-            attempts_made=len(self._progress.attempts),
+            attempts_made=len(self._record.attempts),
             last_outcome=last.outcome if last else None,
             last_attempt_at=last.attempt_at if last else None,
-            callback_at=self._progress.callback_at,
-            missed_slot_at=self._progress.missed_slot_at,
+            callback_at=self._record.callback_at,
+            missed_slot_at=self._record.missed_slot_at,
         )
         if isinstance(decision, schedule.Slot):
             self._slot = decision
@@ -327,11 +324,8 @@ class CallWorkflow:
         await workflow.wait_condition(workflow.all_handlers_finished)
         assert self._policy is not None
         resume = CallResume(
-            call_uuid=self._call_uuid,
-            requested_at=self._requested_at,
+            **dict(self._record),
             policy=self._policy,
-            timezone=self._timezone,
-            created=self._created,
             pending=[
                 PendingMessage(
                     kind=action.kind,
@@ -340,13 +334,8 @@ class CallWorkflow:
                 )
                 for action in self._inbox
             ],
-            status=self._status,
-            attempts=self._progress.attempts,
-            missed_slots=self._progress.missed_slots,
-            missed_slot_at=self._progress.missed_slot_at,
-            callback_at=self._progress.callback_at,
-            events=[*self._events[-_CARRIED_EVENTS:], self._event("continued", "new run")],
         )
+        resume.events = [*resume.events[-_CARRIED_EVENTS:], self._event("continued", "new run")]
         self._publish()
         workflow.continue_as_new(self._input.model_copy(update={"resume": resume}))
 
@@ -356,19 +345,8 @@ class CallWorkflow:
             action.queued = True
 
     def _restore(self, resume: CallResume) -> None:
-        self._call_uuid = resume.call_uuid
-        self._requested_at = resume.requested_at
+        self._record = CallRecord.of(resume)
         self._policy = resume.policy
-        self._timezone = resume.timezone
-        self._status = resume.status
-        self._progress = Progress(
-            attempts=list(resume.attempts),
-            missed_slot_at=resume.missed_slot_at,
-            missed_slots=resume.missed_slots,
-            callback_at=resume.callback_at,
-        )
-        self._events = list(resume.events)
-        self._created = resume.created
         self._phase = CallPhase.SCHEDULED if resume.created else CallPhase.CREATING
         for pending in resume.pending:
             message = MESSAGE_MODELS[pending.kind].model_validate(pending.message)
@@ -377,9 +355,9 @@ class CallWorkflow:
                 self._closing = "completed" if pending.kind == COMPLETE else "cancelled"
 
     def _missed_slot(self) -> None:
-        self._progress.missed_slots += 1
-        self._progress.missed_slot_at = workflow.now()
-        self._progress.callback_at = None  # a callback slot that lapsed is used up too
+        self._record.missed_slots += 1
+        self._record.missed_slot_at = workflow.now()
+        self._record.callback_at = None  # a callback slot that lapsed is used up too
         self._slot = None
         self._log("missed", "no report within the attempt window")
         self._enter(CallPhase.SCHEDULED)
@@ -402,12 +380,12 @@ class CallWorkflow:
 
     async def _record_attempt(self, action: Action, msg: AttemptSignal) -> None:
         attempt_at = _ms(msg.attempt_at or action.received_at)
-        for recorded in self._progress.attempts:
+        for recorded in self._record.attempts:
             if same_attempt(recorded.attempt_at, recorded.user_uuid, attempt_at, msg.user_uuid):
                 action.detail = "duplicate: this attempt is already recorded"
                 return
         assert self._policy is not None
-        if len(self._progress.attempts) >= self._policy.max_attempts:
+        if len(self._record.attempts) >= self._policy.max_attempts:
             # Accepted before the policy was known (the call was being created), or queued.
             action.refusal = f"the maximum of {self._policy.max_attempts} attempts is reached"
             self._log("ignored", f"attempt: {action.refusal}")
@@ -417,8 +395,8 @@ class CallWorkflow:
                 "record an attempt",
                 TapRaiseActivities.add_attempt,
                 AddAttemptInput(
-                    call_uuid=self._call_uuid,
-                    requested_at=self._requested_at,
+                    call_uuid=self._record.call_uuid,
+                    requested_at=self._record.requested_at,
                     attempt_at=attempt_at,
                     user_uuid=msg.user_uuid,
                 ),
@@ -426,14 +404,14 @@ class CallWorkflow:
         except _Refused as refused:
             self._attempt_refused(action, refused, attempt_at)
             return
-        self._status = call.status
-        self._progress.attempts.append(
+        self._record.status = call.status
+        self._record.attempts.append(
             AttemptRecord(attempt_at=attempt_at, outcome=msg.outcome, user_uuid=msg.user_uuid)
         )
-        self._progress.callback_at = None
-        self._progress.missed_slot_at = None
+        self._record.callback_at = None
+        self._record.missed_slot_at = None
         self._slot = None
-        action.detail = f"attempt {len(self._progress.attempts)} recorded ({msg.outcome.value})"
+        action.detail = f"attempt {len(self._record.attempts)} recorded ({msg.outcome.value})"
         self._log("attempt", action.detail)
         self._enter(CallPhase.SCHEDULED)
 
@@ -467,15 +445,19 @@ class CallWorkflow:
         assert self._policy is not None
         try:
             at = schedule.validate_callback(
-                self._policy, self._timezone, self._requested_at, msg.at, workflow.now()
+                self._policy,
+                self._record.timezone,
+                self._record.requested_at,
+                msg.at,
+                workflow.now(),
             )
         except ValueError as exc:
             action.refusal = f"callback refused: {exc}"
             self._log("ignored", action.refusal)
             return
-        self._progress.callback_at = at
+        self._record.callback_at = at
         self._slot = None
-        action.detail = f"callback at {schedule.format_local(at, self._timezone)}"
+        action.detail = f"callback at {schedule.format_local(at, self._record.timezone)}"
         self._log("rescheduled", action.detail)
         self._enter(CallPhase.SCHEDULED)
 
@@ -489,7 +471,9 @@ class CallWorkflow:
             "complete",
             TapRaiseActivities.complete_call,
             CompleteCallInput(
-                call_uuid=self._call_uuid, requested_at=self._requested_at, request=request
+                call_uuid=self._record.call_uuid,
+                requested_at=self._record.requested_at,
+                request=request,
             ),
         )
         if call is not None:
@@ -505,7 +489,9 @@ class CallWorkflow:
             "cancel",
             TapRaiseActivities.cancel_call,
             CancelCallInput(
-                call_uuid=self._call_uuid, requested_at=self._requested_at, request=request
+                call_uuid=self._record.call_uuid,
+                requested_at=self._record.requested_at,
+                request=request,
             ),
         )
         if call is not None:
@@ -521,7 +507,9 @@ class CallWorkflow:
                 "expire",
                 TapRaiseActivities.expire_call,
                 ExpireCallInput(
-                    call_uuid=self._call_uuid, requested_at=self._requested_at, request=request
+                    call_uuid=self._record.call_uuid,
+                    requested_at=self._record.requested_at,
+                    request=request,
                 ),
             )
         except _Refused as refused:
@@ -565,7 +553,7 @@ class CallWorkflow:
     ) -> Call:
         """Run a final action and take what TapRaise answers."""
         call = await self._tapraise(verb, activity, data)
-        self._status = call.status
+        self._record.status = call.status
         self._log(verb, f"TapRaise accepted: {verb}")
         self._adopt_unrecorded_attempts(call)
         return call
@@ -575,7 +563,7 @@ class CallWorkflow:
         if refused.kind != errors.CALL_IN_OTHER_FINAL_STATE or not refused.details:
             return False
         status = CallStatus(str(refused.details[0]))
-        self._status = status
+        self._record.status = status
         self._final_reason = f"already {status.value} in TapRaise"
         self._log("adopted", self._final_reason)
         self._enter(_STATUS_PHASE[status])
@@ -593,11 +581,11 @@ class CallWorkflow:
             for record in self._records_of(call.attempts)
             if not any(
                 same_attempt(a.attempt_at, a.user_uuid, record.attempt_at, record.user_uuid)
-                for a in self._progress.attempts
+                for a in self._record.attempts
             )
         ]
         if unrecorded and (self._patched_at_start or workflow.patched(_ADOPT_UNRECORDED_ATTEMPTS)):
-            self._progress.attempts.extend(unrecorded)
+            self._record.attempts.extend(unrecorded)
             self._log(
                 "adopted", f"{len(unrecorded)} attempt(s) TapRaise holds and this call missed"
             )
@@ -606,7 +594,7 @@ class CallWorkflow:
         """TapRaise's attempts as this call records them (TapRaise keeps no outcome)."""
         return [
             AttemptRecord(
-                attempt_at=a.attempt_at or a.created_at or self._requested_at,
+                attempt_at=a.attempt_at or a.created_at or self._record.requested_at,
                 user_uuid=a.user_uuid,
                 outcome=AttemptOutcome.NO_ANSWER,
             )
@@ -671,7 +659,9 @@ class CallWorkflow:
         self._log("failed", failure)
         self._enter(CallPhase.FAILED)
         self._publish()
-        raise ApplicationError(f"Call {self._call_uuid}: {failure}", type=kind, non_retryable=True)
+        raise ApplicationError(
+            f"Call {self._record.call_uuid}: {failure}", type=kind, non_retryable=True
+        )
 
     # ── messages ─────────────────────────────────────────────────────────────────────────────
 
@@ -709,7 +699,7 @@ class CallWorkflow:
         elif isinstance(msg, RescheduleSignal) and self._policy is not None:
             try:
                 schedule.validate_callback(
-                    self._policy, self._timezone, self._requested_at, msg.at, now
+                    self._policy, self._record.timezone, self._record.requested_at, msg.at, now
                 )
             except ValueError as exc:
                 return f"callback refused: {exc}"
@@ -719,7 +709,7 @@ class CallWorkflow:
 
     def _attempts_counted(self) -> list[tuple[datetime, UUID | None]]:
         """The distinct attempts recorded or waiting to be: a duplicate delivery counts once."""
-        counted = [(a.attempt_at, a.user_uuid) for a in self._progress.attempts]
+        counted = [(a.attempt_at, a.user_uuid) for a in self._record.attempts]
         for action in self._inbox:
             msg = action.message
             if isinstance(msg, AttemptSignal):
@@ -732,10 +722,10 @@ class CallWorkflow:
         """A reported time TapRaise would refuse (a missing one is now, when it is received)."""
         if at is not None and at > now + _CLOCK_TOLERANCE:
             return f"{field} is in the future"
-        if _ms(at or now) < self._requested_at:
+        if _ms(at or now) < self._record.requested_at:
             return (
                 f"{field} is before the call was requested "
-                f"({self._requested_at.isoformat().replace('+00:00', 'Z')})"
+                f"({self._record.requested_at.isoformat().replace('+00:00', 'Z')})"
             )
         return None
 
@@ -756,12 +746,14 @@ class CallWorkflow:
     def _validate(self, kind: str, msg: Any) -> None:
         reason = self._refusal(kind, msg)
         if reason is not None:
-            raise ApplicationError(reason, type=ACTION_REJECTED)
+            raise ApplicationError(reason, type=errors.ACTION_REJECTED)
 
     async def _answer(self, kind: str, msg: Any) -> ActionAccepted:
         action = self._accept(kind, msg)
         if action is None:  # the state changed between validator and handler
-            raise ApplicationError(self._refusal(kind, msg) or "refused", type=ACTION_REJECTED)
+            raise ApplicationError(
+                self._refusal(kind, msg) or "refused", type=errors.ACTION_REJECTED
+            )
         await workflow.wait_condition(lambda: action.done or action.queued)
         if self._patched_at_start:
             await workflow.execute_activity(
@@ -771,7 +763,7 @@ class CallWorkflow:
                 summary=f"answer the {kind} update",
             )
         if action.refusal is not None:  # e.g. the call expired while this waited its turn
-            raise ApplicationError(action.refusal, type=ACTION_REJECTED)
+            raise ApplicationError(action.refusal, type=errors.ACTION_REJECTED)
         if not action.done:
             return ActionAccepted(
                 phase=self._phase,
@@ -835,19 +827,19 @@ class CallWorkflow:
 
     def _check_identity(self) -> None:
         wid = workflow.info().workflow_id
-        if wid.startswith("call-") and wid != f"call-{self._call_uuid}":
+        if wid.startswith("call-") and wid != f"call-{self._record.call_uuid}":
             self._fail(
-                f"workflow id {wid} does not match the call uuid {self._call_uuid}: "
-                f"start it as call-{self._call_uuid}",
-                INVALID_INPUT,
+                f"workflow id {wid} does not match the call uuid {self._record.call_uuid}: "
+                f"start it as call-{self._record.call_uuid}",
+                errors.INVALID_INPUT,
             )
 
     def _create_request(self) -> CreateCallRequest:
         i = self._input
         external = i.external_metadata is not None
         return CreateCallRequest(
-            uuid=self._call_uuid,
-            requested_at=self._requested_at,
+            uuid=self._record.call_uuid,
+            requested_at=self._record.requested_at,
             person_uuid=i.person_uuid,
             type=None if external else i.type,
             external_metadata=i.external_metadata,
@@ -867,7 +859,7 @@ class CallWorkflow:
         return CallEvent(at=workflow.now(), kind=kind, detail=detail)
 
     def _log(self, kind: str, detail: str) -> None:
-        self._events.append(self._event(kind, detail))
+        self._record.events.append(self._event(kind, detail))
 
     def _publish(self) -> None:
         """Upsert the search attributes that changed, and refresh the UI's current details."""
@@ -876,7 +868,10 @@ class CallWorkflow:
         said_type, said_person = self._said
         wanted: dict[str, tuple[Any, Any]] = {
             sa.CALL_PHASE.name: (sa.CALL_PHASE, self._phase.value),
-            sa.CALL_STATUS.name: (sa.CALL_STATUS, self._status.value if self._status else None),
+            sa.CALL_STATUS.name: (
+                sa.CALL_STATUS,
+                self._record.status.value if self._record.status else None,
+            ),
             sa.CALL_TYPE.name: (sa.CALL_TYPE, said_type.value if said_type else None),
             sa.PERSON_UUID.name: (sa.PERSON_UUID, str(said_person) if said_person else None),
             sa.CALLING_ORGANIZATION_UUID.name: (
@@ -885,7 +880,7 @@ class CallWorkflow:
                 if self._input.calling_organization_uuid
                 else None,
             ),
-            sa.CALL_ATTEMPTS.name: (sa.CALL_ATTEMPTS, len(self._progress.attempts)),
+            sa.CALL_ATTEMPTS.name: (sa.CALL_ATTEMPTS, len(self._record.attempts)),
             sa.NEXT_ATTEMPT_AT.name: (sa.NEXT_ATTEMPT_AT, slot.at if slot else None),
         }
         updates: list[SearchAttributeUpdate[Any]] = []
@@ -906,10 +901,10 @@ class CallWorkflow:
         lines = [
             f"**{said_type.value if said_type else 'unknown type of'}** call to person "
             f"`{said_person or 'unknown'}`",
-            f"Phase: **{self._phase.value}** · attempts {len(self._progress.attempts)}{limit}",
+            f"Phase: **{self._phase.value}** · attempts {len(self._record.attempts)}{limit}",
         ]
         if slot is not None:
-            lines.append(f"Next slot: {schedule.format_local(slot.at, self._timezone)}")
+            lines.append(f"Next slot: {schedule.format_local(slot.at, self._record.timezone)}")
         if self._final_reason:
             lines.append(f"Outcome: {self._final_reason}")
         if self._failure:
@@ -921,30 +916,25 @@ class CallWorkflow:
     def _snapshot(self) -> CallState:
         slot = self._slot if self._phase in (CallPhase.SCHEDULED, CallPhase.DUE) else None
         deadline = (
-            schedule.call_deadline(self._policy, self._requested_at) if self._policy else None
+            schedule.call_deadline(self._policy, self._record.requested_at)
+            if self._policy
+            else None
         )
         return CallState(
-            call_uuid=self._call_uuid,
+            **dict(self._record),
             workflow_id=workflow.info().workflow_id,
             type=self._input.type,
             person_uuid=self._input.person_uuid,
             calling_organization_uuid=self._input.calling_organization_uuid,
-            timezone=self._timezone,
             phase=self._phase,
-            status=self._status,
-            requested_at=self._requested_at,
             deadline=deadline,
-            attempts=list(self._progress.attempts),
             max_attempts=self._policy.max_attempts if self._policy else None,
-            missed_slots=self._progress.missed_slots,
             next_slot_at=slot.at if slot else None,
             due_until=slot.due_until if slot else None,
-            callback_at=self._progress.callback_at,
             result=self._result,
             final_reason=self._final_reason,
             failure=self._failure,
             outage=self._outage,
-            events=list(self._events),
         )
 
 

@@ -1,4 +1,4 @@
-"""The call workflow's working records: accepted messages and the attempts so far.
+"""The call workflow's inbox: messages accepted by a handler, waiting to be carried out.
 
 They live apart from `workflows.call` because the workflow sandbox imports the workflow's own
 module afresh for every workflow it loads, while this module passes through (imported once):
@@ -7,11 +7,10 @@ building these classes once per worker, not once per call, is measurably cheaper
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from workflows.messages import (
-    AttemptRecord,
     AttemptSignal,
     CancelSignal,
     CompleteSignal,
@@ -32,13 +31,3 @@ class Action:
     # Answered "queued" before it was carried out: TapRaise is down, or the call continues as
     # new and carries it over. An update waiting for it returns at once.
     queued: bool = False
-
-
-@dataclass
-class Progress:
-    """What the scheduling rules need to know about the attempts so far."""
-
-    attempts: list[AttemptRecord] = field(default_factory=list)
-    missed_slot_at: datetime | None = None
-    missed_slots: int = 0
-    callback_at: datetime | None = None

@@ -37,11 +37,6 @@ RESCHEDULE: Final = "reschedule"
 CANCEL: Final = "cancel"
 STATE: Final = "state"
 
-# Error types the workflow raises: an update's rejection (the reason is its message), and a start
-# whose input is invalid (the workflow fails at once, naming the field).
-ACTION_REJECTED: Final = "CallActionRejected"
-INVALID_INPUT: Final = "InvalidCallInput"
-
 
 def workflow_id_for(call_uuid: UUID | str) -> str:
     """The one workflow id of a call: `call-<call uuid>`."""
@@ -134,25 +129,43 @@ class PendingMessage(_Message):
     message: dict[str, Any]
 
 
-class CallResume(_Message):
+class CallRecord(_Message):
+    """What a call knows of itself, kept by the workflow as it goes: one shape for three uses.
+
+    The workflow holds one (changed in place), a continued run starts from one (`CallResume`),
+    and the `state` query returns one with what is derived from it (`CallState`). A new field is
+    one line here, and travels to all three.
+    """
+
+    model_config = ConfigDict(frozen=False)
+
+    call_uuid: UUID
+    requested_at: datetime
+    timezone: str = DEFAULT_TIMEZONE
+    created: bool = False  # TapRaise holds the call
+    status: CallStatus | None = None
+    attempts: list[AttemptRecord] = Field(default_factory=list)
+    missed_slots: int = 0
+    missed_slot_at: datetime | None = None  # cleared by the next attempt
+    callback_at: datetime | None = None
+    events: list[CallEvent] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, other: CallRecord) -> CallRecord:
+        """The record part of a resume or a state, on its own (lists are copied)."""
+        return CallRecord(**{name: getattr(other, name) for name in CallRecord.model_fields})
+
+
+class CallResume(CallRecord):
     """What a call carries into a new run when its history outgrew the policy's bound.
 
     A call may continue as new before it is created in TapRaise (`created` false: a long
     TapRaise outage), and with messages it accepted but could not carry out yet (`pending`).
     """
 
-    call_uuid: UUID
-    requested_at: datetime
     policy: CallPolicy
-    timezone: str
-    created: bool = True
+    created: bool = True  # runs continued before `created` was carried were all created
     pending: list[PendingMessage] = Field(default_factory=list)
-    status: CallStatus | None = None
-    attempts: list[AttemptRecord] = Field(default_factory=list)
-    missed_slots: int = 0
-    missed_slot_at: datetime | None = None
-    callback_at: datetime | None = None
-    events: list[CallEvent] = Field(default_factory=list)
 
 
 class CallInput(_Message):
@@ -232,31 +245,28 @@ class ActionAccepted(_Message):
     detail: str = ""
 
 
-class CallState(_Message):
-    """The whole snapshot returned by the `state` query."""
+class CallState(CallRecord):
+    """The whole snapshot returned by the `state` query: the record and what follows from it.
 
-    call_uuid: UUID
+    Unknown fields are ignored, so that a reader keeps working when a newer worker adds one.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
     workflow_id: str
     type: CallType
     person_uuid: UUID
     calling_organization_uuid: UUID | None = None
-    timezone: str = DEFAULT_TIMEZONE
     phase: CallPhase
-    status: CallStatus | None = None
-    requested_at: datetime
     deadline: datetime | None = None
-    attempts: list[AttemptRecord] = Field(default_factory=list)
     max_attempts: int | None = None
-    missed_slots: int = 0
     next_slot_at: datetime | None = None
     due_until: datetime | None = None
-    callback_at: datetime | None = None
     result: CallResult | None = None
     final_reason: str | None = None
     failure: str | None = None
     # Set while TapRaise does not answer (or refuses our credentials): what failed, retried.
     outage: str | None = None
-    events: list[CallEvent] = Field(default_factory=list)
 
     @property
     def attempts_made(self) -> int:

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from temporalio.common import RetryPolicy
 
-from activities import errors
+from workflows import errors
 
 # One try of a TapRaise action: a look-up and a request, each within the client's timeouts, plus
 # the wait after a timed-out add-attempt (see `TapRaiseActivities.add_attempt`).

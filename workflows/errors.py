@@ -1,7 +1,8 @@
-"""Error types shared by activities, the workflow and the starter.
+"""Every failure type the project's workflow and activities raise, named once.
 
-Activities turn every TapRaise failure into a Temporal `ApplicationError` whose `type` is one of
-these constants; the workflow and the starter match on them. Defined once, here.
+A Temporal `ApplicationError` carries one of these as its `type`: activities turn every TapRaise
+failure into one, the workflow rejects updates and fails bad starts with one, and the workflow,
+the starter and the gateway match on them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ TAPRAISE_STATUS: Final = "TapRaiseStatus"  # any other unexpected status
 CALL_IN_OTHER_FINAL_STATE: Final = "CallInOtherFinalState"
 # A 409 on create, but the existing call is not visible to this service account.
 CALL_EXISTS_BUT_NOT_VISIBLE: Final = "CallExistsButNotVisible"
+
+# The call's policy cannot be resolved (a bad policies file or bad overrides; non-retryable).
+INVALID_POLICY: Final = "InvalidCallPolicy"
+# Raised by the workflow: an update's rejection (the reason is its message), and a start whose
+# input is invalid (the workflow fails at once, naming the field).
+ACTION_REJECTED: Final = "CallActionRejected"
+INVALID_INPUT: Final = "InvalidCallInput"
 
 # What is final whatever an error says of itself. A 403 is not listed: it is final on a create
 # only, where the activity marks it so; on a later action it is retried like a 401.
