@@ -1,4 +1,4 @@
-"""Command line: ``python -m sandbox`` (console script ``tapraise-sandbox``)."""
+"""Command line: ``python -m sandbox``."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ import yaml
 
 from starter.settings import GatewaySettings
 from tapraise.settings import TapRaiseSettings
+from worker import WorkerSettings
 from workflows.messages import TASK_QUEUE, SearchAttributes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def settings_names() -> set[str]:
         for name, field in TapRaiseSettings.model_fields.items()
         if field.validation_alias is None
     }
-    for field in GatewaySettings.model_fields.values():
+    for field in [*GatewaySettings.model_fields.values(), *WorkerSettings.model_fields.values()]:
         alias = field.validation_alias
         choices = getattr(alias, "choices", [alias])
         names |= {c for c in choices if isinstance(c, str) and c.isupper()}
@@ -180,9 +181,12 @@ def test_required_secrets_fail_fast_when_unset(services: dict[str, dict[str, Any
 def test_app_services_run_the_projects_image_and_entry_points(
     services: dict[str, dict[str, Any]], compose: dict[str, Any]
 ) -> None:
-    images = {services[name]["image"] for name in APP_SERVICES}
-    assert len(images) == 1
-    assert all(services[name].get("build") == "." for name in APP_SERVICES)
+    # The worker and the gateway run the production image; the sandbox its own stage on top.
+    assert services["worker"]["image"] == services["gateway"]["image"]
+    assert services["sandbox"]["image"] != services["worker"]["image"]
+    targets = {name: services[name]["build"]["target"] for name in APP_SERVICES}
+    assert targets == {"worker": "production", "gateway": "production", "sandbox": "sandbox"}
+    assert all(services[name]["build"]["context"] == "." for name in APP_SERVICES)
     assert services["worker"]["command"] == ["python", "-m", "worker"]
     assert services["sandbox"]["command"][:3] == ["python", "-m", "sandbox"]
     assert services["gateway"]["command"][:4] == ["python", "-m", "starter", "serve"]
@@ -196,12 +200,28 @@ def test_app_services_run_the_projects_image_and_entry_points(
     assert environment(services["worker"])["TAPRAISE_SANDBOX_DATA_DIR"] == "/data/sandbox"
 
 
-def test_dockerfile_installs_the_project_as_a_non_root_user() -> None:
+def dockerfile_stages() -> dict[str, str]:
+    """Each stage of the Dockerfile by name, with its text."""
     text = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim\b", text, flags=re.MULTILINE)
-    assert "pip install ." in text
-    user = re.findall(r"^USER (\S+)", text, flags=re.MULTILINE)
-    assert user and user[-1] not in {"root", "0"}
-    assert re.search(r'^CMD \["python", "-m", "worker"\]', text, flags=re.MULTILINE)
+    parts = re.split(r"^FROM ", text, flags=re.MULTILINE)[1:]
+    return {part.split()[2]: part for part in parts}
+
+
+def test_dockerfile_installs_the_project_as_a_non_root_user() -> None:
+    stages = dockerfile_stages()
+    assert list(stages) == ["base", "sandbox", "production"]  # production is the default target
+    assert re.match(r"python:3\.11-slim\b", stages["base"])
+    assert "pip install ." in stages["base"]
+    for name in ("sandbox", "production"):
+        assert stages[name].startswith("base AS ")
+        user = re.findall(r"^USER (\S+)", stages[name], flags=re.MULTILINE)
+        assert user and user[-1] not in {"root", "0"}
+    assert re.search(r'^CMD \["python", "-m", "worker"\]', stages["production"], flags=re.M)
+
+
+def test_production_image_carries_neither_the_sandbox_nor_benchmarks_nor_tests() -> None:
+    copied = re.findall(r"^COPY (\S+)", dockerfile_stages()["base"], flags=re.MULTILINE)
+    assert not {"sandbox", "bench", "devstack", "tests", "."} & set(copied)
+    assert "COPY sandbox" in dockerfile_stages()["sandbox"]
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".data", ".env", ".git"} <= set(ignored)
