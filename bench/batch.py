@@ -5,7 +5,7 @@ is started the way `python -m starter start-batch FILE` starts it: read and vali
 (`starter.batch.read_batch`), then `CallService.start_many` at `--concurrency`, each result
 classified (started, already started, refused). The baseline starts as many other calls with
 plain concurrent `client.start_workflow` at the same concurrency, each with the very same start
-request (`starter.calls.start_options`: id and its policies, search attributes, the Web UI's
+request (`starter.service.start_options`: id and its policies, search attributes, the Web UI's
 summary and details), so the ratio is what the batch path itself costs: reading, validating,
 bounding and accounting. No worker runs: this measures starts only.
 
@@ -38,7 +38,7 @@ BATCH_TASK_QUEUE = "bench-batch"  # no worker polls it: the calls are started, n
 
 try:
     from starter.batch import BatchFormat, read_batch
-    from starter.calls import CallService, StartStatus, start_options
+    from starter.service import CallService, StartStatus, start_options
 except ImportError:  # the starter's batch support is not installed
     read_batch = None  # type: ignore[assignment]
 

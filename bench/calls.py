@@ -13,7 +13,7 @@ from typing import Any
 from temporalio.client import Client, WorkflowHandle
 
 from sandbox.seed import DEMO_PERSON_UUIDS
-from starter.calls import CallService, StartStatus
+from starter.service import CallService, StartStatus
 from tapraise.models import CallResult, CallType
 from workflows.messages import (
     ATTEMPT,

@@ -56,7 +56,7 @@ from temporalio.common import TypedSearchAttributes
 from bench import calls as bench_calls
 from bench.report import Result, main, parser_for
 from bench.stack import Stack
-from starter.calls import CallService
+from starter.service import CallService
 from workflows.messages import CANCEL, CallPhase, CancelSignal, SearchAttributes
 from workflows.policy import PolicyOverrides
 

@@ -30,7 +30,7 @@ from temporalio.client import Client
 from bench import calls as bench_calls
 from bench.report import Result, bounded, main, parser_for, per_second, progress
 from bench.stack import Stack, read_kb, sampling
-from starter.calls import CallService
+from starter.service import CallService
 from workflows.messages import COMPLETE, CallInput
 
 GOAL_MB = 300

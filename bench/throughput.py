@@ -30,7 +30,7 @@ from bench.floor import ATTEMPT as FLOOR_ATTEMPT
 from bench.floor import COMPLETE, FLOOR_WORKFLOW_TYPE
 from bench.report import Result, bounded, main, parser_for, per_second, progress
 from bench.stack import FLOOR_TASK_QUEUE, CpuMeter, Stack
-from starter.calls import CallService, call_summary_line, initial_search_attributes
+from starter.service import CallService, call_summary_line, initial_search_attributes
 from workflows.messages import CallInput, to_json
 
 GOAL = 0.8

@@ -17,14 +17,22 @@ import csv
 import io
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from starter.calls import InvalidInput, StartResult, StartStatus, derive_call_uuid, parse_call
-from workflows.messages import CallInput, workflow_id_for
+from starter.service import (
+    DEFAULT_CONCURRENCY,
+    CallService,
+    InvalidInput,
+    StartResult,
+    StartStatus,
+    derive_call_uuid,
+    parse_call,
+)
+from workflows.messages import CallInput, CallPhase, workflow_id_for
 
 # CSV columns whose cells are JSON objects rather than plain values.
 JSON_COLUMNS: Final = frozenset({"policy", "externalMetadata"})
@@ -346,6 +354,104 @@ def _jsonl_records(text: str) -> list[tuple[int, dict[str, Any] | str]]:
 
 
 RESULT_COLUMNS: Final = ("line", "callUuid", "workflowId", "outcome", "phase", "detail")
+NOT_STARTED: Final = "not started"
+"""The outcome of a good row of a file refused as a whole."""
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """What became of one row of a batch.
+
+    Attributes:
+        row: The row as validated.
+        outcome: One of `OUTCOMES`, or `NOT_STARTED`.
+        start: The answer to the row's start request; None when nothing was sent for it.
+    """
+
+    row: BatchRow
+    outcome: str
+    start: StartResult | None = None
+
+    @property
+    def call_uuid(self) -> uuid.UUID | None:
+        return self.row.call.uuid if self.row.call else None
+
+    @property
+    def workflow_id(self) -> str | None:
+        return workflow_id_for(self.call_uuid) if self.call_uuid else None
+
+    @property
+    def phase(self) -> CallPhase | None:
+        return self.start.phase if self.start else None
+
+    def detail(self, unit: str = "line") -> str:
+        """Why the row ended as it did; `unit` is what rows are called (line, item)."""
+        if self.start is not None:
+            return self.start.detail
+        if self.row.problems:
+            return "; ".join(self.row.problems)
+        if self.row.duplicate_of is not None:
+            return f"same call as {unit} {self.row.duplicate_of}"
+        return "the file was refused"
+
+
+@dataclass(frozen=True)
+class BatchResults:
+    """Every row of a batch with its outcome, in file order."""
+
+    batch: Batch
+    rows: list[RowResult]
+
+    @property
+    def summary(self) -> dict[str, int]:
+        """How many rows had each outcome (see `summarize`)."""
+        return summarize(result.outcome for result in self.rows)
+
+    @property
+    def failed(self) -> list[StartResult]:
+        """The starts Temporal did not take."""
+        return [r.start for r in self.rows if r.start and r.start.status is StartStatus.FAILED]
+
+
+def batch_results(
+    batch: Batch, started: Iterable[tuple[BatchRow, StartResult]] = ()
+) -> BatchResults:
+    """Each row's outcome: started, already started, duplicate (of an earlier row), invalid (the
+    row failed validation: nothing was sent for it), failed (Temporal did not take the start),
+    and "not started" for good rows of a file refused as a whole.
+
+    Args:
+        batch: The validated batch.
+        started: The good rows with what became of them (none when the file was refused).
+    """
+    answers = {row.line: result for row, result in started}
+    rows = []
+    for row in batch.rows:
+        answer = answers.get(row.line)
+        if answer is not None:
+            outcome = outcome_of(answer)
+        elif row.problems:
+            outcome = INVALID
+        elif row.duplicate_of is not None:
+            outcome = StartStatus.DUPLICATE.value
+        else:
+            outcome = NOT_STARTED
+        rows.append(RowResult(row, outcome, answer))
+    return BatchResults(batch, rows)
+
+
+async def start_rows(
+    service: CallService,
+    batch: Batch,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    on_result: Callable[[CallInput, StartResult], None] | None = None,
+) -> BatchResults:
+    """Start the batch's good rows (a duplicate only once) and tell every row's outcome."""
+    good = batch.good
+    started = await service.start_many(
+        [row.call for row in good if row.call is not None], concurrency, on_result
+    )
+    return batch_results(batch, zip(good, started, strict=True))
 
 
 def result_columns(id_from: str | None) -> tuple[str, ...]:
@@ -355,47 +461,22 @@ def result_columns(id_from: str | None) -> tuple[str, ...]:
     return (RESULT_COLUMNS[0], id_from, *RESULT_COLUMNS[1:])
 
 
-def result_rows(
-    batch: Batch, started: Iterable[tuple[BatchRow, StartResult]]
-) -> list[dict[str, str]]:
-    """One result line per row of the file: row (and its id) → workflow id → outcome.
-
-    Outcomes: started, already started, duplicate (of an earlier row), invalid (the row failed
-    validation: nothing was sent for it), failed (Temporal did not take the start), and
-    "not started" for good rows of a file refused as a whole.
-
-    Args:
-        batch: The validated batch.
-        started: The good rows with what became of them.
-    """
-    outcomes = {row.line: result for row, result in started}
-    columns = result_columns(batch.id_from)
+def result_rows(results: BatchResults) -> list[dict[str, str]]:
+    """One results CSV line per row of the file: row (and its id) → workflow id → outcome."""
+    id_from = results.batch.id_from
+    columns = result_columns(id_from)
     lines = []
-    for row in batch.rows:
-        call_uuid = row.call.uuid if row.call else None
-        result = outcomes.get(row.line)
-        if result is not None:
-            outcome, phase, detail = (
-                outcome_of(result),
-                result.phase.value if result.phase else "",
-                result.detail,
-            )
-        elif row.problems:
-            outcome, phase, detail = INVALID, "", "; ".join(row.problems)
-        elif row.duplicate_of is not None:
-            outcome, phase, detail = "duplicate", "", f"same call as line {row.duplicate_of}"
-        else:
-            outcome, phase, detail = "not started", "", "the file was refused"
+    for result in results.rows:
         values = {
-            "line": str(row.line),
-            "callUuid": str(call_uuid) if call_uuid else "",
-            "workflowId": workflow_id_for(call_uuid) if call_uuid else "",
-            "outcome": outcome,
-            "phase": phase,
-            "detail": detail,
+            "line": str(result.row.line),
+            "callUuid": str(result.call_uuid) if result.call_uuid else "",
+            "workflowId": result.workflow_id or "",
+            "outcome": result.outcome,
+            "phase": result.phase.value if result.phase else "",
+            "detail": result.detail("line"),
         }
-        if batch.id_from:
-            values.setdefault(batch.id_from, row.external_id or "")
+        if id_from:
+            values.setdefault(id_from, result.row.external_id or "")
         lines.append({column: values[column] for column in columns})
     return lines
 

@@ -1,7 +1,7 @@
 """`python -m starter` (also `tapraise-calls`): start calls, report on them, drive them, list them.
 
 Thin by design: each command turns its options into the contract's camelCase JSON, lets
-`starter.calls` validate and do the work, and prints the result (rich for people, `--json` for
+`starter.service` validate and do the work, and prints the result (rich for people, `--json` for
 scripts). Exit codes: 0 done, 1 refused or failed, 2 bad usage or input. An action's
 `--request-id` becomes the update's id, so that a command retried with it changes nothing.
 """
@@ -31,16 +31,18 @@ from rich.text import Text
 
 from starter.batch import (
     INVALID,
+    Batch,
     BatchError,
     BatchFormat,
-    BatchRow,
+    BatchResults,
+    batch_results,
     detect_format,
     read_batch,
     result_rows,
-    summarize,
+    start_rows,
     write_results,
 )
-from starter.calls import (
+from starter.service import (
     DEFAULT_CONCURRENCY,
     DEFAULT_LIST_LIMIT,
     REQUEST_ID_MAX_LENGTH,
@@ -58,6 +60,7 @@ from starter.calls import (
     parse_call_uuid,
     parse_request_id,
 )
+from starter.settings import StarterSettings
 from workflows.connect import connect, load_env_file
 from workflows.messages import (
     ATTEMPT,
@@ -103,11 +106,12 @@ class Connection:
 def _options(
     ctx: typer.Context,
     task_queue: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--task-queue", envvar="CALLS_TASK_QUEUE", help="Task queue new calls run on."
+            "--task-queue",
+            help=f"Task queue new calls run on (default: CALLS_TASK_QUEUE or {TASK_QUEUE}).",
         ),
-    ] = TASK_QUEUE,
+    ] = None,
     address: Annotated[
         str | None,
         typer.Option(
@@ -121,7 +125,8 @@ def _options(
         ),
     ] = None,
 ) -> None:
-    ctx.obj = Connection(task_queue=task_queue, address=address, namespace=namespace)
+    settings = StarterSettings(task_queue=task_queue) if task_queue else StarterSettings()
+    ctx.obj = Connection(task_queue=settings.task_queue, address=address, namespace=namespace)
 
 
 # ── plumbing ─────────────────────────────────────────────────────────────────────────────────
@@ -233,6 +238,18 @@ def _start_line(result: StartResult) -> str:
     return f"[yellow]already started[/yellow] {result.workflow_id}{phase}"
 
 
+# `start` reads the call as JSON from standard input or a file, or takes it from its options.
+_CallSource = Annotated[
+    str | None, typer.Argument(metavar="-", help="'-' reads the call as a JSON object from stdin.")
+]
+_CallFile = Annotated[
+    str | None,
+    typer.Option(
+        "--file", "-f", metavar="FILE", help="Read the call from a JSON file ('-' = stdin)."
+    ),
+]
+
+
 @app.command(
     epilog="Example: python -m starter start --person 0b0f…-uuid --type verification "
     '--org 3c1e…-uuid --notes \'new donor\'  ·  echo \'{"personUuid": "…", "type": '
@@ -240,16 +257,8 @@ def _start_line(result: StartResult) -> str:
 )
 def start(
     ctx: typer.Context,
-    source: Annotated[
-        str | None,
-        typer.Argument(metavar="-", help="'-' reads the call as a JSON object from stdin."),
-    ] = None,
-    file: Annotated[
-        str | None,
-        typer.Option(
-            "--file", "-f", metavar="FILE", help="Read the call from a JSON file ('-' = stdin)."
-        ),
-    ] = None,
+    source: _CallSource = None,
+    file: _CallFile = None,
     person: Annotated[str | None, typer.Option("--person", help="personUuid of the donor.")] = None,
     call_type: Annotated[
         str | None, typer.Option("--type", help="verification, happy_call or winback.")
@@ -280,35 +289,18 @@ def start(
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
 ) -> None:
     """Start one call. A call that exists already is reported as "already started"."""
-    try:
-        data: dict[str, Any] = {}
-        if source is not None and source != "-":
-            raise InvalidInput([f"unexpected argument {source!r}: use '-' or --file for JSON"])
-        if source == "-" and file is not None:
-            raise InvalidInput(["give the call either as '-' or with --file, not both"])
-        if file == "-" or source == "-":
-            data = _load_json_object(sys.stdin.read(), "stdin")
-        elif file is not None:
-            data = _load_json_object(_read_text(file), file)
-        for key, value in (
-            ("personUuid", person),
-            ("type", call_type),
-            ("uuid", call_uuid),
-            ("requestedAt", _moment(requested_at)),
-            ("callingOrganizationUuid", org),
-            ("relatedCaseUuid", related_case),
-            ("requestedByUserUuid", requested_by),
-            ("notes", notes),
-            ("timezone", timezone),
-        ):
-            _put(data, key, value)
-        if policy is not None:
-            data["policy"] = _load_json_object(policy, "policy")
-        call = parse_call(data)
-    except InvalidInput as exc:
-        _invalid(exc, as_json)
-    except OSError as exc:
-        _fail(f"cannot read {file}: {exc.strerror}", EXIT_USAGE, as_json, kind="invalid")
+    fields = {
+        "personUuid": person,
+        "type": call_type,
+        "uuid": call_uuid,
+        "requestedAt": _moment(requested_at),
+        "callingOrganizationUuid": org,
+        "relatedCaseUuid": related_case,
+        "requestedByUserUuid": requested_by,
+        "notes": notes,
+        "timezone": timezone,
+    }
+    call = _call_from(source, file, fields, policy, as_json)
 
     async def work(service: CallService) -> StartResult:
         return await service.start(call)
@@ -318,6 +310,35 @@ def start(
         _print_json(result.to_json())
     else:
         out.print(_start_line(result), soft_wrap=True)
+
+
+def _call_from(
+    source: str | None,
+    file: str | None,
+    fields: dict[str, str | None],
+    policy: str | None,
+    as_json: bool,
+) -> CallInput:
+    """The call `start` was given: JSON from stdin or a file, completed by the options."""
+    try:
+        if source is not None and source != "-":
+            raise InvalidInput([f"unexpected argument {source!r}: use '-' or --file for JSON"])
+        if source == "-" and file is not None:
+            raise InvalidInput(["give the call either as '-' or with --file, not both"])
+        data: dict[str, Any] = {}
+        if file == "-" or source == "-":
+            data = _load_json_object(sys.stdin.read(), "stdin")
+        elif file is not None:
+            data = _load_json_object(_read_text(file), file)
+        for key, value in fields.items():
+            _put(data, key, value)
+        if policy is not None:
+            data["policy"] = _load_json_object(policy, "policy")
+        return parse_call(data)
+    except InvalidInput as exc:
+        _invalid(exc, as_json)
+    except OSError as exc:
+        _fail(f"cannot read {file}: {exc.strerror}", EXIT_USAGE, as_json, kind="invalid")
 
 
 # ── start-batch ──────────────────────────────────────────────────────────────────────────────
@@ -370,15 +391,41 @@ def start_batch(
     start failed, 2 when bad input started nothing (a bad file, --strict with invalid rows, or
     no valid row at all).
     """
+    _check_results_target(results, as_json)
+    batch = _load_batch(path, fmt, id_from, as_json)
+    # People read the report; with the results CSV on stdout it goes to stderr instead.
+    report = err if as_json or results == "-" else out
+    _report_rows(report, batch)
+    if batch.bad and (strict or not batch.good):
+        _refuse_file(batch, strict, results, as_json)
+    outcome = _start_rows(ctx, batch, concurrency, as_json)
+    rows = result_rows(outcome)
+    counts = outcome.summary
+    if results is not None:
+        _save_results(results, rows, counts, as_json)
+    if as_json:
+        _print_json({"summary": counts, "rows": rows})
+    else:
+        _print_batch_report(report, outcome, results)
+    if counts[INVALID] or counts[StartStatus.FAILED.value]:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _check_results_target(results: str | None, as_json: bool) -> None:
+    """Refuse a results file that cannot be written before anything starts."""
     if results == "-" and as_json:
         _invalid(InvalidInput(["--results -: stdout carries the --json answer already"]), as_json)
     if results is not None and results != "-":
         problem = _unwritable(results)
         if problem is not None:
             _fail(f"--results {results}: {problem}", EXIT_USAGE, as_json, kind="invalid")
+
+
+def _load_batch(path: str, fmt: BatchFormat | None, id_from: str | None, as_json: bool) -> Batch:
+    """Read and validate the batch file; a file that cannot be used ends the command."""
     try:
         text = _read_text(path)
-        batch = read_batch(text, detect_format(path, fmt, text), id_from)
+        return read_batch(text, detect_format(path, fmt, text), id_from)
     except OSError as exc:
         _fail(f"cannot read {path}: {exc.strerror}", EXIT_USAGE, as_json, kind="invalid")
     except UnicodeDecodeError as exc:
@@ -387,8 +434,9 @@ def start_batch(
     except BatchError as exc:
         _fail(f"{exc}; nothing started", EXIT_USAGE, as_json, kind="invalid")
 
-    # People read the report; with the results CSV on stdout it goes to stderr instead.
-    report = err if as_json or results == "-" else out
+
+def _report_rows(report: Console, batch: Batch) -> None:
+    """Each bad and duplicate row, and a warning about rows that got a random uuid."""
     for row in batch.bad:
         report.print(f"[red]line {row.line}:[/red] {'; '.join(row.problems)}", soft_wrap=True)
     for row in batch.duplicates:
@@ -403,65 +451,69 @@ def start_batch(
             "one: running this file again would start them again (add a uuid column or --id-from)",
             soft_wrap=True,
         )
-    good = batch.good
-    if batch.bad and (strict or not good):
-        # Bad input and nothing sent: the whole file is refused, with each row's verdict.
-        refused = result_rows(batch, [])
-        if results is not None:
-            _write_results(results, refused)
-        why = "(--strict)" if strict else "and no good row"
-        _fail(
-            f"refused the whole file: {len(batch.bad)} invalid row(s) {why}; nothing started",
-            EXIT_USAGE,
-            as_json,
-            kind="invalid",
-            rows=refused,
-        )
 
-    async def work(service: CallService) -> list[StartResult]:
+
+def _refuse_file(batch: Batch, strict: bool, results: str | None, as_json: bool) -> NoReturn:
+    """Bad input and nothing sent: the whole file is refused, with each row's verdict."""
+    refused = result_rows(batch_results(batch))
+    if results is not None:
+        _write_results(results, refused)
+    why = "(--strict)" if strict else "and no good row"
+    _fail(
+        f"refused the whole file: {len(batch.bad)} invalid row(s) {why}; nothing started",
+        EXIT_USAGE,
+        as_json,
+        kind="invalid",
+        rows=refused,
+    )
+
+
+def _start_rows(ctx: typer.Context, batch: Batch, concurrency: int, as_json: bool) -> BatchResults:
+    """Start the good rows, with a progress bar for people."""
+    if not batch.good:
+        return batch_results(batch)
+
+    async def work(service: CallService) -> BatchResults:
         with Progress(
             TextColumn("starting calls"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=err,
-            disable=as_json or not good,
+            disable=as_json,
             transient=False,
         ) as progress:
-            task = progress.add_task("start", total=len(good))
+            task = progress.add_task("start", total=len(batch.good))
 
             def advance(_call: CallInput, _result: StartResult) -> None:
                 progress.advance(task)
 
-            return await service.start_many(
-                [row.call for row in good if row.call is not None], concurrency, advance
-            )
+            return await start_rows(service, batch, concurrency, advance)
 
-    started: list[tuple[BatchRow, StartResult]] = []
-    if good:
-        started = list(zip(good, _run(ctx, work, as_json), strict=True))
-    rows = result_rows(batch, started)
-    counts = summarize(line["outcome"] for line in rows)
-    if results is not None:
-        try:
-            _write_results(results, rows)
-        except OSError as exc:  # checked before starting, yet the disk may fill up meanwhile
-            message = f"cannot write {results}: {exc.strerror} (the good rows were started)"
-            _fail(message, EXIT_FAILED, as_json, summary=counts)
+    return _run(ctx, work, as_json)
 
-    if as_json:
-        _print_json({"summary": counts, "rows": rows})
-    else:
-        for row_result in (r for _, r in started if r.status is StartStatus.FAILED):
-            report.print(f"[red]failed[/red] {row_result.workflow_id}: {row_result.detail}")
-        summary = Table(title="start-batch", show_header=False)
-        for label, count in counts.items():
-            summary.add_row(label, str(count))
-        report.print(summary)
-        if results is not None and results != "-":
-            report.print(f"results written to {results}")
-    if counts[INVALID] or counts[StartStatus.FAILED.value]:
-        raise typer.Exit(EXIT_FAILED)
+
+def _save_results(
+    results: str, rows: list[dict[str, str]], counts: dict[str, int], as_json: bool
+) -> None:
+    """Write the results CSV once the rows were started."""
+    try:
+        _write_results(results, rows)
+    except OSError as exc:  # checked before starting, yet the disk may fill up meanwhile
+        message = f"cannot write {results}: {exc.strerror} (the good rows were started)"
+        _fail(message, EXIT_FAILED, as_json, summary=counts)
+
+
+def _print_batch_report(report: Console, outcome: BatchResults, results: str | None) -> None:
+    """The failed starts and how many rows had each outcome, for people."""
+    for failed in outcome.failed:
+        report.print(f"[red]failed[/red] {failed.workflow_id}: {failed.detail}")
+    summary = Table(title="start-batch", show_header=False)
+    for label, count in outcome.summary.items():
+        summary.add_row(label, str(count))
+    report.print(summary)
+    if results is not None and results != "-":
+        report.print(f"results written to {results}")
 
 
 def _unwritable(name: str) -> str | None:
@@ -893,14 +945,15 @@ def serve(
     """Run the HTTP gateway (webhooks for the CRM and the agent's tooling)."""
     import uvicorn
 
-    from starter.gateway import create_app, temporal_client_provider
-    from starter.settings import ConfigurationError, GatewaySettings
+    from gateway.app import create_app
+    from gateway.settings import GatewaySettings
+    from gateway.temporal import temporal_client_provider
 
     conn: Connection = ctx.obj
     try:
         settings = GatewaySettings(task_queue=conn.task_queue)
         app_ = create_app(temporal_client_provider(conn.address, conn.namespace), settings)
-    except (ConfigurationError, ValueError) as exc:
+    except ValueError as exc:  # the settings' refusal, or a value pydantic refused
         _fail(str(exc), EXIT_FAILED, False, kind="configuration")
     uvicorn.run(app_, host=host or settings.host, port=port or settings.port)
 

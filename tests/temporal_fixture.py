@@ -37,7 +37,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import TimeSkipper, TimeSkippingConfig, WorkflowEnvironment
 from temporalio.worker import Worker
 
-from starter.calls import initial_search_attributes
+from starter.service import initial_search_attributes
 from tapraise import ServiceAccount, TapRaiseClient
 from tests.sandbox_fixture import SandboxServer
 from worker import build_worker

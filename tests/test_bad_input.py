@@ -40,10 +40,10 @@ from temporalio.service import RPCError, RPCStatusCode
 from typer.testing import CliRunner
 
 from bench.chaos import chaos_policy
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
 from sandbox.seed import DEMO_PERSON_UUIDS
 from starter.cli import app as cli_app
-from starter.gateway import create_app
-from starter.settings import GatewaySettings
 from tapraise import ServiceAccount
 from tapraise.auth import TokenSigner
 from tests.sandbox_fixture import SandboxServer, free_port

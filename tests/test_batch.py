@@ -22,13 +22,14 @@ from sandbox.seed import DEMO_PERSON_UUIDS
 from starter.batch import (
     BatchError,
     BatchFormat,
+    batch_results,
     detect_format,
     read_batch,
     result_rows,
     write_results,
 )
-from starter.calls import derive_call_uuid
 from starter.cli import app
+from starter.service import derive_call_uuid
 from tests.sandbox_fixture import REPO_ROOT
 from tests.temporal_fixture import CallWorker
 
@@ -226,7 +227,7 @@ def test_results_carry_the_id_column_after_line_and_call_bad_rows_invalid() -> N
         f"K-1,{DEMO_PERSON_UUIDS[0]},verification,north\n"
     )
     batch = read_batch(text, BatchFormat.CSV, id_from="crmId")
-    rows = result_rows(batch, [])
+    rows = result_rows(batch_results(batch))
     buffer = io.StringIO()
     write_results(buffer, rows)
     written = list(csv.reader(io.StringIO(buffer.getvalue())))
@@ -237,15 +238,15 @@ def test_results_carry_the_id_column_after_line_and_call_bad_rows_invalid() -> N
     assert rows[1]["detail"].startswith("personUuid: Input should be a valid UUID")
     assert rows[0]["callUuid"] == str(derive_call_uuid("K-1"))
 
-    plain = result_rows(read_batch(f"personUuid,type\n{DEMO_PERSON_UUIDS[0]},winback\n",
-                                   BatchFormat.CSV), [])  # fmt: skip
+    plain = result_rows(batch_results(read_batch(
+        f"personUuid,type\n{DEMO_PERSON_UUIDS[0]},winback\n", BatchFormat.CSV)))  # fmt: skip
     assert list(plain[0]) == ["line", "callUuid", "workflowId", "outcome", "phase", "detail"]
     dotted = read_batch(
         'personUuid,type,externalMetadata\n'
         f'{DEMO_PERSON_UUIDS[0]},verification,"{{""referenceId"": ""R-9""}}"\n',
         BatchFormat.CSV, id_from="externalMetadata.referenceId",
     )  # fmt: skip
-    assert result_rows(dotted, [])[0]["externalMetadata.referenceId"] == "R-9"
+    assert result_rows(batch_results(dotted))[0]["externalMetadata.referenceId"] == "R-9"
 
 
 # ── start-batch against Temporal ─────────────────────────────────────────────────────────────

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from starter.settings import GatewaySettings
+from gateway.settings import GatewaySettings
 from tapraise.settings import TapRaiseSettings
 from worker import WorkerSettings
 from workflows.messages import TASK_QUEUE, SearchAttributes

@@ -20,10 +20,10 @@ from pydantic import SecretStr
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from gateway.app import create_app
+from gateway.settings import GatewaySettings, GatewaySettingsError
 from sandbox.seed import DEMO_PERSON_UUIDS
-from starter.calls import derive_call_uuid
-from starter.gateway import create_app
-from starter.settings import ConfigurationError, GatewaySettings
+from starter.service import derive_call_uuid
 from tests.sandbox_fixture import SandboxServer, free_port
 from tests.temporal_fixture import CallWorker
 from workflows.messages import SearchAttributes
@@ -133,7 +133,7 @@ async def test_every_configured_token_is_accepted(gateway: httpx.AsyncClient) ->
 
 
 async def test_gateway_refuses_to_start_without_tokens(call_worker: CallWorker) -> None:
-    with pytest.raises(ConfigurationError, match="GATEWAY_TOKENS"):
+    with pytest.raises(GatewaySettingsError, match="GATEWAY_TOKENS"):
         create_app(settings=settings(call_worker, tokens=[]))
 
 

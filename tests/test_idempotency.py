@@ -26,11 +26,11 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHandle
 from typer.testing import CliRunner, Result
 
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
 from sandbox.seed import DEMO_PERSON_UUIDS
-from starter.calls import CallService, stamp_action, utc_millis
 from starter.cli import app
-from starter.gateway import create_app
-from starter.settings import GatewaySettings
+from starter.service import CallService, stamp_action, utc_millis
 from tapraise.models import CallType
 from tests.sandbox_fixture import SandboxServer, free_port
 from tests.temporal_fixture import CallWorker

@@ -28,11 +28,11 @@ from temporalio.testing import WorkflowEnvironment
 
 import worker as worker_module
 from bench.chaos import chaos_policy
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
 from sandbox.auth import generate_key_pair
 from sandbox.seed import DEMO_PERSON_UUIDS, FOREIGN_PERSON_UUID
-from starter.calls import initial_search_attributes
-from starter.gateway import create_app
-from starter.settings import GatewaySettings
+from starter.service import initial_search_attributes
 from tapraise import ServiceAccount, TapRaiseClient
 from tapraise.auth import TokenSigner
 from tapraise.models import CallResult

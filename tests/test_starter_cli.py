@@ -24,8 +24,8 @@ from typer.testing import CliRunner, Result
 
 import starter.cli
 from sandbox.seed import DEMO_ORGANIZATION_UUID, DEMO_PERSON_UUIDS, FOREIGN_PERSON_UUID
-from starter.calls import CallSummary
 from starter.cli import LIST_TSV_COLUMNS, _calls_lines, _calls_tsv, app
+from starter.service import CallSummary
 from tests.sandbox_fixture import REPO_ROOT, SandboxServer
 from tests.temporal_fixture import CallWorker
 from workflows.messages import CallPhase, SearchAttributes, workflow_id_for

@@ -17,7 +17,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final, TypeAlias
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
+from pydantic.alias_generators import to_camel
 from temporalio.client import (
     Client,
     WorkflowExecution,
@@ -346,9 +347,16 @@ class SignalSent:
         }
 
 
-@dataclass(frozen=True)
-class CallSummary:
-    """One call as visibility lists it (search attributes, no query to the worker)."""
+class CallSummary(BaseModel):
+    """One call as visibility lists it (search attributes, no query to the worker).
+
+    camelCase in JSON (times in UTC, ISO 8601 with `Z`), as the CLI's `--json` and the gateway
+    print it.
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, validate_by_name=True, serialize_by_alias=True, frozen=True
+    )
 
     workflow_id: str
     execution_status: str
@@ -356,7 +364,7 @@ class CallSummary:
     call_status: str | None
     type: str | None
     person_uuid: str | None
-    organization_uuid: str | None
+    organization_uuid: str | None = Field(alias="callingOrganizationUuid")
     attempts: int | None
     next_attempt_at: datetime | None
     started_at: datetime
@@ -380,23 +388,12 @@ class CallSummary:
             closed_at=execution.close_time,
         )
 
-    def to_json(self) -> dict[str, Any]:
-        def iso(t: datetime | None) -> str | None:
-            return t.astimezone(UTC).isoformat().replace("+00:00", "Z") if t else None
+    @field_serializer("next_attempt_at", "started_at", "closed_at", when_used="json")
+    def _iso(self, t: datetime | None) -> str | None:
+        return t.astimezone(UTC).isoformat().replace("+00:00", "Z") if t else None
 
-        return {
-            "workflowId": self.workflow_id,
-            "executionStatus": self.execution_status,
-            "phase": self.phase,
-            "callStatus": self.call_status,
-            "type": self.type,
-            "personUuid": self.person_uuid,
-            "callingOrganizationUuid": self.organization_uuid,
-            "attempts": self.attempts,
-            "nextAttemptAt": iso(self.next_attempt_at),
-            "startedAt": iso(self.started_at),
-            "closedAt": iso(self.closed_at),
-        }
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
 
 
 # ── listing ──────────────────────────────────────────────────────────────────────────────────
@@ -512,22 +509,26 @@ def call_summary_line(call: CallInput, requested_at: datetime) -> str:
 
 
 def call_details_markdown(call: CallInput) -> str:
-    """The Web UI's static details of a call (markdown)."""
-    lines = [f"**Type:** {call.type.value}", f"**Person:** `{call.person_uuid}`"]
-    if call.calling_organization_uuid:
-        lines.append(f"**Organization:** `{call.calling_organization_uuid}`")
-    if call.related_case_uuid:
-        lines.append(f"**Related case:** `{call.related_case_uuid}`")
-    if call.requested_by_user_uuid:
-        lines.append(f"**Requested by:** `{call.requested_by_user_uuid}`")
-    if call.external_metadata and call.external_metadata.reference_id:
-        app = call.external_metadata.application_name or "external"
-        lines.append(f"**External reference:** {app} `{call.external_metadata.reference_id}`")
-    if call.timezone:
-        lines.append(f"**Time zone:** {call.timezone}")
-    if call.notes:
-        lines.append(f"**Notes:** {call.notes}")
-    return "  \n".join(lines)
+    """The Web UI's static details of a call (markdown): one line per fact the call has."""
+    meta = call.external_metadata
+    reference = None
+    if meta and meta.reference_id:
+        reference = f"{meta.application_name or 'external'} `{meta.reference_id}`"
+    facts: list[tuple[str, object]] = [
+        ("Type", call.type.value),
+        ("Person", _code(call.person_uuid)),
+        ("Organization", _code(call.calling_organization_uuid)),
+        ("Related case", _code(call.related_case_uuid)),
+        ("Requested by", _code(call.requested_by_user_uuid)),
+        ("External reference", reference),
+        ("Time zone", call.timezone),
+        ("Notes", call.notes),
+    ]
+    return "  \n".join(f"**{label}:** {value}" for label, value in facts if value)
+
+
+def _code(value: object) -> str | None:
+    return f"`{value}`" if value else None
 
 
 def start_options(call: CallInput, task_queue: str, now: datetime) -> dict[str, Any]:

@@ -1,0 +1,50 @@
+"""The gateway's one Temporal client, connected on first need and then kept."""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from temporalio.client import Client
+
+from starter.service import TemporalUnavailable
+from workflows.connect import connect
+
+ClientProvider = Callable[[], Awaitable[Client]]
+
+
+def temporal_client_provider(
+    address: str | None = None, namespace: str | None = None
+) -> ClientProvider:
+    """A provider that connects with `workflows.connect.connect()` (the one client factory)."""
+
+    async def provide() -> Client:
+        return await connect(address, namespace)
+
+    return provide
+
+
+class TemporalConnection:
+    """Connects on first need and keeps the client.
+
+    The gateway starts even while Temporal is down (its health check says so); requests then
+    retry the connection instead of the process having to be restarted.
+    """
+
+    def __init__(self, provider: ClientProvider) -> None:
+        self._provider = provider
+        self._client: Client | None = None
+        self._lock = asyncio.Lock()
+
+    async def client(self) -> Client:
+        """The client, connecting first when there is none yet.
+
+        Raises:
+            TemporalUnavailable: when the connection cannot be made.
+        """
+        if self._client is None:
+            async with self._lock:
+                if self._client is None:
+                    try:
+                        self._client = await self._provider()
+                    except RuntimeError as exc:
+                        raise TemporalUnavailable(str(exc)) from None
+        return self._client
