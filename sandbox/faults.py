@@ -23,8 +23,9 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, model_validator
+
+from sandbox.validation import CamelModel
 
 # "*" stands for every endpoint without a rule of its own.
 Endpoint = Literal[
@@ -34,10 +35,8 @@ FaultKind = Literal["500", "503", "429", "late", "late_apply", "latency"]
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-class FaultRule(BaseModel):
+class FaultRule(CamelModel):
     """Faults for one endpoint (``*``: every endpoint without a rule of its own)."""
-
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, validate_by_name=True)
 
     endpoint: Endpoint = "*"
     error500: Share = 0.0
@@ -61,10 +60,8 @@ class FaultRule(BaseModel):
         return self
 
 
-class FaultConfig(BaseModel):
+class FaultConfig(CamelModel):
     """Body of ``PUT /_sandbox/faults``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     seed: int | None = None
     rules: list[FaultRule] = Field(default_factory=list)

@@ -8,6 +8,7 @@ silent coercion.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -29,6 +30,20 @@ CallType = Literal["verification", "happy_call", "winback"]
 EntityName = Literal["person", "pledge", "call", "transaction"]
 M = TypeVar("M", bound=BaseModel)
 FINAL_STATUSES: frozenset[str] = frozenset({"completed", "cancelled", "expired"})
+# How TapRaise words the problems pydantic names by type; the others keep pydantic's message.
+_TAPRAISE_MESSAGES: Mapping[str, str] = {
+    "json_invalid": "Body is not valid JSON",
+    "model_type": "Must be a JSON object",
+    "extra_forbidden": "Unknown field",
+    "missing": "Required",
+}
+
+
+class CamelModel(BaseModel):
+    """A body with camelCase names on the wire: unknown fields are refused, and the snake_case
+    names are accepted too (TapRaise's own bodies switch that off)."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, validate_by_name=True)
 
 
 class ApiError(Exception):
@@ -69,24 +84,35 @@ class ApiError(Exception):
         )
 
 
-def field_errors(exc: ValidationError) -> list[tuple[str, str]]:
-    """Turn pydantic's errors into ``(field, message)`` pairs with dotted camelCase paths."""
+def error_pairs(
+    errors: Iterable[Mapping[str, Any]],
+    messages: Mapping[str, str],
+    *,
+    strip: str = "",
+    sources: tuple[str, ...] = (),
+) -> list[tuple[str, str]]:
+    """Turn pydantic's errors into ``(field, message)`` pairs with dotted paths.
+
+    Args:
+        errors: The errors, as ``ValidationError.errors()`` lists them.
+        messages: The message for an error type, in place of pydantic's.
+        strip: A prefix taken off pydantic's messages.
+        sources: Leading path parts that say where a value came from (``body``, ``query``),
+            left out of the field.
+    """
     pairs: list[tuple[str, str]] = []
-    for error in exc.errors(include_url=False):
-        field = ".".join(str(part) for part in error["loc"]) or "body"
-        kind = error["type"]
-        if kind == "json_invalid":
-            message = "Body is not valid JSON"
-        elif kind == "model_type":
-            message = "Must be a JSON object"
-        elif kind == "extra_forbidden":
-            message = "Unknown field"
-        elif kind == "missing":
-            message = "Required"
-        else:
-            message = str(error["msg"]).removeprefix("Value error, ")
-        pairs.append((field, message))
+    for error in errors:
+        loc = [str(part) for part in error["loc"]]
+        if loc and loc[0] in sources:
+            loc = loc[1:]
+        message = messages.get(error["type"]) or str(error["msg"]).removeprefix(strip)
+        pairs.append((".".join(loc) or "body", message))
     return pairs
+
+
+def field_errors(exc: ValidationError) -> list[tuple[str, str]]:
+    """Turn pydantic's errors into ``(field, message)`` pairs, worded as TapRaise does."""
+    return error_pairs(exc.errors(include_url=False), _TAPRAISE_MESSAGES, strip="Value error, ")
 
 
 def parse_body(model: type[M], raw: bytes, *, empty_ok: bool = False) -> M:
@@ -111,8 +137,17 @@ def parse_body(model: type[M], raw: bytes, *, empty_ok: bool = False) -> M:
 
 
 def to_ms(moment: datetime) -> datetime:
-    """Return ``moment`` in UTC, truncated to milliseconds (TapRaise's precision)."""
-    moment = moment.astimezone(UTC)
+    """Return ``moment`` in UTC, truncated to milliseconds (TapRaise's precision).
+
+    Raises:
+        ValueError: The moment falls outside the calendar once in UTC
+            (``0001-01-01T00:00:00+01:00`` is valid ISO-8601, and must be a 400 naming the
+            field, not a crash).
+    """
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("Out of range once converted to UTC") from None
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
@@ -127,29 +162,18 @@ def iso(moment: datetime | None) -> str | None:
     return f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
 
 
-def utc_ms(moment: datetime) -> datetime:
-    """Like :func:`to_ms`, but a moment outside the calendar once in UTC is a ``ValueError``.
-
-    ``0001-01-01T00:00:00+01:00`` is a valid ISO-8601 string whose UTC instant falls before
-    year 1; it must be a 400 naming the field, not a crash.
-    """
-    try:
-        return to_ms(moment)
-    except OverflowError:
-        raise ValueError("Out of range once converted to UTC") from None
-
-
 def parse_iso(text: str) -> datetime:
     """Parse a timestamp written by :func:`iso`."""
     return datetime.fromisoformat(text)
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, validate_by_name=False)
+class _Body(CamelModel):
+    # TapRaise accepts its camelCase names only.
+    model_config = ConfigDict(validate_by_name=False)
 
 
 ResultCode = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-Moment = Annotated[AwareDatetime, AfterValidator(utc_ms)]
+Moment = Annotated[AwareDatetime, AfterValidator(to_ms)]
 """A timestamp with a zone, normalised to UTC milliseconds as TapRaise stores it."""
 
 

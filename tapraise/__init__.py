@@ -16,6 +16,7 @@ from tapraise.errors import (
     PermissionDeniedError,
     RateLimitError,
     TapRaiseError,
+    describe_validation_error,
 )
 from tapraise.models import (
     AddAttemptRequest,
@@ -26,6 +27,7 @@ from tapraise.models import (
     CallResult,
     CallStatus,
     CallType,
+    CamelModel,
     CancelCallRequest,
     CompleteCallRequest,
     CreateCallRequest,
@@ -39,6 +41,7 @@ from tapraise.models import (
     PageInfo,
     Timestamp,
     format_timestamp,
+    to_millis,
 )
 from tapraise.settings import TapRaiseSettings, make_client
 
@@ -58,6 +61,7 @@ __all__ = [
     "CallResult",
     "CallStatus",
     "CallType",
+    "CamelModel",
     "CancelCallRequest",
     "CompleteCallRequest",
     "ConfigurationError",
@@ -81,6 +85,8 @@ __all__ = [
     "TapRaiseSettings",
     "Timestamp",
     "TokenSigner",
+    "describe_validation_error",
     "format_timestamp",
     "make_client",
+    "to_millis",
 ]

@@ -9,11 +9,11 @@ means the request was not processed, so the repeat is safe even for a create.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
+from datetime import datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypedDict, TypeVar
 from uuid import UUID
 
 import httpx
@@ -24,6 +24,7 @@ from tapraise.errors import (
     APIConnectionError,
     APIResponseValidationError,
     APITimeoutError,
+    describe_problem,
     make_status_error,
 )
 from tapraise.models import (
@@ -37,6 +38,7 @@ from tapraise.models import (
     MarkProcessedEntry,
     MarkProcessedRequest,
     format_timestamp,
+    to_millis,
 )
 
 logger = logging.getLogger(__name__)
@@ -73,6 +75,15 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 USER_AGENT = f"tapraise-calls/{_VERSION}"
 
 _M = TypeVar("_M", bound=BaseModel)
+
+
+class _ListFilters(TypedDict, total=False):
+    """The filters of ``GET /api/v1/calls`` (see ``TapRaiseClient.list_calls_page``)."""
+
+    requested_after: datetime | None
+    updated_after: datetime | None
+    external_application_name: str | None
+    external_reference_id: str | None
 
 
 class TapRaiseClient:
@@ -122,12 +133,7 @@ class TapRaiseClient:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -272,27 +278,45 @@ class TapRaiseClient:
         Yields:
             Each call once, as pages arrive.
         """
+        filters = _ListFilters(
+            requested_after=requested_after,
+            updated_after=updated_after,
+            external_application_name=external_application_name,
+            external_reference_id=external_reference_id,
+        )
+        pages = self._pages(filters, backward=backward, first_size=page_size, size=page_size)
+        async with aclosing(pages):
+            async for page in pages:
+                for call in page.calls:
+                    yield call
+
+    async def _pages(
+        self, filters: _ListFilters, *, backward: bool, first_size: int, size: int = MAX_PAGE_SIZE
+    ) -> AsyncGenerator[CallPage, None]:
+        """Fetch the pages of one list in turn, each when the previous one is done with.
+
+        Forward pages with ``first``/``after`` from the newest call; backward pages with
+        ``last``/``before`` from the oldest. The first page holds ``first_size`` calls, the
+        others ``size``. It ends when TapRaise has no more pages.
+        """
         cursor: str | None = None
+        count = first_size
         while True:
             page = await self.list_calls_page(
-                requested_after=requested_after,
-                updated_after=updated_after,
-                external_application_name=external_application_name,
-                external_reference_id=external_reference_id,
-                first=None if backward else page_size,
+                **filters,
+                first=None if backward else count,
                 after=None if backward else cursor,
-                last=page_size if backward else None,
+                last=count if backward else None,
                 before=cursor if backward else None,
             )
-            for edge in page.edges:
-                yield edge.node
+            yield page
             info = page.page_info
             more = info.has_previous_page if backward else info.has_next_page
             next_cursor = info.start_cursor if backward else info.end_cursor
             # A cursor that does not move would loop forever; treat it as the end.
             if not more or next_cursor is None or next_cursor == cursor:
                 return
-            cursor = next_cursor
+            cursor, count = next_cursor, size
 
     async def find_call(self, call_uuid: UUID | str, requested_at: datetime) -> Call | None:
         """Find one call by uuid (TapRaise has no GET by uuid).
@@ -331,8 +355,7 @@ class TapRaiseClient:
         if requested_at.tzinfo is None or requested_at.utcoffset() is None:
             raise ValueError("requested_at must be timezone-aware")
         wanted = _as_uuid(call_uuid)
-        at = requested_at.astimezone(UTC)
-        at = at.replace(microsecond=at.microsecond // 1000 * 1000)
+        at = to_millis(requested_at)
         covered = _shifted(at, -_MILLISECOND)
         found = await self._find_in_window(
             wanted, covered, FIND_FIRST_PAGE, examined=None, until=_shifted(at, FIND_LATER)
@@ -368,23 +391,20 @@ class TapRaiseClient:
             until: Stop after the page that reaches a call requested after this; None to page
                 to the newest call.
         """
-        cursor: str | None = None
-        size = first_page
-        while True:
-            page = await self.list_calls_page(
-                requested_after=requested_after, last=size, before=cursor
-            )
-            for call in page.calls:
-                if call.uuid == wanted and (examined is None or call.requested_at <= examined):
-                    return call
-            info = page.page_info
-            if not page.calls or not info.has_previous_page or info.start_cursor in (None, cursor):
-                return None
-            # Pages run from the oldest towards the newest: once one reaches past `until`,
-            # the rest of the window lies beyond it.
-            if until is not None and max(c.requested_at for c in page.calls) > until:
-                return None
-            cursor, size = info.start_cursor, MAX_PAGE_SIZE
+        filters = _ListFilters(requested_after=requested_after)
+        pages = self._pages(filters, backward=True, first_size=first_page)
+        async with aclosing(pages):
+            async for page in pages:
+                for call in page.calls:
+                    if call.uuid == wanted and (examined is None or call.requested_at <= examined):
+                        return call
+                if not page.calls:
+                    return None
+                # Pages run from the oldest towards the newest: once one reaches past `until`,
+                # the rest of the window lies beyond it.
+                if until is not None and max(c.requested_at for c in page.calls) > until:
+                    return None
+        return None
 
     # --- entity access ----------------------------------------------------------------------
 
@@ -457,15 +477,9 @@ def _parse(model: type[_M], response: httpx.Response) -> _M:
         raise APIResponseValidationError(
             f"TapRaise answered {response.status_code} on {response.request.method} "
             f"{response.request.url.path} with a body that is not a valid {model.__name__}: "
-            f"{exc.error_count()} problem(s), first: {_first_problem(exc)}",
+            f"{exc.error_count()} problem(s), first: {describe_problem(exc.errors()[0], 'body')}",
             response=response,
         ) from exc
-
-
-def _first_problem(exc: ValidationError) -> str:
-    error = exc.errors(include_input=False, include_url=False)[0]
-    location = ".".join(str(part) for part in error["loc"]) or "body"
-    return f"{location}: {error['msg']}"
 
 
 def _as_uuid(value: UUID | str) -> UUID:

@@ -29,6 +29,8 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 # Error bodies are shown to people; a proxy's HTML page must not flood a log line.
 _MAX_MESSAGE_CHARS = 500
@@ -149,6 +151,18 @@ def make_status_error(response: httpx.Response) -> APIStatusError:
     if response.status_code >= 500:
         return InternalServerError(response=response)
     return _STATUS_ERRORS.get(response.status_code, APIStatusError)(response=response)
+
+
+def describe_problem(problem: ErrorDetails, whole: str = "value") -> str:
+    """One pydantic problem as ``field.path: message``; ``whole`` names the value itself when
+    the problem is not about one field."""
+    return f"{'.'.join(str(part) for part in problem['loc']) or whole}: {problem['msg']}"
+
+
+def describe_validation_error(error: ValidationError, whole: str = "value") -> str:
+    """A pydantic error as one line naming each field (camelCase, as sent); ``whole`` names the
+    value itself when the error is not about one field."""
+    return "; ".join(describe_problem(problem, whole) for problem in error.errors())
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:

@@ -45,16 +45,19 @@ def format_timestamp(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _to_utc_millis(value: datetime) -> datetime:
-    # TapRaise keeps milliseconds; truncating here makes a model equal to itself after a trip
-    # over the wire (or through a workflow history).
+def to_millis(value: datetime) -> datetime:
+    """Return an aware datetime in UTC, truncated to whole milliseconds (TapRaise's precision).
+
+    Truncating makes a value equal to itself after a trip over the wire (or through a workflow
+    history), and tells whether two records name the same millisecond.
+    """
     value = value.astimezone(UTC)
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
 Timestamp = Annotated[
     AwareDatetime,
-    AfterValidator(_to_utc_millis),
+    AfterValidator(to_millis),
     PlainSerializer(format_timestamp, return_type=str, when_used="json"),
 ]
 """An aware datetime, normalised to UTC milliseconds, written as ``2023-05-01T00:00:00.000Z``."""
@@ -86,9 +89,15 @@ class EntityName(StrEnum):
     TRANSACTION = "transaction"
 
 
-class _WireModel(BaseModel):
-    # serialize_by_alias makes every dump (also Temporal's pydantic converter) speak camelCase;
-    # validate_by_name is the current spelling of populate_by_name=True.
+class CamelModel(BaseModel):
+    """Snake_case attributes in Python, camelCase names on the wire.
+
+    The config: ``alias_generator=to_camel``; ``validate_by_name=True`` and
+    ``validate_by_alias=True`` (either name is accepted, which is what ``populate_by_name=True``
+    means); ``serialize_by_alias=True``, so that every dump (also Temporal's pydantic data
+    converter) writes camelCase. Subclasses add ``extra`` and ``frozen`` as they need.
+    """
+
     model_config = ConfigDict(
         alias_generator=to_camel,
         validate_by_name=True,
@@ -97,11 +106,11 @@ class _WireModel(BaseModel):
     )
 
 
-class _Response(_WireModel):
+class _Response(CamelModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class _Request(_WireModel):
+class _Request(CamelModel):
     model_config = ConfigDict(extra="forbid")
 
     def to_wire(self) -> dict[str, Any]:

@@ -20,23 +20,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import ValidationError
 
+from tapraise import errors
 from tapraise.auth import ServiceAccount, TokenSigner
 from tapraise.client import TapRaiseClient
-from tapraise.errors import (
-    APIConnectionError,
-    APIResponseValidationError,
-    APIStatusError,
-    APITimeoutError,
-    AuthenticationError,
-    BadRequestError,
-    ConfigurationError,
-    ConflictError,
-    InternalServerError,
-    NotFoundError,
-    PermissionDeniedError,
-    RateLimitError,
-    parse_retry_after,
-)
 from tapraise.models import CallResult, CompleteCallRequest, ExpireCallRequest
 from tapraise.settings import TapRaiseSettings, make_client
 
@@ -197,7 +183,7 @@ async def test_a_second_401_is_final(
         return httpx.Response(401, json={"statusCode": 401, "message": "unknown kid"})
 
     async with client_for(account, deny, requests_seen) as client:
-        with pytest.raises(AuthenticationError, match="unknown kid") as info:
+        with pytest.raises(errors.AuthenticationError, match="unknown kid") as info:
             await client.cancel_call(CALL_UUID)
 
     assert len(requests_seen) == 2
@@ -210,7 +196,7 @@ def test_an_invalid_private_key_is_a_configuration_error_that_hides_the_key() ->
     secret = "-----BEGIN PRIVATE KEY-----\nTm90QUtleQ==\n-----END PRIVATE KEY-----\n"
     account = ServiceAccount(email="a@example.org", private_key_id="k", private_key_pem=secret)
 
-    with pytest.raises(ConfigurationError, match="TAPRAISE_PRIVATE_KEY") as info:
+    with pytest.raises(errors.ConfigurationError, match="TAPRAISE_PRIVATE_KEY") as info:
         TokenSigner(account)
 
     assert "Tm90QUtleQ" not in str(info.value)
@@ -227,7 +213,7 @@ def test_a_non_rsa_key_is_refused() -> None:
         .decode()
     )
 
-    with pytest.raises(ConfigurationError, match="not an RSA key"):
+    with pytest.raises(errors.ConfigurationError, match="not an RSA key"):
         TokenSigner(ServiceAccount(email="a@example.org", private_key_id="k", private_key_pem=pem))
 
 
@@ -256,7 +242,7 @@ def test_service_account_file_missing_a_key_names_it(tmp_path: Path) -> None:
     path = tmp_path / "service-account.json"
     path.write_text(json.dumps({"accountEmail": "a@example.org"}))
 
-    with pytest.raises(ConfigurationError, match="privateKeyId, privateKey"):
+    with pytest.raises(errors.ConfigurationError, match="privateKeyId, privateKey"):
         ServiceAccount.from_file(path)
 
 
@@ -266,29 +252,29 @@ def test_service_account_file_missing_a_key_names_it(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("status", "error_type"),
     [
-        (400, BadRequestError),
-        (403, PermissionDeniedError),
-        (404, NotFoundError),
-        (409, ConflictError),
-        (429, RateLimitError),
-        (500, InternalServerError),
-        (503, InternalServerError),
-        (599, InternalServerError),
-        (418, APIStatusError),
+        (400, errors.BadRequestError),
+        (403, errors.PermissionDeniedError),
+        (404, errors.NotFoundError),
+        (409, errors.ConflictError),
+        (429, errors.RateLimitError),
+        (500, errors.InternalServerError),
+        (503, errors.InternalServerError),
+        (599, errors.InternalServerError),
+        (418, errors.APIStatusError),
     ],
 )
 async def test_statuses_map_to_typed_errors_with_the_body_message(
     account: ServiceAccount,
     requests_seen: list[httpx.Request],
     status: int,
-    error_type: type[APIStatusError],
+    error_type: type[errors.APIStatusError],
 ) -> None:
     body = {"statusCode": status, "message": "nope", "errors": [{"field": "x", "message": "y"}]}
 
     async with client_for(
         account, lambda r: httpx.Response(status, json=body), requests_seen
     ) as client:
-        with pytest.raises(APIStatusError) as info:
+        with pytest.raises(errors.APIStatusError) as info:
             await client.expire_call(CALL_UUID)
 
     err = info.value
@@ -310,7 +296,7 @@ async def test_a_non_json_error_body_becomes_the_message(
     async with client_for(
         account, lambda r: httpx.Response(502, text=html), requests_seen
     ) as client:
-        with pytest.raises(InternalServerError) as info:
+        with pytest.raises(errors.InternalServerError) as info:
             await client.expire_call(CALL_UUID)
 
     assert info.value.body is None
@@ -330,7 +316,7 @@ async def test_a_list_of_messages_is_joined(
     async with client_for(
         account, lambda r: httpx.Response(400, json=body), requests_seen
     ) as client:
-        with pytest.raises(BadRequestError, match="resultCode is empty; rating too high"):
+        with pytest.raises(errors.BadRequestError, match="resultCode is empty; rating too high"):
             await client.complete_call(CALL_UUID, req)
 
 
@@ -343,7 +329,7 @@ async def test_retry_after_as_an_http_date_is_parsed_into_seconds(
     async with client_for(
         account, lambda r: httpx.Response(429, headers=headers), requests_seen
     ) as client:
-        with pytest.raises(RateLimitError) as info:
+        with pytest.raises(errors.RateLimitError) as info:
             await client.expire_call(CALL_UUID)
 
     assert info.value.retry_after is not None
@@ -366,7 +352,7 @@ async def test_retry_after_as_an_http_date_is_parsed_into_seconds(
 def test_parse_retry_after(header: str | None, expected: float | None) -> None:
     now = datetime(2015, 10, 21, 7, 28, tzinfo=UTC)
 
-    assert parse_retry_after(header, now=now) == expected
+    assert errors.parse_retry_after(header, now=now) == expected
 
 
 async def test_a_success_with_an_unexpected_body_is_a_response_validation_error(
@@ -375,8 +361,9 @@ async def test_a_success_with_an_unexpected_body_is_a_response_validation_error(
     async with client_for(
         account, lambda r: httpx.Response(200, json={"uuid": "x"}), requests_seen
     ) as client:
-        with pytest.raises(APIResponseValidationError, match="not a valid Call"):
+        with pytest.raises(errors.APIResponseValidationError, match="not a valid Call") as info:
             await client.expire_call(CALL_UUID)
+    assert "problem(s), first: uuid: Input should be a valid UUID" in str(info.value)
 
 
 # --- transport failures -----------------------------------------------------------------------
@@ -398,7 +385,7 @@ async def test_timeouts_become_api_timeout_errors(
     exc_type: type[httpx.TransportError],
 ) -> None:
     async with client_for(account, raising(exc_type), requests_seen) as client:
-        with pytest.raises(APITimeoutError, match=exc_type.__name__) as info:
+        with pytest.raises(errors.APITimeoutError, match=exc_type.__name__) as info:
             await client.expire_call(CALL_UUID)
 
     assert info.value.request is requests_seen[0]
@@ -414,10 +401,10 @@ async def test_connection_failures_become_api_connection_errors(
     exc_type: type[httpx.TransportError],
 ) -> None:
     async with client_for(account, raising(exc_type), requests_seen) as client:
-        with pytest.raises(APIConnectionError) as info:
+        with pytest.raises(errors.APIConnectionError) as info:
             await client.expire_call(CALL_UUID)
 
-    assert not isinstance(info.value, APITimeoutError)
+    assert not isinstance(info.value, errors.APITimeoutError)
     assert bearer(requests_seen[0]) not in str(info.value)
 
 
@@ -498,7 +485,7 @@ def test_settings_without_url_use_the_sandbox_and_explain_a_missing_account_file
     settings = TapRaiseSettings()
 
     assert settings.base_url() == "http://127.0.0.1:8081"
-    with pytest.raises(ConfigurationError, match=r"python -m sandbox"):
+    with pytest.raises(errors.ConfigurationError, match=r"python -m sandbox"):
         settings.service_account()
 
 
@@ -511,7 +498,9 @@ def test_settings_with_url_require_every_credential(
     settings = TapRaiseSettings()
 
     assert settings.base_url() == "https://api.example.org"
-    with pytest.raises(ConfigurationError, match="TAPRAISE_PRIVATE_KEY_ID, TAPRAISE_PRIVATE_KEY"):
+    with pytest.raises(
+        errors.ConfigurationError, match="TAPRAISE_PRIVATE_KEY_ID, TAPRAISE_PRIVATE_KEY"
+    ):
         settings.service_account()
 
 
@@ -526,7 +515,9 @@ def test_settings_reject_placeholders_without_echoing_secrets(
     settings = TapRaiseSettings()
 
     assert "changeme" not in repr(settings)
-    with pytest.raises(ConfigurationError, match="TAPRAISE_PRIVATE_KEY looks like a placeholder"):
+    with pytest.raises(
+        errors.ConfigurationError, match="TAPRAISE_PRIVATE_KEY looks like a placeholder"
+    ):
         settings.service_account()
 
 
@@ -574,3 +565,16 @@ def test_settings_take_a_connection_limit_and_refuse_a_bad_one(
     monkeypatch.setenv("TAPRAISE_MAX_CONNECTIONS", "0")
     with pytest.raises(ValidationError, match="max_connections"):
         TapRaiseSettings()
+
+
+def test_validation_errors_are_described_per_field() -> None:
+    with pytest.raises(ValidationError) as info:
+        CompleteCallRequest.model_validate({"result": {"resultCode": ""}, "extra": 1})
+
+    assert errors.describe_validation_error(info.value, "body") == (
+        "result.resultCode: String should have at least 1 character; "
+        "extra: Extra inputs are not permitted"
+    )
+    with pytest.raises(ValidationError) as info:
+        CompleteCallRequest.model_validate([])
+    assert errors.describe_validation_error(info.value).startswith("value: ")

@@ -10,24 +10,7 @@ from uuid import UUID
 import pytest
 from pydantic import ValidationError
 
-from tapraise.models import (
-    AddAttemptRequest,
-    Call,
-    CallPage,
-    CallResult,
-    CallStatus,
-    CallType,
-    CancelCallRequest,
-    CompleteCallRequest,
-    CreateCallRequest,
-    EntityName,
-    ExpireCallRequest,
-    ExternalMetadata,
-    MarkProcessedEntry,
-    MarkProcessedErrors,
-    MarkProcessedRequest,
-    format_timestamp,
-)
+from tapraise import models
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -132,11 +115,11 @@ RESULT = {"resultCode": "confirmed"}
 
 
 def test_example_call_response_parses_into_snake_case_attributes() -> None:
-    call = Call.model_validate(EXAMPLE_CALL)
+    call = models.Call.model_validate(EXAMPLE_CALL)
 
     assert call.uuid == UUID("5cf67f69-34d0-46fe-b904-20d56248a844")
-    assert call.status is CallStatus.REQUESTED
-    assert call.type is CallType.HAPPY_CALL
+    assert call.status is models.CallStatus.REQUESTED
+    assert call.type is models.CallType.HAPPY_CALL
     assert call.requested_at == datetime(2025, 5, 17, 12, 36, 18, 174000, tzinfo=UTC)
     assert call.external_metadata is not None
     assert call.external_metadata.additional_properties == {"foo": "bar"}
@@ -151,7 +134,7 @@ def test_example_call_response_parses_into_snake_case_attributes() -> None:
 
 
 def test_example_list_response_parses_into_a_page() -> None:
-    page = CallPage.model_validate_json(json.dumps(EXAMPLE_PAGE))
+    page = models.CallPage.model_validate_json(json.dumps(EXAMPLE_PAGE))
 
     assert [c.uuid for c in page.calls] == [UUID(EXAMPLE_CALL["uuid"])]
     assert page.edges[0].cursor == "48094b0e-15b3-430f-ab5a-16ecf12b9171"
@@ -166,14 +149,14 @@ def test_response_ignores_unknown_fields_at_every_level() -> None:
     body["result"]["extra"] = "x"
     body["attempts"][0]["channel"] = "phone"
 
-    call = Call.model_validate(body)
+    call = models.Call.model_validate(body)
 
     assert not hasattr(call, "somethingNew")
     assert call.result is not None
 
 
 def test_response_with_only_required_fields_gets_empty_defaults() -> None:
-    call = Call.model_validate(
+    call = models.Call.model_validate(
         {
             "uuid": "5cf67f69-34d0-46fe-b904-20d56248a844",
             "status": "expired",
@@ -202,26 +185,26 @@ def test_response_with_only_required_fields_gets_empty_defaults() -> None:
 def test_response_timestamps_accept_z_or_offsets_and_are_normalised_to_utc(
     text: str, expected: datetime
 ) -> None:
-    call = Call.model_validate({**EXAMPLE_CALL, "requestedAt": text})
+    call = models.Call.model_validate({**EXAMPLE_CALL, "requestedAt": text})
 
     assert call.requested_at == expected
     assert call.requested_at.utcoffset() == timedelta(0)
 
 
 def test_call_round_trips_through_its_own_json() -> None:
-    call = Call.model_validate(EXAMPLE_CALL)
+    call = models.Call.model_validate(EXAMPLE_CALL)
 
     dumped = json.loads(call.model_dump_json())
 
     assert dumped["requestedAt"] == "2025-05-17T12:36:18.174Z"
     assert "personUuid" in dumped
-    assert Call.model_validate_json(call.model_dump_json()) == call
+    assert models.Call.model_validate_json(call.model_dump_json()) == call
 
 
 def test_mark_processed_error_body_parses() -> None:
     body = {"errors": [{"entityName": "call", "entityUuid": PERSON, "message": "not found"}]}
 
-    errors = MarkProcessedErrors.model_validate(body)
+    errors = models.MarkProcessedErrors.model_validate(body)
 
     assert errors.errors[0].message == "not found"
 
@@ -259,7 +242,7 @@ def test_mark_processed_error_body_parses() -> None:
     ],
 )
 def test_create_accepts_valid_bodies_of_both_modes(body: dict[str, Any]) -> None:
-    CreateCallRequest.model_validate(body)
+    models.CreateCallRequest.model_validate(body)
 
 
 @pytest.mark.parametrize(
@@ -286,12 +269,12 @@ def test_create_accepts_valid_bodies_of_both_modes(body: dict[str, Any]) -> None
 )
 def test_create_rejects_invalid_bodies_naming_the_field(body: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
-        CreateCallRequest.model_validate(body)
+        models.CreateCallRequest.model_validate(body)
 
 
 def test_create_reports_every_mode_problem_at_once() -> None:
     with pytest.raises(ValidationError) as info:
-        CreateCallRequest.model_validate(
+        models.CreateCallRequest.model_validate(
             {**MANAGED, "type": None, "status": "requested", "result": RESULT}
         )
 
@@ -303,9 +286,9 @@ def test_create_reports_every_mode_problem_at_once() -> None:
 
 def test_published_create_example_is_external_and_therefore_rejects_its_type() -> None:
     with pytest.raises(ValidationError, match="type is not allowed"):
-        CreateCallRequest.model_validate(EXAMPLE_CREATE)
+        models.CreateCallRequest.model_validate(EXAMPLE_CREATE)
 
-    req = CreateCallRequest.model_validate({**EXAMPLE_CREATE, "type": None})
+    req = models.CreateCallRequest.model_validate({**EXAMPLE_CREATE, "type": None})
 
     assert req.external_metadata is not None
     assert req.external_metadata.additional_properties == {"foo": "bar"}
@@ -315,20 +298,22 @@ def test_published_create_example_is_external_and_therefore_rejects_its_type() -
 
 def test_naive_datetime_is_rejected_by_python_constructors_naming_the_attribute() -> None:
     with pytest.raises(ValidationError, match="requested_at"):
-        CreateCallRequest(
-            person_uuid=UUID(PERSON), requested_at=datetime(2025, 5, 17), type=CallType.WINBACK
+        models.CreateCallRequest(
+            person_uuid=UUID(PERSON),
+            requested_at=datetime(2025, 5, 17),
+            type=models.CallType.WINBACK,
         )
     with pytest.raises(ValidationError, match="attempt_at"):
-        AddAttemptRequest(attempt_at=datetime(2025, 5, 17))
+        models.AddAttemptRequest(attempt_at=datetime(2025, 5, 17))
     with pytest.raises(ValidationError, match="cancelled_at"):
-        CancelCallRequest(cancelled_at=datetime(2025, 5, 17))
+        models.CancelCallRequest(cancelled_at=datetime(2025, 5, 17))
     with pytest.raises(ValidationError, match="expired_at"):
-        ExpireCallRequest(expired_at=datetime(2025, 5, 17))
+        models.ExpireCallRequest(expired_at=datetime(2025, 5, 17))
 
 
 def test_requests_forbid_unknown_fields() -> None:
     with pytest.raises(ValidationError, match="attemptedAt"):
-        AddAttemptRequest.model_validate({"attemptedAt": REQUESTED_AT})
+        models.AddAttemptRequest.model_validate({"attemptedAt": REQUESTED_AT})
 
 
 # --- wire format ------------------------------------------------------------------------------
@@ -336,11 +321,11 @@ def test_requests_forbid_unknown_fields() -> None:
 
 def test_create_serialises_camel_case_without_nulls_and_with_z_milliseconds() -> None:
     amsterdam = timezone(timedelta(hours=2))
-    req = CreateCallRequest(
+    req = models.CreateCallRequest(
         uuid=UUID("82b431f0-f401-4afd-b6db-9d1d751232d9"),
         person_uuid=UUID(PERSON),
         requested_at=datetime(2023, 5, 1, 2, 0, tzinfo=amsterdam),
-        type=CallType.HAPPY_CALL,
+        type=models.CallType.HAPPY_CALL,
         calling_organization_uuid=UUID(PERSON),
     )
 
@@ -354,20 +339,20 @@ def test_create_serialises_camel_case_without_nulls_and_with_z_milliseconds() ->
 
 
 def test_requests_keep_millisecond_precision_and_round_trip_through_json() -> None:
-    req = CreateCallRequest(
+    req = models.CreateCallRequest(
         person_uuid=UUID(PERSON),
         requested_at=datetime(2023, 5, 1, 0, 0, 0, 123456, tzinfo=UTC),
-        external_metadata=ExternalMetadata(additional_properties={"a": 1}),
-        status=CallStatus.COMPLETED,
-        result=CallResult(result_code="confirmed"),
+        external_metadata=models.ExternalMetadata(additional_properties={"a": 1}),
+        status=models.CallStatus.COMPLETED,
+        result=models.CallResult(result_code="confirmed"),
     )
 
     assert req.requested_at.microsecond == 123000
-    assert CreateCallRequest.model_validate_json(req.model_dump_json()) == req
+    assert models.CreateCallRequest.model_validate_json(req.model_dump_json()) == req
 
 
 def test_additional_properties_are_sent_as_an_object() -> None:
-    req = CreateCallRequest.model_validate(
+    req = models.CreateCallRequest.model_validate(
         {**EXTERNAL, "externalMetadata": {"additionalProperties": '{"campaign": 7}'}}
     )
 
@@ -375,9 +360,9 @@ def test_additional_properties_are_sent_as_an_object() -> None:
 
 
 def test_complete_serialises_the_nested_result() -> None:
-    req = CompleteCallRequest(
+    req = models.CompleteCallRequest(
         user_uuid=UUID(PERSON),
-        result=CallResult(
+        result=models.CallResult(
             result_code="confirmed",
             completed_at=datetime(2023, 5, 1, 0, 0, 0, 123456, tzinfo=UTC),
             duration=120.23,
@@ -397,15 +382,15 @@ def test_complete_serialises_the_nested_result() -> None:
 
 
 def test_empty_action_bodies_serialise_to_empty_objects() -> None:
-    assert AddAttemptRequest().to_wire() == {}
-    assert CancelCallRequest().to_wire() == {}
-    assert ExpireCallRequest().to_wire() == {}
+    assert models.AddAttemptRequest().to_wire() == {}
+    assert models.CancelCallRequest().to_wire() == {}
+    assert models.ExpireCallRequest().to_wire() == {}
 
 
 def test_format_timestamp_rejects_naive() -> None:
-    assert format_timestamp(datetime(2023, 5, 1, tzinfo=UTC)) == "2023-05-01T00:00:00.000Z"
+    assert models.format_timestamp(datetime(2023, 5, 1, tzinfo=UTC)) == "2023-05-01T00:00:00.000Z"
     with pytest.raises(ValueError, match="timezone-aware"):
-        format_timestamp(datetime(2023, 5, 1))
+        models.format_timestamp(datetime(2023, 5, 1))
 
 
 # --- result -----------------------------------------------------------------------------------
@@ -434,29 +419,29 @@ def test_format_timestamp_rejects_naive() -> None:
 )
 def test_result_field_rules(fields: dict[str, Any], ok: bool) -> None:
     if ok:
-        CompleteCallRequest.model_validate({"result": fields})
+        models.CompleteCallRequest.model_validate({"result": fields})
     else:
         with pytest.raises(ValidationError):
-            CompleteCallRequest.model_validate({"result": fields})
+            models.CompleteCallRequest.model_validate({"result": fields})
 
 
 def test_complete_requires_a_result() -> None:
     with pytest.raises(ValidationError, match="result"):
-        CompleteCallRequest.model_validate({"userUuid": PERSON})
+        models.CompleteCallRequest.model_validate({"userUuid": PERSON})
 
 
 # --- mark processed ---------------------------------------------------------------------------
 
 
 def test_mark_processed_entry_serialises_and_accepts_any_consumer_identifier() -> None:
-    entry = MarkProcessedEntry(
-        entity_name=EntityName.CALL,
+    entry = models.MarkProcessedEntry(
+        entity_name=models.EntityName.CALL,
         entity_uuid=UUID(PERSON),
         processed_at=datetime(2023, 5, 1, tzinfo=UTC),
         consumer_identifier="12345",
     )
 
-    assert MarkProcessedRequest(entries=[entry]).to_wire() == {
+    assert models.MarkProcessedRequest(entries=[entry]).to_wire() == {
         "entries": [
             {
                 "entityName": "call",
@@ -479,4 +464,19 @@ def test_mark_processed_entry_serialises_and_accepts_any_consumer_identifier() -
 )
 def test_mark_processed_rejects_invalid_entries(body: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
-        MarkProcessedRequest.model_validate(body)
+        models.MarkProcessedRequest.model_validate(body)
+
+
+def test_to_millis_is_utc_truncated_to_the_millisecond() -> None:
+    moment = datetime(2025, 5, 17, 14, 36, 18, 174999, tzinfo=timezone(timedelta(hours=2)))
+
+    assert models.to_millis(moment) == datetime(2025, 5, 17, 12, 36, 18, 174000, tzinfo=UTC)
+    assert models.to_millis(moment).tzinfo is UTC
+
+
+def test_camel_model_reads_either_name_and_writes_camel_case() -> None:
+    class Sample(models.CamelModel):
+        call_uuid: str
+
+    assert Sample.model_validate({"callUuid": "a"}) == Sample.model_validate({"call_uuid": "a"})
+    assert Sample(call_uuid="a").model_dump() == {"callUuid": "a"}

@@ -1,13 +1,15 @@
-"""What each call endpoint does to the store, with TapRaise's rules and status codes.
+"""The TapRaise operations: what each API endpoint does to the store, with TapRaise's rules
+and status codes.
 
-Every function runs inside one store transaction and either returns the call document or raises
-an :class:`ApiError`; nothing is written when it raises.
+Every operation runs inside one store transaction and either answers or raises an
+:class:`ApiError`; nothing is written when it raises.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,13 +24,26 @@ from sandbox.validation import (
     CompleteIn,
     CreateCallIn,
     ExpireIn,
+    ExternalMetadataIn,
     MarkProcessedIn,
     ResultIn,
     iso,
+    parse_body,
     parse_iso,
     to_ms,
-    utc_ms,
 )
+
+DEFAULT_PAGE_SIZE = 10
+MAX_PAGE_SIZE = 100
+ACTION_BODIES: dict[str, type[AddAttemptIn | CompleteIn | CancelIn | ExpireIn]] = {
+    "add-attempt": AddAttemptIn,
+    "complete": CompleteIn,
+    "cancel": CancelIn,
+    "expire": ExpireIn,
+}
+
+# An endpoint's work: (connection, account, raw body, now) -> (status, JSON body, call uuid).
+Operation = Callable[[sqlite3.Connection, Account, bytes, datetime], tuple[int, Any, str | None]]
 
 
 @dataclass
@@ -104,6 +119,10 @@ def _in_scope(conn: sqlite3.Connection, account: Account, call_uuid: str) -> Sto
     return call
 
 
+def _text(value: uuid.UUID | None) -> str | None:
+    return None if value is None else str(value)
+
+
 def create(
     conn: sqlite3.Connection,
     account: Account,
@@ -112,29 +131,47 @@ def create(
     now: datetime,
 ) -> dict[str, Any]:
     """``POST /api/v1/calls``: create a call managed in TapRaise or externally."""
+    problems = _management_problems(body)
+    if problems:
+        raise ApiError.invalid(problems)
+    _check_result_code(body.result, settings, "result.resultCode")
+    organization_uuid = _creator_scope(conn, account, body)
+    call_uuid = str(body.uuid or uuid.uuid4())
+    if store.get_call(conn, call_uuid) is not None:
+        raise ApiError(409, "Call already exists")
+    doc = _new_call_doc(body, call_uuid, now)
     external = body.external_metadata is not None
+    requested_by = _text(body.requested_by_user_uuid)
+    store.insert_call(conn, doc, organization_uuid, external, requested_by)
+    store.count_effect(conn, call_uuid, "create")
+    return doc
+
+
+def _management_problems(body: CreateCallIn) -> list[tuple[str, str]]:
+    """What the body sends that its management mode (in TapRaise or external) does not allow."""
     problems: list[tuple[str, str]] = []
-    if external:
+    if body.external_metadata is not None:
         if body.type is not None:
             problems.append(("type", "Not allowed for calls managed externally"))
         if body.status == "completed" and body.result is None:
             problems.append(("result", "Required when status is completed"))
-    else:
-        if body.type is None:
-            problems.append(("type", "Required for calls managed in TapRaise"))
-        for field, value in (
-            ("status", body.status),
-            ("result", body.result),
-            ("attempts", body.attempts),
-            ("completedAt", body.completed_at),
-            ("cancelledAt", body.cancelled_at),
-        ):
-            if value is not None:
-                problems.append((field, "Not allowed for calls managed in TapRaise"))
-    if problems:
-        raise ApiError.invalid(problems)
-    _check_result_code(body.result, settings, "result.resultCode")
+        return problems
+    if body.type is None:
+        problems.append(("type", "Required for calls managed in TapRaise"))
+    for field, value in (
+        ("status", body.status),
+        ("result", body.result),
+        ("attempts", body.attempts),
+        ("completedAt", body.completed_at),
+        ("cancelledAt", body.cancelled_at),
+    ):
+        if value is not None:
+            problems.append((field, "Not allowed for calls managed in TapRaise"))
+    return problems
 
+
+def _creator_scope(conn: sqlite3.Connection, account: Account, body: CreateCallIn) -> str:
+    """The organization of the call's person, once the account may create calls for both."""
     person = store.get_person(conn, str(body.person_uuid))
     if person is None:
         raise ApiError.invalid([("personUuid", "Person does not exist")])
@@ -144,16 +181,15 @@ def create(
     calling = body.calling_organization_uuid
     if calling is not None and str(calling) not in account.organization_uuids:
         raise ApiError(403, "Service account does not represent the calling organization")
+    return organization_uuid
 
-    call_uuid = str(body.uuid or uuid.uuid4())
-    if store.get_call(conn, call_uuid) is not None:
-        raise ApiError(409, "Call already exists")
 
+def _new_call_doc(body: CreateCallIn, call_uuid: str, now: datetime) -> dict[str, Any]:
+    """The document of a new call, with TapRaise's defaults filled in."""
     status = body.status or "requested"
-    meta = body.external_metadata
     attempts = [
         {
-            "userUuid": None if a.user_uuid is None else str(a.user_uuid),
+            "userUuid": _text(a.user_uuid),
             "attemptAt": iso(a.attempt_at or a.created_at or now),
             "createdAt": iso(a.created_at or now),
         }
@@ -166,21 +202,12 @@ def create(
     if completed_at is None and status == "completed" and result is not None:
         completed_at = parse_iso(result["completedAt"])
     cancelled_at = body.cancelled_at or (now if status == "cancelled" else None)
-    doc: dict[str, Any] = {
+    return {
         "uuid": call_uuid,
         "status": status,
         "type": body.type or "verification",
         "requestedAt": iso(body.requested_at),
-        "externalMetadata": None
-        if meta is None
-        else {
-            "applicationName": meta.application_name,
-            "referenceId": meta.reference_id,
-            "agentReferenceId": meta.agent_reference_id,
-            "statusCode": meta.status_code,
-            "statusDescription": meta.status_description,
-            "additionalProperties": meta.additional_properties,
-        },
+        "externalMetadata": _external_metadata_doc(body.external_metadata),
         "attempts": attempts,
         "attemptsCount": len(attempts),
         "result": result,
@@ -190,15 +217,22 @@ def create(
         "expiredAt": iso(now if status == "expired" else None),
         "notes": body.notes,
         "personUuid": str(body.person_uuid),
-        "relatedCaseUuid": None if body.related_case_uuid is None else str(body.related_case_uuid),
-        "callingOrganizationUuid": None if calling is None else str(calling),
+        "relatedCaseUuid": _text(body.related_case_uuid),
+        "callingOrganizationUuid": _text(body.calling_organization_uuid),
     }
-    requested_by = body.requested_by_user_uuid
-    store.insert_call(
-        conn, doc, organization_uuid, external, None if requested_by is None else str(requested_by)
-    )
-    store.count_effect(conn, call_uuid, "create")
-    return doc
+
+
+def _external_metadata_doc(meta: ExternalMetadataIn | None) -> dict[str, Any] | None:
+    if meta is None:
+        return None
+    return {
+        "applicationName": meta.application_name,
+        "referenceId": meta.reference_id,
+        "agentReferenceId": meta.agent_reference_id,
+        "statusCode": meta.status_code,
+        "statusDescription": meta.status_description,
+        "additionalProperties": meta.additional_properties,
+    }
 
 
 def _check_time(
@@ -268,7 +302,7 @@ def act(
                     f"Call already has {doc['attemptsCount']} attempts, the maximum of {maximum}",
                 )
         attempt_at = _check_time(call, "attemptAt", body.attempt_at, settings, now)
-        user = None if body.user_uuid is None else str(body.user_uuid)
+        user = _text(body.user_uuid)
         doc["attempts"].append(
             {"userUuid": user, "attemptAt": iso(attempt_at), "createdAt": iso(now)}
         )
@@ -281,7 +315,7 @@ def act(
         )
         doc.update(status="completed", result=_result_doc(body.result, completed_at))
         doc["completedAt"] = iso(completed_at)
-        completed_by = None if body.user_uuid is None else str(body.user_uuid)
+        completed_by = _text(body.user_uuid)
     elif isinstance(body, CancelIn):
         _transition(call, "cancelled")
         cancelled_at = _check_time(call, "cancelledAt", body.cancelled_at, settings, now)
@@ -356,7 +390,7 @@ def call_filter(account: Account, query: dict[str, str]) -> CallFilter:
         try:
             # At TapRaise's precision: "after 12:00:00.0005" is "after 12:00:00.000", since
             # stored times are whole milliseconds.
-            times[name] = iso(utc_ms(moment))
+            times[name] = iso(moment)
         except ValueError as exc:
             problems.append((name, str(exc)))
     app, ref = query.get("externalApplicationName"), query.get("externalReferenceId")
@@ -376,3 +410,115 @@ def call_filter(account: Account, query: dict[str, str]) -> CallFilter:
         reference_id=None if ref == "null" else ref,
         match_external=app is not None,
     )
+
+
+# --- the operations the app serves ------------------------------------------------------------
+
+
+def create_operation(settings: Settings) -> Operation:
+    """``POST /api/v1/calls``."""
+
+    def run(
+        conn: sqlite3.Connection, account: Account, raw: bytes, now: datetime
+    ) -> tuple[int, Any, str | None]:
+        body = parse_body(CreateCallIn, raw)
+        doc = create(conn, account, body, settings, now)
+        return 201, doc, doc["uuid"]
+
+    return run
+
+
+def action_operation(settings: Settings, action: str, call_uuid: str) -> Operation:
+    """``PUT /api/v1/calls/{uuid}/actions/{action}``, for an action in ``ACTION_BODIES``."""
+
+    def run(
+        conn: sqlite3.Connection, account: Account, raw: bytes, now: datetime
+    ) -> tuple[int, Any, str | None]:
+        body = parse_body(ACTION_BODIES[action], raw, empty_ok=True)
+        checked = _uuid4_or_none(call_uuid)
+        if checked is None:
+            raise ApiError.invalid([("uuid", "Must be a version-4 UUID")])
+        doc = act(conn, account, action, checked, body, settings, now)
+        return 200, doc, checked
+
+    return run
+
+
+def _uuid4_or_none(text: str) -> str | None:
+    try:
+        value = uuid.UUID(text)
+    except ValueError:
+        return None
+    return str(value) if value.version == 4 else None
+
+
+def list_operation(query: dict[str, str]) -> Operation:
+    """``GET /api/v1/calls`` with its query parameters."""
+
+    def run(
+        conn: sqlite3.Connection, account: Account, raw: bytes, now: datetime
+    ) -> tuple[int, Any, str | None]:
+        problems: list[tuple[str, str]] = []
+        first, last = _page_size(query, "first", problems), _page_size(query, "last", problems)
+        if "first" in query and "last" in query:
+            problems.append(("last", "first and last cannot be combined"))
+        if "after" in query and "before" in query:
+            problems.append(("before", "after and before cannot be combined"))
+        keys = {name: _cursor_key(query, name, problems) for name in ("after", "before")}
+        if problems:
+            raise ApiError.invalid(problems)
+        flt = call_filter(account, query)
+        # "before" alone pages backward, like "last": the page just before the cursor.
+        backward = last is not None or (first is None and keys["before"] is not None)
+        items, has_previous, has_next = store.page_calls(
+            conn,
+            flt,
+            count=last or first or DEFAULT_PAGE_SIZE,
+            backward=backward,
+            after=keys["after"],
+            before=keys["before"],
+        )
+        edges = [{"node": doc, "cursor": cursor} for cursor, doc in items]
+        page_info = {
+            "startCursor": edges[0]["cursor"] if edges else None,
+            "endCursor": edges[-1]["cursor"] if edges else None,
+            "hasPreviousPage": has_previous,
+            "hasNextPage": has_next,
+        }
+        return 200, {"edges": edges, "pageInfo": page_info}, None
+
+    return run
+
+
+def _page_size(query: dict[str, str], name: str, problems: list[tuple[str, str]]) -> int | None:
+    raw = query.get(name)
+    if raw is None:
+        return None
+    # ASCII digits only: str.isdigit also accepts other scripts' digits and superscripts.
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+        problems.append((name, f"Must be an integer from 1 to {MAX_PAGE_SIZE}"))
+        return None
+    return int(raw)
+
+
+def _cursor_key(
+    query: dict[str, str], name: str, problems: list[tuple[str, str]]
+) -> tuple[str, int] | None:
+    cursor = query.get(name)
+    key = None if cursor is None else store.decode_cursor(cursor)
+    if cursor is not None and key is None:
+        problems.append((name, "Invalid cursor"))
+    return key
+
+
+def mark_processed_operation(
+    conn: sqlite3.Connection, account: Account, raw: bytes, now: datetime
+) -> tuple[int, Any, str | None]:
+    """``POST /api/v1/entity-access/actions/mark-processed``."""
+    body = parse_body(MarkProcessedIn, raw)
+    failed = mark_processed(conn, account, body, now)
+    if failed:
+        # Returned, not raised: the other entries stay marked and only the failures are listed.
+        message = f"{len(failed)} of {len(body.entries)} entries were not marked"
+        return 400, ApiError(400, message, failed).body(), None
+    return 204, None, None
