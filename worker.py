@@ -31,11 +31,12 @@ from tapraise import (
     PermissionDeniedError,
     TapRaiseClient,
     TapRaiseSettings,
+    describe_validation_error,
 )
 from workflows.call import CallWorkflow
 from workflows.connect import connect, load_env_file, missing_search_attributes
 from workflows.messages import TASK_QUEUE
-from workflows.policy import PolicyBook, describe_error
+from workflows.policy import PolicyBook
 
 log = logging.getLogger("tapraise_calls.worker")
 
@@ -96,7 +97,7 @@ def _innermost(exc: BaseException | None) -> str:
     if exc is None:
         return ""
     if isinstance(exc, ValidationError):  # each field and what is wrong with it
-        return describe_error(exc, whole="input")
+        return describe_validation_error(exc, whole="input")
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
@@ -167,7 +168,9 @@ def load_settings() -> WorkerSettings:
     try:
         return WorkerSettings()
     except ValidationError as exc:
-        raise ValueError(f"invalid settings: {describe_error(exc, whole='settings')}") from None
+        raise ValueError(
+            f"invalid settings: {describe_validation_error(exc, whole='settings')}"
+        ) from None
 
 
 async def check_tapraise(tapraise: TapRaiseClient) -> None:

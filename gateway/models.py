@@ -8,27 +8,20 @@ import uuid
 from typing import Any, Literal, Self
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     SerializerFunctionWrapHandler,
     model_serializer,
 )
-from pydantic.alias_generators import to_camel
 
 from starter.batch import INVALID, BatchResults, RowResult
 from starter.service import CallSummary, SignalSent, StartResult, StartStatus
+from tapraise import CamelModel
 from workflows.messages import ActionAccepted, CallPhase, workflow_id_for
 
 
-class _Answer(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
-    )
+class _Answer(CamelModel):
+    """A gateway answer: camelCase JSON."""
 
 
 class Health(_Answer):

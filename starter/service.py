@@ -18,7 +18,6 @@ from enum import StrEnum
 from typing import Any, Final, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
-from pydantic.alias_generators import to_camel
 from temporalio.client import (
     Client,
     WorkflowExecution,
@@ -38,7 +37,8 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from tapraise.models import CallStatus, CallType
+from tapraise import CamelModel, validation_problems
+from tapraise.models import CallStatus, CallType, to_millis
 from workflows.errors import ACTION_REJECTED
 from workflows.messages import (
     MESSAGE_MODELS,
@@ -126,29 +126,6 @@ class TemporalUnavailable(CallsError):
 # ── input validation ─────────────────────────────────────────────────────────────────────────
 
 
-def describe_validation_error(exc: ValidationError) -> list[str]:
-    """One line per pydantic error, led by the camelCase field path.
-
-    Args:
-        exc: The error raised by validating wire (camelCase) data.
-
-    Returns:
-        Lines such as ``"result.donorRetentionRating: Input should be less than or equal to 10"``.
-    """
-    lines = []
-    for error in exc.errors():
-        path = ".".join(str(part) for part in error["loc"]) or "input"
-        message = error["msg"]
-        if error["type"] == "extra_forbidden":
-            message = "unknown field"
-        elif error["type"] == "missing":
-            message = "required"
-        elif error["type"] == "value_error":
-            message = message.removeprefix("Value error, ")
-        lines.append(f"{path}: {message}")
-    return lines
-
-
 def parse_call(data: Mapping[str, Any]) -> CallInput:
     """Validate a call as the CRM sends it (camelCase JSON object).
 
@@ -164,7 +141,7 @@ def parse_call(data: Mapping[str, Any]) -> CallInput:
     try:
         call = CallInput.model_validate(dict(data))
     except ValidationError as exc:
-        raise InvalidInput(describe_validation_error(exc)) from None
+        raise InvalidInput(validation_problems(exc)) from None
     check_call(call)
     return call
 
@@ -196,7 +173,7 @@ def parse_action(name: str, data: Mapping[str, Any]) -> Action:
     try:
         return model.model_validate(dict(data))
     except ValidationError as exc:
-        raise InvalidInput(describe_validation_error(exc)) from None
+        raise InvalidInput(validation_problems(exc)) from None
 
 
 def parse_call_uuid(value: str) -> uuid.UUID:
@@ -261,13 +238,6 @@ def parse_request_id(value: str | None, source: str = REQUEST_ID_OPTION) -> str 
     return value.strip()
 
 
-def utc_millis(moment: datetime) -> datetime:
-    """`moment` in UTC, truncated to milliseconds: TapRaise keeps no more, so a stamped time is
-    the one TapRaise gives back and compares equal after the round trip."""
-    moment = moment.astimezone(UTC)
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
-
-
 def stamp_call(call: CallInput, now: datetime) -> CallInput:
     """The call with its `requestedAt` fixed to `now` (UTC, ms) when the CRM sent none.
 
@@ -276,7 +246,7 @@ def stamp_call(call: CallInput, now: datetime) -> CallInput:
     """
     if call.requested_at is not None:
         return call
-    return call.model_copy(update={"requested_at": utc_millis(now)})
+    return call.model_copy(update={"requested_at": to_millis(now)})
 
 
 def stamp_action(message: Action, now: datetime) -> Action:
@@ -287,7 +257,7 @@ def stamp_action(message: Action, now: datetime) -> Action:
     Other actions are returned as they are (the workflow stamps their times).
     """
     if isinstance(message, AttemptSignal) and message.attempt_at is None:
-        return message.model_copy(update={"attempt_at": utc_millis(now)})
+        return message.model_copy(update={"attempt_at": to_millis(now)})
     return message
 
 
@@ -347,16 +317,14 @@ class SignalSent:
         }
 
 
-class CallSummary(BaseModel):
+class CallSummary(CamelModel):
     """One call as visibility lists it (search attributes, no query to the worker).
 
     camelCase in JSON (times in UTC, ISO 8601 with `Z`), as the CLI's `--json` and the gateway
     print it.
     """
 
-    model_config = ConfigDict(
-        alias_generator=to_camel, validate_by_name=True, serialize_by_alias=True, frozen=True
-    )
+    model_config = ConfigDict(frozen=True)
 
     workflow_id: str
     execution_status: str

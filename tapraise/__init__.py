@@ -17,6 +17,7 @@ from tapraise.errors import (
     RateLimitError,
     TapRaiseError,
     describe_validation_error,
+    validation_problems,
 )
 from tapraise.models import (
     AddAttemptRequest,
@@ -89,4 +90,5 @@ __all__ = [
     "format_timestamp",
     "make_client",
     "to_millis",
+    "validation_problems",
 ]

@@ -153,16 +153,29 @@ def make_status_error(response: httpx.Response) -> APIStatusError:
     return _STATUS_ERRORS.get(response.status_code, APIStatusError)(response=response)
 
 
-def describe_problem(problem: ErrorDetails, whole: str = "value") -> str:
+# Pydantic's wording where a person reads the message at a prompt or in a results file.
+_PLAIN_WORDING = {"extra_forbidden": "unknown field", "missing": "required"}
+
+
+def describe_problem(problem: ErrorDetails, whole: str = "value", *, plain: bool = False) -> str:
     """One pydantic problem as ``field.path: message``; ``whole`` names the value itself when
-    the problem is not about one field."""
-    return f"{'.'.join(str(part) for part in problem['loc']) or whole}: {problem['msg']}"
+    the problem is not about one field. ``plain`` words it for people: "unknown field",
+    "required", and a validator's own message without pydantic's "Value error, "."""
+    message = problem["msg"]
+    if plain:
+        message = _PLAIN_WORDING.get(problem["type"], message.removeprefix("Value error, "))
+    return f"{'.'.join(str(part) for part in problem['loc']) or whole}: {message}"
 
 
 def describe_validation_error(error: ValidationError, whole: str = "value") -> str:
     """A pydantic error as one line naming each field (camelCase, as sent); ``whole`` names the
     value itself when the error is not about one field."""
     return "; ".join(describe_problem(problem, whole) for problem in error.errors())
+
+
+def validation_problems(error: ValidationError, whole: str = "input") -> list[str]:
+    """A pydantic error as plainly worded lines, one a field (see ``describe_problem``)."""
+    return [describe_problem(problem, whole, plain=True) for problem in error.errors()]
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:

@@ -24,7 +24,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from workflows import errors
 from activities.calls import (
     AddAttemptInput,
     CallRef,
@@ -48,6 +47,7 @@ from tapraise import (
     TapRaiseClient,
 )
 from tests.sandbox_fixture import SandboxServer
+from workflows import errors
 
 pytestmark = pytest.mark.timeout(60)
 

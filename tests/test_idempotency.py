@@ -30,7 +30,8 @@ from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from sandbox.seed import DEMO_PERSON_UUIDS
 from starter.cli import app
-from starter.service import CallService, stamp_action, utc_millis
+from starter.service import CallService, stamp_action
+from tapraise import to_millis
 from tapraise.models import CallType
 from tests.sandbox_fixture import SandboxServer, free_port
 from tests.temporal_fixture import CallWorker
@@ -167,7 +168,7 @@ def assert_stamped(text: str, before: datetime, after: datetime) -> datetime:
     instant = parse_instant(text)
     assert instant.utcoffset() == timedelta(0), text
     assert instant.microsecond % 1000 == 0, text
-    assert utc_millis(before) <= instant <= after, (before, text, after)
+    assert to_millis(before) <= instant <= after, (before, text, after)
     return instant
 
 

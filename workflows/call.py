@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.policy import PolicyActivities, ResolvePolicyInput
     from activities.turn import answer_turn
+    from tapraise.errors import describe_validation_error
     from tapraise.models import (
         Attempt,
         Call,
@@ -44,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         CompleteCallRequest,
         CreateCallRequest,
         ExpireCallRequest,
+        to_millis,
     )
     from workflows import errors, retries, schedule
     from workflows.inbox import Action
@@ -73,7 +75,7 @@ with workflow.unsafe.imports_passed_through():
         call_uuid_from_workflow_id,
         to_json,
     )
-    from workflows.policy import AttemptOutcome, CallPolicy, describe_error
+    from workflows.policy import AttemptOutcome, CallPolicy
 
 _Arg = TypeVar("_Arg")
 _Result = TypeVar("_Result")
@@ -106,11 +108,6 @@ _STATUS_PHASE = {
 }
 
 
-def _ms(t: datetime) -> datetime:
-    """TapRaise keeps milliseconds: truncate so that what we send is what we compare later."""
-    return t.replace(microsecond=t.microsecond // 1000 * 1000)
-
-
 @workflow.defn(name=WORKFLOW_TYPE)
 class CallWorkflow:
     """One call to one donor.
@@ -138,7 +135,7 @@ class CallWorkflow:
             try:
                 input = CallInput.model_validate(input)
             except ValidationError as exc:
-                self._input_error = describe_error(exc, whole="input")
+                self._input_error = describe_validation_error(exc, whole="input")
                 self._said = (
                     _field(input, "type", CallType),
                     _field(input, "personUuid", UUID),
@@ -158,7 +155,7 @@ class CallWorkflow:
         call_uuid = input.uuid or _uuid_from_id()
         self._record = CallRecord(
             call_uuid=call_uuid,
-            requested_at=_ms(input.requested_at or _start_instant()),
+            requested_at=to_millis(input.requested_at or _start_instant()),
             timezone=input.timezone or DEFAULT_TIMEZONE,
         )
         self._phase = CallPhase.CREATING
@@ -379,7 +376,7 @@ class CallWorkflow:
             await self._cancel(action, msg)
 
     async def _record_attempt(self, action: Action, msg: AttemptSignal) -> None:
-        attempt_at = _ms(msg.attempt_at or action.received_at)
+        attempt_at = to_millis(msg.attempt_at or action.received_at)
         for recorded in self._record.attempts:
             if same_attempt(recorded.attempt_at, recorded.user_uuid, attempt_at, msg.user_uuid):
                 action.detail = "duplicate: this attempt is already recorded"
@@ -464,7 +461,7 @@ class CallWorkflow:
     async def _complete(self, action: Action, msg: CompleteSignal) -> None:
         result = msg.result
         if result.completed_at is None:
-            result = result.model_copy(update={"completed_at": _ms(action.received_at)})
+            result = result.model_copy(update={"completed_at": to_millis(action.received_at)})
         request = CompleteCallRequest(user_uuid=msg.user_uuid, result=result)
         call = await self._finish_in_tapraise(
             action,
@@ -483,7 +480,7 @@ class CallWorkflow:
             action.detail = f"call {self._phase.value}"
 
     async def _cancel(self, action: Action, msg: CancelSignal) -> None:
-        request = CancelCallRequest(cancelled_at=_ms(msg.cancelled_at or action.received_at))
+        request = CancelCallRequest(cancelled_at=to_millis(msg.cancelled_at or action.received_at))
         call = await self._finish_in_tapraise(
             action,
             "cancel",
@@ -501,7 +498,7 @@ class CallWorkflow:
 
     async def _expire(self, decision: schedule.Expire) -> None:
         self._closing = "expired"  # a completion or cancellation arriving now is refused
-        request = ExpireCallRequest(expired_at=_ms(workflow.now()))
+        request = ExpireCallRequest(expired_at=to_millis(workflow.now()))
         try:
             await self._finish(
                 "expire",
@@ -683,7 +680,7 @@ class CallWorkflow:
             if problem:
                 return problem
             counted = self._attempts_counted()
-            mine = (_ms(msg.attempt_at or now), msg.user_uuid)
+            mine = (to_millis(msg.attempt_at or now), msg.user_uuid)
             duplicate = any(same_attempt(*mine, *known) for known in counted)
             if self._policy and not duplicate and len(counted) >= self._policy.max_attempts:
                 return f"the maximum of {self._policy.max_attempts} attempts is reached"
@@ -713,7 +710,7 @@ class CallWorkflow:
         for action in self._inbox:
             msg = action.message
             if isinstance(msg, AttemptSignal):
-                key = (_ms(msg.attempt_at or action.received_at), msg.user_uuid)
+                key = (to_millis(msg.attempt_at or action.received_at), msg.user_uuid)
                 if not any(same_attempt(*key, *known) for known in counted):
                     counted.append(key)
         return counted
@@ -722,7 +719,7 @@ class CallWorkflow:
         """A reported time TapRaise would refuse (a missing one is now, when it is received)."""
         if at is not None and at > now + _CLOCK_TOLERANCE:
             return f"{field} is in the future"
-        if _ms(at or now) < self._record.requested_at:
+        if to_millis(at or now) < self._record.requested_at:
             return (
                 f"{field} is before the call was requested "
                 f"({self._record.requested_at.isoformat().replace('+00:00', 'Z')})"

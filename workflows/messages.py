@@ -20,10 +20,9 @@ from pydantic import (
     Field,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
 from temporalio.common import SearchAttributeKey
 
-from tapraise.models import CallResult, CallStatus, CallType, ExternalMetadata
+from tapraise.models import CallResult, CallStatus, CallType, CamelModel, ExternalMetadata
 from workflows.policy import AttemptOutcome, CallPolicy, PolicyOverrides, TimeZoneName
 
 TASK_QUEUE: Final = "tapraise-calls"
@@ -93,16 +92,10 @@ class SearchAttributes:
     )
 
 
-class _Message(BaseModel):
-    """camelCase on the wire, snake_case in Python; unknown fields are refused."""
+class _Message(CamelModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are refused; frozen."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        serialize_by_alias=True,
-        extra="forbid",
-        frozen=True,
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class AttemptRecord(_Message):

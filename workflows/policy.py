@@ -24,7 +24,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
@@ -34,6 +33,9 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+
+from tapraise.errors import describe_validation_error
+from tapraise.models import CamelModel
 
 DEFAULT_POLICY_FILE: Final = Path(__file__).with_name("policies.toml")
 DEFAULT_TIMEZONE: Final = "Europe/Amsterdam"
@@ -91,16 +93,11 @@ Duration = Annotated[timedelta, AfterValidator(_non_negative)]
 PositiveDuration = Annotated[timedelta, AfterValidator(_positive)]
 
 
-class _Wire(BaseModel):
-    """camelCase on the wire, snake_case in Python (and accepted in TOML)."""
+class _Wire(CamelModel):
+    """camelCase on the wire, snake_case in Python (and accepted in TOML); unknown fields
+    are refused; frozen."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        serialize_by_alias=True,
-        extra="forbid",
-        frozen=True,
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 _CLOCK = re.compile(r"^(\d{2}):(\d{2})$")
@@ -368,14 +365,6 @@ def expand_holidays(countries: list[str], first: date, last: date) -> list[date]
     return sorted(found)
 
 
-def describe_error(error: ValidationError, whole: str = "value") -> str:
-    """A pydantic error as one line naming each field (camelCase, as sent); `whole` names the
-    value itself when the error is not about one field."""
-    return "; ".join(
-        f"{'.'.join(str(part) for part in e['loc']) or whole}: {e['msg']}" for e in error.errors()
-    )
-
-
 class PolicyBook(_Wire):
     """The policies file: shared defaults, per call type, per organization (and type).
 
@@ -429,7 +418,7 @@ class PolicyBook(_Wire):
         try:
             return cls.model_validate(data)
         except ValidationError as error:
-            raise ValueError(f"{path}: {describe_error(error)}") from None
+            raise ValueError(f"{path}: {describe_validation_error(error)}") from None
 
     @property
     def call_types(self) -> list[str]:
@@ -488,7 +477,9 @@ class PolicyBook(_Wire):
                 merged = _merge(merged, layer)
             policy = CallPolicy.model_validate(merged)
         except ValidationError as error:
-            raise ValueError(f"policy for a {call_type} call: {describe_error(error)}") from None
+            raise ValueError(
+                f"policy for a {call_type} call: {describe_validation_error(error)}"
+            ) from None
         return with_holidays(policy, requested_at)
 
 
