@@ -44,7 +44,7 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 chaos: $(STAMP)
-	$(PY) -m bench.chaos
+	$(PY) -m tests.chaos
 
 clean:
 	rm -rf .data .pytest_cache .mypy_cache .ruff_cache

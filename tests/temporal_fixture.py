@@ -37,12 +37,12 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import TimeSkipper, TimeSkippingConfig, WorkflowEnvironment
 from temporalio.worker import Worker
 
-from starter.service import initial_search_attributes
-from tapraise import ServiceAccount, TapRaiseClient
+from tapraise import TapRaiseClient
+from tests.helpers import demo_account, start_options
 from tests.sandbox_fixture import SandboxServer
 from worker import build_worker
 from workflows.call import CallWorkflow
-from workflows.messages import CallInput, CallState, SearchAttributes, workflow_id_for
+from workflows.messages import CallInput, CallState, SearchAttributes
 
 BIN = Path(sys.executable).parent
 HISTORIES = Path(__file__).parent / "histories"
@@ -210,11 +210,7 @@ def lenient_sandbox(sandbox: SandboxServer) -> SandboxServer:
 
 @pytest_asyncio.fixture(scope="session")
 async def tapraise_client(lenient_sandbox: SandboxServer) -> AsyncIterator[TapRaiseClient]:
-    account = ServiceAccount(
-        email=lenient_sandbox.account_email,
-        private_key_id=lenient_sandbox.private_key_id,
-        private_key_pem=lenient_sandbox.private_key_pem,
-    )
+    account = demo_account(lenient_sandbox)
     # A short read timeout, so that a "late" answer from the sandbox times out within a test.
     timeout = httpx.Timeout(5.0, read=2.0)
     async with TapRaiseClient(lenient_sandbox.base_url, account, timeout=timeout) as client:
@@ -287,13 +283,7 @@ class CallWorker:
         fields.setdefault("uuid", uuid.uuid4())
         fields.setdefault("requested_at", at)
         call = CallInput(**fields)
-        return await self.start_workflow(
-            CallWorkflow.run,
-            call,
-            id=workflow_id_for(call.uuid or ""),
-            start_at=at,
-            search_attributes=initial_search_attributes(call),
-        )
+        return await self.start_workflow(CallWorkflow.run, call, start_at=at, **start_options(call))
 
     async def start_workflow(
         self, workflow: Any, arg: Any, *, id: str, start_at: datetime | None = None, **options: Any

@@ -19,8 +19,6 @@ from typing import TypeVar
 import httpx
 import pytest
 import pytest_asyncio
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -46,6 +44,7 @@ from tapraise import (
     ServiceAccount,
     TapRaiseClient,
 )
+from tests.helpers import account_of, demo_account, fresh_private_key_pem, now
 from tests.sandbox_fixture import SandboxServer
 from workflows import errors
 
@@ -64,20 +63,6 @@ Out = TypeVar("Out")
 
 
 # --- building blocks ------------------------------------------------------------------------------
-
-
-def now() -> datetime:
-    """The current time at TapRaise's precision (milliseconds)."""
-    moment = datetime.now(UTC)
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
-
-
-def account_of(credentials: dict[str, str]) -> ServiceAccount:
-    return ServiceAccount(
-        email=credentials["accountEmail"],
-        private_key_id=credentials["privateKeyId"],
-        private_key_pem=credentials["privateKey"],
-    )
 
 
 async def run(fn: Callable[[In], Awaitable[Out]], arg: In, *, attempt: int = 1) -> Out:
@@ -566,11 +551,7 @@ async def test_a_lost_answer_on_lookup_is_retried_as_a_timeout(
 @pytest_asyncio.fixture
 async def impostor(sandbox: SandboxServer) -> AsyncIterator[TapRaiseActivities]:
     """Activities whose token is signed with a key TapRaise does not know for its key id."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    account = ServiceAccount(sandbox.account_email, sandbox.private_key_id, pem)
+    account = demo_account(sandbox, fresh_private_key_pem())
     async with TapRaiseClient(sandbox.base_url, account) as wrong:
         yield TapRaiseActivities(wrong)
 

@@ -17,16 +17,14 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 import pytest_asyncio
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import SecretStr
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import (
     Client,
@@ -39,14 +37,12 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from typer.testing import CliRunner
 
-from bench.chaos import chaos_policy
-from gateway.app import create_app
-from gateway.settings import GatewaySettings
 from sandbox.seed import DEMO_PERSON_UUIDS
 from starter.cli import app as cli_app
-from tapraise import ServiceAccount
 from tapraise.auth import TokenSigner
-from tests.sandbox_fixture import SandboxServer, free_port
+from tests.chaos import chaos_policy
+from tests.helpers import demo_account, effects, gateway_client
+from tests.sandbox_fixture import SandboxServer
 from tests.temporal_fixture import CallWorker
 from workflows.call import CallWorkflow
 from workflows.messages import CallInput, CallPhase, CallState, SearchAttributes
@@ -180,89 +176,85 @@ def _future() -> str:
     return (datetime.now(UTC) + timedelta(days=1)).isoformat()
 
 
+_RESULT: Final = {"resultCode": "confirmed"}
+_MESSAGE_FIELDS: Final = frozenset(
+    {"outcome", "userUuid", "attemptAt", "result", "at", "notes", "cancelledAt", "reason"}
+)
+
+
 def bad_actions() -> st.SearchStrategy[tuple[str, str, Any]]:
     """(action, the field named in the refusal or "" for a non-object, payload)."""
-    result = {"resultCode": "confirmed"}
-    cases = [
-        st.tuples(st.just("attempt"), st.just("outcome"), _WORDS.map(lambda w: {"outcome": w})),
-        st.tuples(st.just("attempt"), st.just("outcome"), st.just({})),
-        st.tuples(
-            st.just("attempt"),
-            st.just("attemptAt"),
+    return st.one_of(_bad_fields() + _bad_shapes())
+
+
+def _case(
+    action: str, field: str, payloads: st.SearchStrategy[Any]
+) -> st.SearchStrategy[tuple[str, str, Any]]:
+    return st.tuples(st.just(action), st.just(field), payloads)
+
+
+def _bad_fields() -> list[st.SearchStrategy[tuple[str, str, Any]]]:
+    """Messages with one field wrong."""
+    return [
+        _case("attempt", "outcome", _WORDS.map(lambda w: {"outcome": w})),
+        _case("attempt", "outcome", st.just({})),
+        _case(
+            "attempt",
+            "attemptAt",
             NOT_AN_AWARE_TIME.map(lambda v: {"outcome": "busy", "attemptAt": v}),
         ),
-        st.tuples(
-            st.just("attempt"),
-            st.just("userUuid"),
-            NOT_A_UUID.map(lambda v: {"outcome": "busy", "userUuid": v}),
-        ),
-        st.tuples(st.just("complete"), st.just("result"), st.just({})),
-        st.tuples(
-            st.just("complete"),
-            st.just("result.resultCode"),
+        _case("attempt", "userUuid", NOT_A_UUID.map(lambda v: {"outcome": "busy", "userUuid": v})),
+        _case("complete", "result", st.just({})),
+        _case(
+            "complete",
+            "result.resultCode",
             st.one_of(st.just(""), st.just("c" * 65), st.integers()).map(
                 lambda v: {"result": {"resultCode": v}}
             ),
         ),
-        st.tuples(
-            st.just("complete"),
-            st.just("result.donorRetentionRating"),
+        _case(
+            "complete",
+            "result.donorRetentionRating",
             st.one_of(st.integers(max_value=0), st.integers(min_value=11)).map(
-                lambda v: {"result": {**result, "donorRetentionRating": v}}
+                lambda v: {"result": {**_RESULT, "donorRetentionRating": v}}
             ),
         ),
-        st.tuples(
-            st.just("complete"),
-            st.just("result.duration"),
+        _case(
+            "complete",
+            "result.duration",
             st.floats(max_value=-0.001, allow_nan=False, allow_infinity=False).map(
-                lambda v: {"result": {**result, "duration": v}}
+                lambda v: {"result": {**_RESULT, "duration": v}}
             ),
         ),
-        st.tuples(st.just("reschedule"), st.just("at"), NOT_AN_AWARE_TIME.map(lambda v: {"at": v})),
-        st.tuples(
-            st.just("reschedule"),
-            st.just("notes"),
-            NOT_A_STRING.map(lambda v: {"at": _future(), "notes": v}),
-        ),
-        st.tuples(
-            st.just("cancel"),
-            st.just("cancelledAt"),
-            NOT_AN_AWARE_TIME.map(lambda v: {"cancelledAt": v}),
-        ),
-        st.tuples(st.just("cancel"), st.just("reason"), NOT_A_STRING.map(lambda v: {"reason": v})),
+        _case("reschedule", "at", NOT_AN_AWARE_TIME.map(lambda v: {"at": v})),
+        _case("reschedule", "notes", NOT_A_STRING.map(lambda v: {"at": _future(), "notes": v})),
+        _case("cancel", "cancelledAt", NOT_AN_AWARE_TIME.map(lambda v: {"cancelledAt": v})),
+        _case("cancel", "reason", NOT_A_STRING.map(lambda v: {"reason": v})),
     ]
+
+
+def _bad_shapes() -> list[st.SearchStrategy[tuple[str, str, Any]]]:
+    """Messages with a key no message has, and payloads that are no object at all."""
+    cases: list[st.SearchStrategy[tuple[str, str, Any]]] = []
     for action, base in (
         ("attempt", {"outcome": "busy"}),
-        ("complete", {"result": result}),
+        ("complete", {"result": _RESULT}),
         ("reschedule", {"at": _future()}),
         ("cancel", {}),
     ):
         cases.append(
-            st.tuples(
-                st.just(action),
-                _unknown_key(
-                    {
-                        "outcome",
-                        "userUuid",
-                        "attemptAt",
-                        "result",
-                        "at",
-                        "notes",
-                        "cancelledAt",
-                        "reason",
-                    }
-                ),
-                ANY_JSON,
-            ).map(lambda t, base=base: (t[0], t[1], {**base, t[1]: t[2]}))
+            st.tuples(st.just(action), _unknown_key(set(_MESSAGE_FIELDS)), ANY_JSON).map(
+                lambda t, base=base: (t[0], t[1], {**base, t[1]: t[2]})
+            )
         )
         cases.append(
-            st.tuples(
-                st.just(action),
-                st.just(""),
+            _case(
+                action,
+                "",
                 st.one_of(st.lists(st.integers(), max_size=2), st.integers(), st.text(max_size=5)),
             )
         )
-    return st.one_of(cases)
+    return cases
 
 
 _PRINTABLE_ASCII = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
@@ -402,32 +394,8 @@ def test_cli_strict_batch_with_bad_rows_starts_nothing_and_names_line_and_field(
 
 @pytest_asyncio.fixture
 async def gateway(call_worker: CallWorker) -> AsyncIterator[httpx.AsyncClient]:
-    async def provide() -> Client:
-        return call_worker.client
-
-    settings_ = GatewaySettings(
-        _env_file=None, task_queue=call_worker.task_queue, tokens=[SecretStr(TOKEN)]
-    )
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(provide, settings_), host="127.0.0.1", port=port,
-                       log_level="warning")
-    )  # fmt: skip
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    try:
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}",
-            headers={"Authorization": f"Bearer {TOKEN}"},
-            timeout=30,
-        ) as http:
-            yield http
-    finally:
-        server.should_exit = True
-        await task
+    async with gateway_client(call_worker.client, call_worker.task_queue, TOKEN) as http:
+        yield http
 
 
 @SOME
@@ -579,9 +547,7 @@ async def test_raw_bad_update_is_rejected_naming_the_field_and_bad_signal_is_dro
         e for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
     ]
     assert failed == []
-    assert lenient_sandbox.effects(call_uuid) == {
-        "create": 1, "add-attempt": 0, "complete": 0, "cancel": 0, "expire": 0,
-    }  # fmt: skip
+    assert lenient_sandbox.effects(call_uuid) == effects(create=1)
 
 
 @FEW
@@ -614,7 +580,7 @@ async def test_bare_start_with_bad_json_fails_at_once_naming_the_field(
 
 @pytest.fixture(scope="module")
 def tapraise_api(sandbox: SandboxServer) -> httpx.Client:
-    account = ServiceAccount(sandbox.account_email, sandbox.private_key_id, sandbox.private_key_pem)
+    account = demo_account(sandbox)
     token = TokenSigner(account).token()
     return httpx.Client(
         base_url=f"{sandbox.base_url}/api/v1",

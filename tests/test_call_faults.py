@@ -26,12 +26,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from sandbox.seed import DEMO_PERSON_UUIDS
 from tapraise import AddAttemptRequest, CallResult, CallType, CreateCallRequest, TapRaiseClient
+from tests.helpers import wait_for_phase, worker_env, worker_process, worker_ready
 from tests.sandbox_fixture import SandboxServer
 from tests.temporal_fixture import CallWorker, record_history
-from tests.test_call_workflow import wait_for
-from tests.test_reliability import _ready as ready
-from tests.test_reliability import _worker_process as worker_process
-from tests.test_reliability import worker_env
 from workflows import errors
 from workflows.call import CallWorkflow
 from workflows.messages import (
@@ -69,7 +66,7 @@ async def started(worker: CallWorker, **fields: Any) -> tuple[WorkflowHandle[Any
     fields.setdefault("person_uuid", PERSON)
     fields.setdefault("type", "verification")
     handle = await worker.start(**fields)
-    return handle, await wait_for(worker, handle, *LIVE)
+    return handle, await wait_for_phase(handle, *LIVE)
 
 
 # --- later actions TapRaise would refuse are refused before anything is sent ----------------------
@@ -92,7 +89,7 @@ async def test_a_final_action_dated_before_the_request_is_refused_and_the_call_l
         signal = CallWorkflow.cancel_signal
     assert "before the call was requested" in await rejection(handle, update, message)
     await handle.signal(signal, message)  # a signal is logged and ignored
-    state = await wait_for(call_worker, handle, *LIVE)
+    state = await wait_for_phase(handle, *LIVE)
     assert [e.kind for e in state.events].count("ignored") == 1
     assert lenient_sandbox.effects(str(state.call_uuid))[kind] == 0
     # The call lives on: a well-dated action closes it.
@@ -147,7 +144,7 @@ async def test_a_completion_tapraise_refuses_is_refused_and_the_call_lives_on(
         CompleteSignal(result=CallResult(result_code="declined")),
     )
     assert reason.startswith("TapRaise refused to complete the call:")
-    after = await wait_for(call_worker, handle, *LIVE)
+    after = await wait_for_phase(handle, *LIVE)
     assert after.status is not None and after.status.value == "requested"
     # Refused once for good: not retried, and the call can still be completed.
     assert confirmed_only.effects(str(state.call_uuid))["complete"] == 0
@@ -189,7 +186,7 @@ async def test_a_start_without_requested_at_takes_the_run_start_time(
 ) -> None:
     # A bare start: requested at the real start, so a call pinned far ahead may expire at once.
     handle = await call_worker.start(person_uuid=PERSON, type="verification", requested_at=None)
-    state = await wait_for(call_worker, handle, *LIVE, CallPhase.EXPIRED)
+    state = await wait_for_phase(handle, *LIVE, CallPhase.EXPIRED)
     history = await handle.fetch_history()
     started_at = history.events[0].event_time.ToDatetime().replace(tzinfo=UTC)
     assert state.requested_at == ms(started_at)
@@ -230,7 +227,7 @@ async def test_a_first_task_retried_after_the_create_adopts_the_call_it_created(
     call = CallInput(uuid=uuid.uuid4(), person_uuid=PERSON, type=CallType.VERIFICATION)
     call_uuid = str(call.uuid)
     with worker_process(env, log) as first:
-        await ready(first, log, 1)
+        await worker_ready(first, log, 1)
         # TapRaise applies the create at once but holds its answer back.
         lenient_sandbox.set_faults(
             [{"endpoint": "create", "next": ["late"], "lateDelaySeconds": 20}]
@@ -252,7 +249,7 @@ async def test_a_first_task_retried_after_the_create_adopts_the_call_it_created(
     await asyncio.sleep(3)  # the first task times out; the next try reads a later clock
     try:
         with worker_process(env, log) as second:
-            await ready(second, log, 2)
+            await worker_ready(second, log, 2)
             for _ in range(300):
                 state: CallState = await handle.query(CallWorkflow.state)
                 if state.phase != CallPhase.CREATING:

@@ -34,6 +34,7 @@ from tapraise import (
     CreateCallRequest,
     TapRaiseClient,
 )
+from tests.helpers import effects, wait_for_phase
 from tests.sandbox_fixture import SandboxServer
 from tests.temporal_fixture import (
     DEFAULT_START,
@@ -58,25 +59,6 @@ pytestmark = pytest.mark.timeout(90)
 PERSON = uuid.UUID(DEMO_PERSON_UUIDS[0])
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
 DUTCH_HOLIDAYS = holidays.country_holidays("NL")
-
-
-async def wait_for(
-    worker: CallWorker, handle: WorkflowHandle[Any, Any], *phases: CallPhase
-) -> CallState:
-    """Poll the `state` query until the call is in one of `phases` (real seconds, bounded)."""
-    state: CallState | None = None
-    for _ in range(200):
-        try:
-            state = await worker.state(handle)
-        except RPCError as exc:  # a run that just continued as new has no task yet
-            if "not scheduled yet" not in str(exc):
-                raise
-            await asyncio.sleep(0.05)
-            continue
-        if state.phase in phases:
-            return state
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"call stayed in {state.phase if state else '?'}, wanted {phases}")
 
 
 def in_weekday_window(t: datetime) -> bool:
@@ -118,7 +100,7 @@ def next_opening(t: datetime) -> datetime:
 
 async def settled(worker: CallWorker, handle: WorkflowHandle[Any, Any]) -> CallState:
     """The call once it has its first slot, in the phase its start instant calls for."""
-    return await wait_for(worker, handle, first_phase(worker.start_at))
+    return await wait_for_phase(handle, first_phase(worker.start_at))
 
 
 # Events the test server adds when a test moves a workflow's virtual clock; never in production.
@@ -198,28 +180,28 @@ async def test_typical_call_attempted_on_two_days_then_completed_on_day_three(
     assert first.next_slot_at is not None and in_weekday_window(first.next_slot_at)
 
     await call_worker.advance_to(handle, first.next_slot_at)
-    await wait_for(call_worker, handle, CallPhase.DUE)
+    await wait_for_phase(handle, CallPhase.DUE)
     accepted = await handle.execute_update(
         CallWorkflow.attempt_update, AttemptSignal(outcome=AttemptOutcome.VOICEMAIL)
     )
     assert accepted.detail.startswith("attempt 1 recorded")
 
-    second = await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    second = await wait_for_phase(handle, CallPhase.SCHEDULED)
     assert second.next_slot_at is not None and in_weekday_window(second.next_slot_at)
     assert second.next_slot_at.astimezone(AMSTERDAM).date() > (
         first.next_slot_at.astimezone(AMSTERDAM).date()
     )
     await call_worker.advance_to(handle, second.next_slot_at)
-    await wait_for(call_worker, handle, CallPhase.DUE)
+    await wait_for_phase(handle, CallPhase.DUE)
     await handle.signal(
         CallWorkflow.attempt_signal, AttemptSignal(outcome=AttemptOutcome.NO_ANSWER)
     )
-    third = await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    third = await wait_for_phase(handle, CallPhase.SCHEDULED)
     assert len(third.attempts) == 2
 
     assert third.next_slot_at is not None
     await call_worker.advance_to(handle, third.next_slot_at)
-    await wait_for(call_worker, handle, CallPhase.DUE)
+    await wait_for_phase(handle, CallPhase.DUE)
     await handle.signal(
         CallWorkflow.complete_signal,
         CompleteSignal(result=CallResult(result_code="confirmed", donor_retention_rating=8)),
@@ -263,10 +245,10 @@ async def test_call_expires_when_attempts_run_out(
     state = await settled(call_worker, handle)
     for attempt in range(2):
         if attempt:  # a busy line is tried again half an hour later: never at once
-            state = await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+            state = await wait_for_phase(handle, CallPhase.SCHEDULED)
         assert state.next_slot_at is not None
         await call_worker.advance_to(handle, state.next_slot_at)
-        await wait_for(call_worker, handle, CallPhase.DUE)
+        await wait_for_phase(handle, CallPhase.DUE)
         await handle.execute_update(
             CallWorkflow.attempt_update, AttemptSignal(outcome=AttemptOutcome.BUSY)
         )
@@ -310,10 +292,10 @@ async def test_reschedule_moves_the_next_slot_to_the_donors_requested_time(
         CallWorkflow.reschedule_update, RescheduleSignal(at=wanted, notes="after dinner")
     )
     assert "callback at" in accepted.detail
-    state = await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    state = await wait_for_phase(handle, CallPhase.SCHEDULED)
     assert state.next_slot_at == wanted.astimezone(UTC)
     await call_worker.advance_to(handle, wanted)
-    due = await wait_for(call_worker, handle, CallPhase.DUE)
+    due = await wait_for_phase(handle, CallPhase.DUE)
     assert due.next_slot_at == wanted.astimezone(UTC)
 
     with pytest.raises(WorkflowUpdateFailedError) as refused:
@@ -338,13 +320,7 @@ async def test_duplicate_trigger_adopts_a_call_already_completed_in_tapraise(
     final = await handle.result()
     assert final.phase == CallPhase.COMPLETED and final.status == CallStatus.COMPLETED
     assert final.result is not None and final.result.result_code == "confirmed"
-    assert lenient_sandbox.effects(str(call_uuid)) == {
-        "create": 1,
-        "add-attempt": 0,
-        "complete": 1,
-        "cancel": 0,
-        "expire": 0,
-    }
+    assert lenient_sandbox.effects(str(call_uuid)) == effects(create=1, complete=1)
     await record_history(handle, "adopted_completed")
 
 
@@ -403,13 +379,7 @@ async def test_duplicate_late_and_malformed_messages_change_nothing(
     ]
     assert dropped.levelno == logging.WARNING and dropped.exc_info is None
     assert "result.resultCode" in dropped.getMessage(), dropped.getMessage()
-    assert lenient_sandbox.effects(call_uuid) == {
-        "create": 1,
-        "add-attempt": 1,
-        "complete": 1,
-        "cancel": 0,
-        "expire": 0,
-    }
+    assert lenient_sandbox.effects(call_uuid) == effects(create=1, add_attempt=1, complete=1)
 
 
 async def test_bare_start_with_camel_case_json_runs_with_the_default_policy(
@@ -426,7 +396,7 @@ async def test_bare_start_with_camel_case_json_runs_with_the_default_policy(
         id=f"call-{call_uuid}",
         start_at=at,
     )
-    state = await wait_for(call_worker, handle, first_phase(at))
+    state = await wait_for_phase(handle, first_phase(at))
     assert state.max_attempts == 5 and state.timezone == "Europe/Amsterdam"
     await handle.signal("complete", {"result": {"resultCode": "confirmed"}})
     result = await handle.result()
@@ -491,13 +461,7 @@ async def test_completion_sent_while_the_create_is_still_retried_is_carried_out_
     assert final.phase == CallPhase.COMPLETED
     creates = lenient_sandbox.requests(call_uuid=str(final.call_uuid), endpoint="create")
     assert [r["status"] for r in creates] == [503, 500, 429, 201]
-    assert lenient_sandbox.effects(str(final.call_uuid)) == {
-        "create": 1,
-        "add-attempt": 0,
-        "complete": 1,
-        "cancel": 0,
-        "expire": 0,
-    }
+    assert lenient_sandbox.effects(str(final.call_uuid)) == effects(create=1, complete=1)
 
 
 async def test_late_answer_to_an_attempt_never_records_it_twice(
@@ -568,17 +532,17 @@ async def test_slots_stay_inside_local_windows_across_a_dst_change(
             "holidayCountries": [],  # DST changes fall on Easter weekends some years
         },
     )
-    first = await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    first = await wait_for_phase(handle, CallPhase.SCHEDULED)
     assert first.next_slot_at is not None
     first_local = first.next_slot_at.astimezone(AMSTERDAM)
     assert (first_local.hour, first_local.minute) == (20, 30)
     await call_worker.advance_to(handle, first.next_slot_at)
-    await wait_for(call_worker, handle, CallPhase.DUE)
+    await wait_for_phase(handle, CallPhase.DUE)
     at = await call_worker.now(handle)
     await handle.execute_update(
         CallWorkflow.attempt_update, AttemptSignal(outcome=AttemptOutcome.NO_ANSWER, attempt_at=at)
     )
-    second = await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    second = await wait_for_phase(handle, CallPhase.SCHEDULED)
     assert second.next_slot_at is not None
     local = second.next_slot_at.astimezone(AMSTERDAM)
     # 10 hours after 20:30 is before 09:00 on the day of the change (either way the clocks
@@ -606,7 +570,7 @@ async def test_a_history_past_its_bound_continues_as_new_without_losing_or_repea
             "retryDelays": {"busy": 60},
         },
     )
-    state = await wait_for(call_worker, handle, CallPhase.SCHEDULED, CallPhase.DUE)
+    state = await wait_for_phase(handle, CallPhase.SCHEDULED, CallPhase.DUE)
     call_uuid = str(state.call_uuid)
     await handle.execute_update(
         CallWorkflow.attempt_update, AttemptSignal(outcome=AttemptOutcome.BUSY)
@@ -615,7 +579,7 @@ async def test_a_history_past_its_bound_continues_as_new_without_losing_or_repea
     # skip a new run's first moment (a one-second backoff) to the end of the fast-forward.
     for _ in range(10):
         await call_worker.advance(handle, timedelta(minutes=2))
-        state = await wait_for(call_worker, handle, CallPhase.SCHEDULED, CallPhase.DUE)
+        state = await wait_for_phase(handle, CallPhase.SCHEDULED, CallPhase.DUE)
         if state.missed_slots >= 5:
             break
     assert state.missed_slots >= 5 and len(state.attempts) == 1
@@ -629,13 +593,7 @@ async def test_a_history_past_its_bound_continues_as_new_without_losing_or_repea
     first_run = [e.event_type for e in (await first.fetch_history()).events]
     assert EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW in first_run
     await record_history(first, "continued_as_new")
-    assert lenient_sandbox.effects(call_uuid) == {
-        "create": 1,
-        "add-attempt": 1,
-        "complete": 1,
-        "cancel": 0,
-        "expire": 0,
-    }
+    assert lenient_sandbox.effects(call_uuid) == effects(create=1, add_attempt=1, complete=1)
 
 
 async def _temporal(*args: str) -> str:
@@ -667,7 +625,7 @@ async def test_the_plain_temporal_cli_drives_a_call_end_to_end(
     )  # fmt: skip
     handle = call_worker.client.get_workflow_handle(f"call-{call_uuid}")
     await call_worker.skip_start_delay(handle, at)
-    await wait_for(call_worker, handle, first_phase(at))
+    await wait_for_phase(handle, first_phase(at))
     await _temporal(
         "workflow", "signal", "--address", address, "--workflow-id", f"call-{call_uuid}",
         "--name", "complete", "--input", '{"result": {"resultCode": "confirmed"}}',
@@ -708,7 +666,7 @@ async def test_without_the_due_phase_each_slot_is_one_timer_and_the_call_stays_s
     handle = await call_worker.start(
         person_uuid=PERSON, type="verification", policy={"duePhase": False}
     )
-    first = await wait_for(call_worker, handle, CallPhase.SCHEDULED)
+    first = await wait_for_phase(handle, CallPhase.SCHEDULED)
     assert first.next_slot_at is not None and first.due_until is not None
 
     # The first slot's window passes with no report: missed, and the next slot is scheduled.

@@ -19,21 +19,18 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-import uvicorn
-from pydantic import SecretStr
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import WorkflowHandle
 from typer.testing import CliRunner, Result
 
-from gateway.app import create_app
-from gateway.settings import GatewaySettings
 from sandbox.seed import DEMO_PERSON_UUIDS
 from starter.cli import app
 from starter.service import CallService, stamp_action
 from tapraise import to_millis
 from tapraise.models import CallType
-from tests.sandbox_fixture import SandboxServer, free_port
+from tests.helpers import gateway_client
+from tests.sandbox_fixture import SandboxServer
 from tests.temporal_fixture import CallWorker
 from workflows.messages import ATTEMPT, AttemptSignal, CallInput, CallPhase
 from workflows.policy import AttemptOutcome
@@ -61,30 +58,8 @@ async def cli(worker: CallWorker, *args: str) -> Result:
 
 @pytest_asyncio.fixture
 async def gateway(call_worker: CallWorker) -> AsyncIterator[httpx.AsyncClient]:
-    async def provide() -> Client:
-        return call_worker.client
-
-    settings = GatewaySettings(
-        _env_file=None, task_queue=call_worker.task_queue, tokens=[SecretStr(TOKEN)]
-    )
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(provide, settings), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    for _ in range(200):
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    try:
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}", headers=AUTH, timeout=30
-        ) as http:
-            yield http
-    finally:
-        server.should_exit = True
-        await task
+    async with gateway_client(call_worker.client, call_worker.task_queue, TOKEN) as http:
+        yield http
 
 
 def handle_of(worker: CallWorker, call_uuid: str) -> WorkflowHandle[Any, Any]:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
+from tests.helpers import first_slot
 from workflows.policy import (
     AttemptOutcome,
     CallPolicy,
@@ -18,7 +19,7 @@ from workflows.policy import (
     Weekday,
     demo_policy,
 )
-from workflows.schedule import Slot, align_to_window, next_slot
+from workflows.schedule import Slot, align_to_window
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -353,15 +354,7 @@ def test_demo_policy_is_valid_and_fast() -> None:
     # Always open: any moment, e.g. Sunday 03:00 on Christmas Day, is inside a window.
     christmas_night = datetime(2026, 12, 25, 2, tzinfo=UTC)
     assert align_to_window(demo, "Europe/Amsterdam", christmas_night) == christmas_night
-    first = next_slot(
-        demo,
-        tz="Europe/Amsterdam",
-        requested_at=christmas_night,
-        now=christmas_night,
-        attempts_made=0,
-        last_outcome=None,
-        last_attempt_at=None,
-    )
+    first = first_slot(demo, "Europe/Amsterdam", christmas_night)
     assert isinstance(first, Slot)
     assert first.at - christmas_night <= timedelta(seconds=5)
     assert first.due_until - first.at == demo.attempt_window

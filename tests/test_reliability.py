@@ -1,7 +1,7 @@
 """Reliability: calls driven through TapRaise faults, worker kills, a server restart and duplicate
 or refused messages, with every effect accounted for.
 
-The first test runs the fault harness (`bench.chaos`) in-process on a hundred calls with every
+The first test runs the fault harness (`tests.chaos`) in-process on a hundred calls with every
 fault kind at once (bare starts, a kill right after a burst of creates, late-applied PUTs, a
 credential outage, refused final actions, updates sent twice under one request id among them);
 the harness starts its own dev server, sandbox and worker processes and checks each call against
@@ -14,26 +14,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
-from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from bench.chaos import ChaosConfig, chaos_policy, run_chaos
 from sandbox.seed import DEMO_PERSON_UUIDS
 from tapraise.models import CallResult
-from tests.sandbox_fixture import REPO_ROOT, SandboxServer
+from tests.chaos import ChaosConfig, chaos_policy, run_chaos
+from tests.helpers import effects, wait_for_phase, worker_env, worker_process, worker_ready
+from tests.sandbox_fixture import SandboxServer
 from tests.temporal_fixture import CallWorker
 from workflows.call import CallWorkflow
 from workflows.messages import (
@@ -50,24 +46,7 @@ from workflows.policy import AttemptOutcome
 pytestmark = pytest.mark.timeout(240)
 
 PERSON = uuid.UUID(DEMO_PERSON_UUIDS[5])
-
-
-def worker_env(
-    temporal_env: WorkflowEnvironment, sandbox: SandboxServer, tmp_path: Path
-) -> dict[str, str]:
-    """The environment of a `python -m worker` process pointed at the test server and sandbox."""
-    key_file = tmp_path / "key.pem"
-    key_file.write_text(sandbox.private_key_pem)
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "TAPRAISE_"))},
-        "PYTHONPATH": str(REPO_ROOT),
-        "TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
-        "TEMPORAL_NAMESPACE": temporal_env.client.namespace,
-        "TAPRAISE_BASE_URL": sandbox.base_url,
-        "TAPRAISE_ACCOUNT_EMAIL": sandbox.account_email,
-        "TAPRAISE_PRIVATE_KEY_ID": sandbox.private_key_id,
-        "TAPRAISE_PRIVATE_KEY_FILE": str(key_file),
-    }
+LIVE = (CallPhase.SCHEDULED, CallPhase.DUE)
 
 
 async def test_hundred_calls_through_every_fault_at_once_lose_and_duplicate_nothing(
@@ -121,27 +100,13 @@ async def test_hundred_calls_through_every_fault_at_once_lose_and_duplicate_noth
     assert took < 120, f"the chaos run took {took:.0f} s"
 
 
-async def _wait_for_phase(
-    handle: WorkflowHandle[Any, Any], *phases: CallPhase, seconds: float = 30
-) -> CallState:
-    deadline = time.monotonic() + seconds
-    while True:
-        with contextlib.suppress(Exception):
-            state: CallState = await handle.query(CallWorkflow.state, rpc_timeout=None)
-            if state.phase in phases:
-                return state
-        if time.monotonic() > deadline:
-            raise AssertionError(f"call never reached {phases}")
-        await asyncio.sleep(0.1)
-
-
 async def test_completion_refused_by_tapraise_for_a_while_is_recorded_exactly_once(
     call_worker: CallWorker, lenient_sandbox: SandboxServer, clean_faults: None
 ) -> None:
     handle = await call_worker.start(
         person_uuid=PERSON, type="verification", policy=chaos_policy(600, 5)
     )
-    state = await _wait_for_phase(handle, CallPhase.SCHEDULED, CallPhase.DUE)
+    state = await wait_for_phase(handle, *LIVE, seconds=30, interval=0.1, any_error=True)
     call_uuid = str(state.call_uuid)
     # TapRaise is down for completions (503), then applies one but answers after the client gave
     # up, then is down once more, then recovers.
@@ -156,39 +121,8 @@ async def test_completion_refused_by_tapraise_for_a_while_is_recorded_exactly_on
     assert final.phase == CallPhase.COMPLETED and final.result is not None
     statuses = [r["status"] for r in lenient_sandbox.requests(call_uuid, "complete")]
     assert statuses == [503, 200, 503, 409]
-    assert lenient_sandbox.effects(call_uuid) == {
-        "create": 1,
-        "add-attempt": 0,
-        "complete": 1,
-        "cancel": 0,
-        "expire": 0,
-    }
+    assert lenient_sandbox.effects(call_uuid) == effects(create=1, complete=1)
     assert lenient_sandbox.stored_call(call_uuid)["status"] == "completed"
-
-
-@contextlib.contextmanager
-def _worker_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m worker` as a user runs it; SIGKILLed on the way out if still running."""
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "worker"], cwd=log.parent, env=env, stdout=out, stderr=out
-        )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
-async def _ready(process: subprocess.Popen[bytes], log: Path, starts: int) -> None:
-    deadline = time.monotonic() + 60
-    while (text := await asyncio.to_thread(log.read_text, errors="replace")).count(
-        "worker ready"
-    ) < starts:
-        assert process.poll() is None, text
-        assert time.monotonic() < deadline, "worker not ready in time"
-        await asyncio.sleep(0.1)
 
 
 async def test_attempt_applied_just_before_a_worker_crash_is_not_recorded_again(
@@ -208,12 +142,12 @@ async def test_attempt_applied_just_before_a_worker_crash_is_not_recorded_again(
         uuid=uuid.uuid4(), person_uuid=PERSON, type="verification", policy=chaos_policy(600, 5)
     )
     call_uuid = str(call.uuid)
-    with _worker_process(env, log) as first:
-        await _ready(first, log, 1)
+    with worker_process(env, log) as first:
+        await worker_ready(first, log, 1)
         handle = await temporal_env.client.start_workflow(
             CallWorkflow.run, call, id=workflow_id_for(call_uuid), task_queue=TASK_QUEUE
         )
-        await _wait_for_phase(handle, CallPhase.SCHEDULED, CallPhase.DUE)
+        await wait_for_phase(handle, *LIVE, seconds=30, interval=0.1, any_error=True)
         # TapRaise applies the attempt at once but holds its answer back for 20 s.
         lenient_sandbox.set_faults(
             [{"endpoint": "add-attempt", "next": ["late"], "lateDelaySeconds": 20}]
@@ -232,8 +166,8 @@ async def test_attempt_applied_just_before_a_worker_crash_is_not_recorded_again(
         first.wait()
     lenient_sandbox.clear_faults()
     try:
-        with _worker_process(env, log) as second:
-            await _ready(second, log, 2)
+        with worker_process(env, log) as second:
+            await worker_ready(second, log, 2)
             accepted = await asyncio.wait_for(answer, 60)
             assert accepted.detail.startswith("attempt 1 recorded"), accepted
             stored = lenient_sandbox.stored_call(call_uuid)
@@ -301,6 +235,6 @@ async def test_worker_starts_while_tapraise_answers_503(
     env = worker_env(temporal_env, lenient_sandbox, tmp_path)
     lenient_sandbox.set_faults([{"endpoint": "list", "next": ["503"]}])
     log = tmp_path / "worker.log"
-    with _worker_process(env, log) as process:
-        await _ready(process, log, 1)
+    with worker_process(env, log) as process:
+        await worker_ready(process, log, 1)
         assert process.poll() is None

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import first_slot
 from workflows.policy import (
     AttemptOutcome,
     CallPolicy,
@@ -315,15 +316,7 @@ def test_next_slot(
 
 def test_slot_in_new_york_follows_new_york_windows() -> None:
     requested = local("2026-03-07 17:00", "America/New_York")  # Saturday evening
-    decision = next_slot(
-        NL,
-        tz="America/New_York",
-        requested_at=requested,
-        now=requested,
-        attempts_made=0,
-        last_outcome=None,
-        last_attempt_at=None,
-    )
+    decision = first_slot(NL, "America/New_York", requested)
     assert decision == Slot(
         at=datetime(2026, 3, 9, 13, tzinfo=UTC), due_until=datetime(2026, 3, 9, 15, tzinfo=UTC)
     )

@@ -27,15 +27,15 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 import worker as worker_module
-from bench.chaos import chaos_policy
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from sandbox.auth import generate_key_pair
 from sandbox.seed import DEMO_PERSON_UUIDS, FOREIGN_PERSON_UUID
-from starter.service import initial_search_attributes
 from tapraise import ServiceAccount, TapRaiseClient
 from tapraise.auth import TokenSigner
 from tapraise.models import CallResult
+from tests.chaos import chaos_policy
+from tests.helpers import demo_account, start_options
 from tests.sandbox_fixture import SandboxServer
 from worker import build_worker
 from workflows.call import CallWorkflow
@@ -44,7 +44,6 @@ from workflows.messages import (
     CallInput,
     CallPhase,
     CompleteSignal,
-    workflow_id_for,
 )
 from workflows.policy import AttemptOutcome
 
@@ -114,11 +113,7 @@ async def recorded_worker(
     temporal_env: WorkflowEnvironment, lenient_sandbox: SandboxServer
 ) -> AsyncIterator[tuple[str, RecordingTransport, ServiceAccount]]:
     """A call worker on its own task queue whose TapRaise client records the tokens it sends."""
-    account = ServiceAccount(
-        lenient_sandbox.account_email,
-        lenient_sandbox.private_key_id,
-        lenient_sandbox.private_key_pem,
-    )
+    account = demo_account(lenient_sandbox)
     transport = RecordingTransport()
     queue = f"secrets-{uuid.uuid4()}"
     async with TapRaiseClient(lenient_sandbox.base_url, account, transport=transport) as client:
@@ -148,11 +143,7 @@ async def start(client: Client, queue: str, person: str) -> WorkflowHandle[Any, 
         policy=chaos_policy(600, 5),
     )
     return await client.start_workflow(
-        CallWorkflow.run,
-        call,
-        id=workflow_id_for(call.uuid or ""),
-        task_queue=queue,
-        search_attributes=initial_search_attributes(call),
+        CallWorkflow.run, call, task_queue=queue, **start_options(call)
     )
 
 
@@ -182,6 +173,25 @@ async def test_no_key_or_token_appears_in_histories_attributes_logs_or_errors(
     unauthorized = await start(client, bad_queue, DEMO_PERSON_UUIDS[10])
 
     assert (await completed.result()).phase == CallPhase.COMPLETED
+    errors = await _refusal_texts(forbidden, unauthorized)
+    secrets = _secrets_of(account, bad_account, transport, bad_transport)
+    leaks: list[str] = []
+    for handle in (completed, forbidden, unauthorized):
+        leaks += await _leaks_in_workflow(handle, secrets)
+    logged = "\n".join(
+        [caplog.text] + [f"{r.getMessage()} {r.args!r} {r.__dict__}" for r in caplog.records]
+    )
+    leaks += secrets.leaks(logged, "captured logs")
+    leaks += secrets.leaks("\n".join(errors), "error messages")
+    await unauthorized.terminate("test over")
+    assert leaks == []
+
+
+async def _refusal_texts(
+    forbidden: WorkflowHandle[Any, Any], unauthorized: WorkflowHandle[Any, Any]
+) -> list[str]:
+    """What the refused calls say: the failure of the one TapRaise forbids, and the outage of
+    the one whose key it does not know."""
     errors: list[str] = []
     with pytest.raises(WorkflowFailureError) as failed:
         await asyncio.wait_for(forbidden.result(), 60)
@@ -199,7 +209,16 @@ async def test_no_key_or_token_appears_in_histories_attributes_logs_or_errors(
         await asyncio.sleep(0.1)
     assert state.phase == CallPhase.CREATING and state.outage and "401" in state.outage
     errors += [state.outage, state.model_dump_json()]
+    return errors
 
+
+def _secrets_of(
+    account: ServiceAccount,
+    bad_account: ServiceAccount,
+    transport: RecordingTransport,
+    bad_transport: RecordingTransport,
+) -> Secrets:
+    """The keys of both accounts and every token they sent or could send."""
     secrets = Secrets()
     secrets.add_pem(account.private_key_pem)
     secrets.add_pem(bad_account.private_key_pem)
@@ -208,21 +227,17 @@ async def test_no_key_or_token_appears_in_histories_attributes_logs_or_errors(
         secrets.add_token(header)
     secrets.add_token(TokenSigner(account).token())
     secrets.add_token(TokenSigner(bad_account).token())
+    return secrets
 
-    leaks: list[str] = []
-    for handle in (completed, forbidden, unauthorized):
-        history = await handle.fetch_history()
-        leaks += secrets.leaks(history.to_json(), f"history of {handle.id}")
-        described = await handle.describe()
-        leaks += secrets.leaks(str(described.raw_description), f"description of {handle.id}")
-        leaks += secrets.leaks(repr(described.typed_search_attributes), f"attributes {handle.id}")
-    logged = "\n".join(
-        [caplog.text] + [f"{r.getMessage()} {r.args!r} {r.__dict__}" for r in caplog.records]
-    )
-    leaks += secrets.leaks(logged, "captured logs")
-    leaks += secrets.leaks("\n".join(errors), "error messages")
-    await unauthorized.terminate("test over")
-    assert leaks == []
+
+async def _leaks_in_workflow(handle: WorkflowHandle[Any, Any], secrets: Secrets) -> list[str]:
+    """Secrets in a workflow's history, description or search attributes."""
+    history = await handle.fetch_history()
+    leaks = secrets.leaks(history.to_json(), f"history of {handle.id}")
+    described = await handle.describe()
+    leaks += secrets.leaks(str(described.raw_description), f"description of {handle.id}")
+    leaks += secrets.leaks(repr(described.typed_search_attributes), f"attributes {handle.id}")
+    return leaks
 
 
 async def test_worker_start_up_logs_name_no_credential(

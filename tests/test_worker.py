@@ -9,12 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from tapraise import ServiceAccount, TapRaiseClient
+from tapraise import TapRaiseClient
+from tests.helpers import demo_account, fresh_private_key_pem
 from tests.sandbox_fixture import SandboxServer
 from tests.temporal_fixture import temporal_cli
 from worker import check_tapraise
@@ -57,7 +56,7 @@ async def test_worker_refuses_a_namespace_without_the_search_attributes(tmp_path
 async def test_unreachable_tapraise_is_reported_but_does_not_stop_the_worker(
     sandbox: SandboxServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    account = ServiceAccount(sandbox.account_email, sandbox.private_key_id, sandbox.private_key_pem)
+    account = demo_account(sandbox)
     async with TapRaiseClient("http://127.0.0.1:9", account) as client:
         with caplog.at_level(logging.WARNING, logger="tapraise_calls.worker"):
             await check_tapraise(client)  # an outage must not keep a restarted worker down
@@ -67,13 +66,8 @@ async def test_unreachable_tapraise_is_reported_but_does_not_stop_the_worker(
 async def test_refused_credentials_are_reported_but_do_not_stop_the_worker(
     sandbox: SandboxServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = stranger.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    account = ServiceAccount(sandbox.account_email, sandbox.private_key_id, pem)
+    pem = fresh_private_key_pem()
+    account = demo_account(sandbox, pem)
     async with TapRaiseClient(sandbox.base_url, account) as client:
         with caplog.at_level(logging.WARNING, logger="tapraise_calls.worker"):
             await check_tapraise(client)  # a key being rotated must not keep workers down
@@ -84,6 +78,6 @@ async def test_refused_credentials_are_reported_but_do_not_stop_the_worker(
 
 
 async def test_good_credentials_pass_the_start_up_check(sandbox: SandboxServer) -> None:
-    account = ServiceAccount(sandbox.account_email, sandbox.private_key_id, sandbox.private_key_pem)
+    account = demo_account(sandbox)
     async with TapRaiseClient(sandbox.base_url, account) as client:
         await check_tapraise(client)
