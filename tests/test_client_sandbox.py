@@ -13,14 +13,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sandbox.seed import (
     ALL_ACTIONS,
@@ -56,6 +54,7 @@ from tapraise import (
     TokenSigner,
 )
 from tapraise.client import FIND_LATER, FIND_WINDOWS, MAX_PAGE_SIZE
+from tests.helpers import account_of, demo_account, fresh_private_key_pem, now
 from tests.sandbox_fixture import SandboxServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -80,22 +79,6 @@ class Tenant:
     person_uuid: str
 
 
-def account_of(credentials: dict[str, str]) -> ServiceAccount:
-    return ServiceAccount(
-        email=credentials["accountEmail"],
-        private_key_id=credentials["privateKeyId"],
-        private_key_pem=credentials["privateKey"],
-    )
-
-
-def demo_account(sandbox: SandboxServer) -> ServiceAccount:
-    return ServiceAccount(
-        email=sandbox.account_email,
-        private_key_id=sandbox.private_key_id,
-        private_key_pem=sandbox.private_key_pem,
-    )
-
-
 def add_tenant(
     sandbox: SandboxServer, label: str, *, max_call_attempts: int = 5, persons: int = 1
 ) -> Tenant:
@@ -107,21 +90,6 @@ def add_tenant(
         f"{label}-{uuid.uuid4().hex[:8]}@example.org", [organization["uuid"]], list(ALL_ACTIONS)
     )
     return Tenant(account_of(credentials), organization["uuid"], person["uuid"])
-
-
-def fresh_private_key_pem() -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-
-
-def now() -> datetime:
-    """The current time at TapRaise's precision (milliseconds)."""
-    moment = datetime.now(UTC)
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 def managed_call(

@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-import uvicorn
 from pydantic import SecretStr
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
@@ -24,7 +23,8 @@ from gateway.app import create_app
 from gateway.settings import GatewaySettings, GatewaySettingsError
 from sandbox.seed import DEMO_PERSON_UUIDS
 from starter.service import derive_call_uuid
-from tests.sandbox_fixture import SandboxServer, free_port
+from tests.helpers import serve
+from tests.sandbox_fixture import SandboxServer
 from tests.temporal_fixture import CallWorker
 from workflows.messages import SearchAttributes
 
@@ -40,27 +40,12 @@ def settings(worker: CallWorker, **values: Any) -> GatewaySettings:
     return GatewaySettings(_env_file=None, task_queue=worker.task_queue, **values)
 
 
-async def serve(app: Any) -> AsyncIterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    for _ in range(200):
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
 @pytest_asyncio.fixture
 async def gateway(call_worker: CallWorker) -> AsyncIterator[httpx.AsyncClient]:
     async def provide() -> Client:
         return call_worker.client
 
-    async for base_url in serve(create_app(provide, settings(call_worker))):
+    async with serve(create_app(provide, settings(call_worker))) as base_url:
         async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
             yield http
 
@@ -153,7 +138,7 @@ async def test_allow_no_auth_runs_open_for_local_development(call_worker: CallWo
         return call_worker.client
 
     app = create_app(provide, settings(call_worker, tokens=[], allow_no_auth=True))
-    async for base_url in serve(app):
+    async with serve(app) as base_url:
         async with httpx.AsyncClient(base_url=base_url) as http:
             assert (await http.get("/calls", params={"limit": 1})).status_code == 200
 
@@ -162,7 +147,7 @@ async def test_healthz_reports_unreachable_temporal(call_worker: CallWorker) -> 
     async def provide() -> Client:
         raise RuntimeError("cannot reach Temporal at 127.0.0.1:1")
 
-    async for base_url in serve(create_app(provide, settings(call_worker))):
+    async with serve(create_app(provide, settings(call_worker))) as base_url:
         async with httpx.AsyncClient(base_url=base_url) as http:
             health = await http.get("/healthz")
             assert health.status_code == 503

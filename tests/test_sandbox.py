@@ -26,6 +26,7 @@ from sandbox.seed import (
     FOREIGN_PERSON_UUID,
     SECOND_ORG_PERSON_UUIDS,
 )
+from tests.helpers import fresh_private_key_pem
 from tests.sandbox_fixture import SandboxServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -312,12 +313,7 @@ def test_unknown_person_is_400_and_foreign_person_is_403(api: httpx.Client) -> N
 # --- authentication and authorization ---------------------------------------------------------
 
 
-@functools.cache
-def _other_key_pem() -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+_other_key_pem = functools.cache(fresh_private_key_pem)
 
 
 @pytest.mark.parametrize(
