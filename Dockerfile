@@ -16,6 +16,7 @@ COPY sandbox ./sandbox
 COPY activities ./activities
 COPY workflows ./workflows
 COPY starter ./starter
+COPY devstack ./devstack
 COPY worker.py ./
 RUN pip install . \
     && useradd --create-home --uid 10001 tapraise \

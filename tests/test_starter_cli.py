@@ -122,7 +122,7 @@ def test_every_command_help_has_the_same_layout(command: str) -> None:
 
 
 def test_dev_offers_every_option_of_the_stack_with_its_default() -> None:
-    from starter.devstack import build_parser
+    from devstack.options import build_parser
 
     command = typer.main.get_command(app).commands["dev"]  # type: ignore[attr-defined]
     offered = {opt: param for param in command.params for opt in param.opts + param.secondary_opts}
@@ -139,7 +139,7 @@ def test_dev_offers_every_option_of_the_stack_with_its_default() -> None:
 
 
 def test_dev_passes_its_options_to_the_stack(monkeypatch: pytest.MonkeyPatch) -> None:
-    import starter.devstack
+    import devstack.run
 
     seen: list[list[str]] = []
 
@@ -147,7 +147,7 @@ def test_dev_passes_its_options_to_the_stack(monkeypatch: pytest.MonkeyPatch) ->
         seen.append(argv)
         return 3
 
-    monkeypatch.setattr(starter.devstack, "main", main)
+    monkeypatch.setattr(devstack.run, "main", main)
     result = runner.invoke(app, ["dev", "--demo", "-f", "--ui-port", "9233", "--data-dir", "d"])
     assert result.exit_code == 3
     assert seen == [["--data-dir", "d", "--ui-port", "9233", "--follow", "--demo"]]

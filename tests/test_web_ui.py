@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from devstack.demo import Agent, Scenario, run_demo
 from sandbox.seed import DEMO_PERSON_UUIDS
-from starter.demo import Agent, Scenario, run_demo
 from tapraise.models import CallType
 from tests.test_stack import READY_TIMEOUT, StackProcess
 from workflows.connect import connect
