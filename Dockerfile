@@ -19,9 +19,10 @@ COPY activities ./activities
 COPY workflows ./workflows
 COPY starter ./starter
 COPY gateway ./gateway
+COPY devstack ./devstack
 COPY worker.py ./
 RUN pip install . \
-    && rm -rf tapraise activities workflows starter gateway worker.py build ./*.egg-info \
+    && rm -rf tapraise activities workflows starter gateway devstack worker.py build ./*.egg-info \
     && useradd --create-home --uid 10001 tapraise \
     && mkdir -p /data/sandbox \
     && chown tapraise /data/sandbox

@@ -24,6 +24,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities.calls import TapRaiseActivities
 from activities.policy import PolicyActivities
 from activities.turn import answer_turn
+from starter.connect import connect, load_env_file, missing_search_attributes
 from tapraise import (
     APIConnectionError,
     APIStatusError,
@@ -34,7 +35,6 @@ from tapraise import (
     describe_validation_error,
 )
 from workflows.call import CallWorkflow
-from workflows.connect import connect, load_env_file, missing_search_attributes
 from workflows.messages import TASK_QUEUE
 from workflows.policy import PolicyBook
 

@@ -57,7 +57,7 @@ from bench import calls as bench_calls
 from bench.report import Result, main, parser_for
 from bench.stack import Stack
 from starter.service import CallService
-from workflows.messages import CANCEL, CallPhase, CancelSignal, SearchAttributes
+from workflows.messages import CANCEL, CallPhase, CallSearchAttributes, CancelSignal
 from workflows.policy import PolicyOverrides
 
 GOAL_ACTIONS = 15
@@ -143,7 +143,7 @@ async def cost_of(path: str, handle: WorkflowHandle[Any, Any]) -> Cost:
     events = list(history.events)
     actions, la_tasks = count_actions(events)
     description = await handle.describe()
-    phase = description.typed_search_attributes.get(SearchAttributes.CALL_PHASE) or "?"
+    phase = description.typed_search_attributes.get(CallSearchAttributes.CALL_PHASE) or "?"
     return Cost(path, len(events), History(events=events).ByteSize(), actions, la_tasks, phase)
 
 
@@ -163,7 +163,7 @@ async def wait_for_phase(handle: WorkflowHandle[Any, Any], phase: CallPhase) -> 
     """Wait until the call's `CallPhase` is `phase`."""
     await _wait_for(
         handle,
-        lambda found: found.get(SearchAttributes.CALL_PHASE) == phase.value,
+        lambda found: found.get(CallSearchAttributes.CALL_PHASE) == phase.value,
         f"phase {phase.value}",
     )
 
@@ -189,8 +189,8 @@ async def wait_for_slot(handle: WorkflowHandle[Any, Any], attempts: int) -> None
     """Wait as a dialer would without the `due` phase: until `NextAttemptAt` has passed."""
 
     def due(found: TypedSearchAttributes) -> bool:
-        next_at = found.get(SearchAttributes.NEXT_ATTEMPT_AT)
-        made = found.get(SearchAttributes.CALL_ATTEMPTS)
+        next_at = found.get(CallSearchAttributes.NEXT_ATTEMPT_AT)
+        made = found.get(CallSearchAttributes.CALL_ATTEMPTS)
         return made == attempts and next_at is not None and next_at <= datetime.now(UTC)
 
     await _wait_for(handle, due, f"its slot after {attempts} attempts")

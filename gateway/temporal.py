@@ -5,8 +5,8 @@ from collections.abc import Awaitable, Callable
 
 from temporalio.client import Client
 
+from starter.connect import connect
 from starter.service import TemporalUnavailable
-from workflows.connect import connect
 
 ClientProvider = Callable[[], Awaitable[Client]]
 
@@ -14,7 +14,7 @@ ClientProvider = Callable[[], Awaitable[Client]]
 def temporal_client_provider(
     address: str | None = None, namespace: str | None = None
 ) -> ClientProvider:
-    """A provider that connects with `workflows.connect.connect()` (the one client factory)."""
+    """A provider that connects with `starter.connect.connect()` (the one client factory)."""
 
     async def provide() -> Client:
         return await connect(address, namespace)

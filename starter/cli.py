@@ -29,6 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from devstack.options import stack_argv, stack_options
 from starter.batch import (
     INVALID,
     Batch,
@@ -42,6 +43,7 @@ from starter.batch import (
     start_rows,
     write_results,
 )
+from starter.connect import connect, load_env_file
 from starter.service import (
     DEFAULT_CONCURRENCY,
     DEFAULT_LIST_LIMIT,
@@ -61,7 +63,6 @@ from starter.service import (
     parse_request_id,
 )
 from starter.settings import StarterSettings
-from workflows.connect import connect, load_env_file
 from workflows.messages import (
     ATTEMPT,
     CANCEL,
@@ -962,92 +963,14 @@ def serve(
     epilog="Example: python -m starter dev --demo  ·  make demo runs exactly this, make run "
     "runs it without --demo; then open http://localhost:8233 (the Web UI)"
 )
-def dev(
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--data-dir",
-            metavar="DIR",
-            help="Where the server's SQLite file, the sandbox store and the logs live "
-            "(default .data).",
-        ),
-    ] = None,
-    temporal_port: Annotated[
-        int | None, typer.Option("--temporal-port", help="Temporal's gRPC port (default 7233).")
-    ] = None,
-    ui_port: Annotated[
-        int | None, typer.Option("--ui-port", help="The Web UI's port (default 8233).")
-    ] = None,
-    sandbox_port: Annotated[
-        int | None,
-        typer.Option("--sandbox-port", help="The TapRaise sandbox's port (default 8081)."),
-    ] = None,
-    gateway_port: Annotated[
-        int | None, typer.Option("--gateway-port", help="The HTTP gateway's port (default 8080).")
-    ] = None,
-    namespace: Annotated[
-        str | None,
-        typer.Option("--namespace", help="The Temporal namespace (default default)."),
-    ] = None,
-    no_gateway: Annotated[
-        bool, typer.Option("--no-gateway", help="Do not start the HTTP gateway.")
-    ] = False,
-    follow: Annotated[
-        bool,
-        typer.Option(
-            "--follow",
-            "-f",
-            help="Also show every process's output here, each line prefixed with its name.",
-        ),
-    ] = False,
-    demo: Annotated[
-        bool,
-        typer.Option(
-            "--demo",
-            help="Once healthy, start demo calls and play agents through them (sandbox only).",
-        ),
-    ] = False,
-    exit_after_demo: Annotated[
-        bool,
-        typer.Option(
-            "--exit-after-demo", help="With --demo: stop the stack when the demo is done (CI)."
-        ),
-    ] = False,
-    startup_timeout: Annotated[
-        float | None,
-        typer.Option(
-            "--startup-timeout",
-            metavar="SECONDS",
-            help="Seconds each process may take to become healthy (default 60).",
-        ),
-    ] = None,
-) -> None:
+@stack_options
+def dev(**options: Any) -> None:
     """Run everything locally: dev server and Web UI, sandbox, worker, gateway. Ctrl-C stops it."""
-    argv: list[str] = []
-    for option, value in (
-        ("--data-dir", data_dir),
-        ("--temporal-port", temporal_port),
-        ("--ui-port", ui_port),
-        ("--sandbox-port", sandbox_port),
-        ("--gateway-port", gateway_port),
-        ("--namespace", namespace),
-        ("--startup-timeout", startup_timeout),
-    ):
-        if value is not None:
-            argv += [option, str(value)]
-    for flag, given in (
-        ("--no-gateway", no_gateway),
-        ("--follow", follow),
-        ("--demo", demo),
-        ("--exit-after-demo", exit_after_demo),
-    ):
-        if given:
-            argv.append(flag)
     try:
-        devstack = importlib.import_module("starter.devstack")
+        devstack = importlib.import_module("devstack.run")
     except ModuleNotFoundError as exc:
         _fail(f"the dev stack is not available: {exc}", EXIT_FAILED, False)
-    raise typer.Exit(int(devstack.main(argv) or 0))
+    raise typer.Exit(int(devstack.main(stack_argv(options)) or 0))
 
 
 def main(prog_name: str = "tapraise-calls") -> NoReturn:

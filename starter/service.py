@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Final, TypeAlias
+from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
 from temporalio.client import (
@@ -49,13 +49,12 @@ from workflows.messages import (
     AttemptSignal,
     CallInput,
     CallPhase,
+    CallSearchAttributes,
     CallState,
     Message,
-    SearchAttributes,
     workflow_id_for,
 )
 
-Action: TypeAlias = Message
 ACTIONS: Final = MESSAGE_MODELS
 
 # A fixed namespace for call uuids derived from an external id: the same id always gives the
@@ -160,7 +159,7 @@ def check_call(call: CallInput) -> None:
         )  # fmt: skip
 
 
-def parse_action(name: str, data: Mapping[str, Any]) -> Action:
+def parse_action(name: str, data: Mapping[str, Any]) -> Message:
     """Validate an action payload (camelCase JSON object) for the signal/update `name`.
 
     Raises:
@@ -249,7 +248,7 @@ def stamp_call(call: CallInput, now: datetime) -> CallInput:
     return call.model_copy(update={"requested_at": to_millis(now)})
 
 
-def stamp_action(message: Action, now: datetime) -> Action:
+def stamp_action(message: Message, now: datetime) -> Message:
     """The action with an attempt's `attemptAt` fixed to `now` (UTC, ms) when the tool sent none.
 
     `attemptAt` (with `userUuid`) is an attempt's identity: stamped where the report is made,
@@ -345,13 +344,13 @@ class CallSummary(CamelModel):
         return cls(
             workflow_id=execution.id,
             execution_status=status.name.lower() if status is not None else "unknown",
-            phase=sa.get(SearchAttributes.CALL_PHASE),
-            call_status=sa.get(SearchAttributes.CALL_STATUS),
-            type=sa.get(SearchAttributes.CALL_TYPE),
-            person_uuid=sa.get(SearchAttributes.PERSON_UUID),
-            organization_uuid=sa.get(SearchAttributes.CALLING_ORGANIZATION_UUID),
-            attempts=sa.get(SearchAttributes.CALL_ATTEMPTS),
-            next_attempt_at=sa.get(SearchAttributes.NEXT_ATTEMPT_AT),
+            phase=sa.get(CallSearchAttributes.CALL_PHASE),
+            call_status=sa.get(CallSearchAttributes.CALL_STATUS),
+            type=sa.get(CallSearchAttributes.CALL_TYPE),
+            person_uuid=sa.get(CallSearchAttributes.PERSON_UUID),
+            organization_uuid=sa.get(CallSearchAttributes.CALLING_ORGANIZATION_UUID),
+            attempts=sa.get(CallSearchAttributes.CALL_ATTEMPTS),
+            next_attempt_at=sa.get(CallSearchAttributes.NEXT_ATTEMPT_AT),
             started_at=execution.start_time,
             closed_at=execution.close_time,
         )
@@ -422,7 +421,7 @@ class ListFilters:
 
     def to_query(self) -> str:
         """The visibility query, always scoped to the call workflow type."""
-        sa = SearchAttributes
+        sa = CallSearchAttributes
         clauses = [f"WorkflowType = {_quote(WORKFLOW_TYPE)}"]
         for key, value in (
             (sa.CALL_STATUS, self.status),
@@ -523,7 +522,7 @@ def start_options(call: CallInput, task_queue: str, now: datetime) -> dict[str, 
 
 def initial_search_attributes(call: CallInput) -> TypedSearchAttributes:
     """The search attributes a call has from its first moment (free in the start request)."""
-    sa = SearchAttributes
+    sa = CallSearchAttributes
     pairs: list[SearchAttributePair[Any]] = [
         SearchAttributePair(sa.CALL_PHASE, CallPhase.CREATING.value),
         SearchAttributePair(sa.CALL_TYPE, call.type.value),
@@ -555,7 +554,7 @@ class CallService:
     """Calls over one Temporal client.
 
     Attributes:
-        client: A client from `workflows.connect.connect()` (pydantic data converter).
+        client: A client from `starter.connect.connect()` (pydantic data converter).
         task_queue: Where new calls are started.
     """
 
@@ -656,7 +655,7 @@ class CallService:
             description = await self._handle(call_uuid).describe()
         except RPCError:
             return None
-        value = description.typed_search_attributes.get(SearchAttributes.CALL_PHASE)
+        value = description.typed_search_attributes.get(CallSearchAttributes.CALL_PHASE)
         try:
             return CallPhase(value) if value is not None else None
         except ValueError:
@@ -692,7 +691,7 @@ class CallService:
         self,
         call_uuid: uuid.UUID,
         name: str,
-        message: Action,
+        message: Message,
         request_id: str | None = None,
     ) -> ActionAccepted:
         """Send an action as an update: the workflow accepts it or says why not.
@@ -747,7 +746,7 @@ class CallService:
         except RPCError as exc:
             raise await self._closed_or_missing(call_uuid, exc) from None
 
-    async def signal(self, call_uuid: uuid.UUID, name: str, message: Action) -> SignalSent:
+    async def signal(self, call_uuid: uuid.UUID, name: str, message: Message) -> SignalSent:
         """Send an action as a fire-and-forget signal (a refused one is only logged).
 
         A signal has no id to deduplicate by; an attempt without `attemptAt` is stamped with now
@@ -781,7 +780,7 @@ class CallService:
             return _rpc_problem(missing)
         if description.status in (None, WorkflowExecutionStatus.RUNNING):
             return _rpc_problem(exc)
-        phase = description.typed_search_attributes.get(SearchAttributes.CALL_PHASE)
+        phase = description.typed_search_attributes.get(CallSearchAttributes.CALL_PHASE)
         state = phase or description.status.name.lower()
         return ActionRejected(f"call is already {state}")
 

@@ -1,6 +1,6 @@
 """Settings of the starter CLI, from environment variables and `.env`.
 
-The Temporal connection itself is not here: `workflows.connect.connect()` reads Temporal's own
+The Temporal connection itself is not here: `starter.connect.connect()` reads Temporal's own
 variables (`TEMPORAL_ADDRESS`, `TEMPORAL_NAMESPACE`, …).
 """
 

@@ -8,11 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,16 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
+from devstack.process import Child, ChildError, free_port, sandbox_argv, wait_ready_blocking
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_SECONDS = 30.0
-
-
-def free_port() -> int:
-    """Return a loopback port that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class SandboxServer:
@@ -50,41 +39,27 @@ class SandboxServer:
         self.account_email = ""
         self.private_key_id = ""
         self.private_key_pem = ""
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log_path = data_dir / "sandbox.log"
+        env = dict(os.environ)
+        # Importable even when the project is not installed into the interpreter.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        argv = sandbox_argv(port, data_dir)
+        self._child = Child("sandbox", argv, data_dir / "sandbox.log", env, REPO_ROOT)
         self._admin = httpx.Client(base_url=f"{self.base_url}/_sandbox", timeout=10)
 
     # --- process -------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the process and wait until ``/_sandbox/health`` answers."""
-        env = dict(os.environ)
-        # Importable even when the project is not installed into the interpreter.
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        command = [
-            sys.executable, "-m", "sandbox", "--host", "127.0.0.1",
-            "--port", str(self.port), "--data-dir", str(self.data_dir), "--log-level", "warning",
-        ]  # fmt: skip
-        # Output goes to a file: a pipe nobody reads would eventually block the server.
-        with self._log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"sandbox exited with {self._process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.base_url}/_sandbox/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        else:
+        self._child.start()
+
+        def healthy() -> bool:
+            return httpx.get(f"{self.base_url}/_sandbox/health", timeout=1).status_code == 200
+
+        try:
+            wait_ready_blocking(self._child, healthy, "healthy", STARTUP_TIMEOUT_SECONDS)
+        except ChildError:
             self.stop()
-            raise RuntimeError(
-                f"sandbox not healthy after {STARTUP_TIMEOUT_SECONDS} s:\n{self.log()}"
-            )
+            raise
         credentials = json.loads((self.data_dir / "service-account.json").read_text())
         self.account_email = credentials["accountEmail"]
         self.private_key_id = credentials["privateKeyId"]
@@ -92,15 +67,7 @@ class SandboxServer:
 
     def stop(self) -> None:
         """Stop the process gracefully (SIGTERM), killing it if it does not exit in time."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        self._child.stop()
 
     def restart(self) -> None:
         """Stop and start again on the same port and data directory.
@@ -125,10 +92,6 @@ class SandboxServer:
         """Stop the process and release the HTTP client."""
         self.stop()
         self._admin.close()
-
-    def log(self) -> str:
-        """Return everything the process printed so far."""
-        return self._log_path.read_text(errors="replace") if self._log_path.exists() else ""
 
     # --- /_sandbox/ helpers ---------------------------------------------------------------------
 

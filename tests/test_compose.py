@@ -16,7 +16,7 @@ import yaml
 from gateway.settings import GatewaySettings
 from tapraise.settings import TapRaiseSettings
 from worker import WorkerSettings
-from workflows.messages import TASK_QUEUE, SearchAttributes
+from workflows.messages import TASK_QUEUE, CallSearchAttributes
 
 ROOT = Path(__file__).resolve().parents[1]
 APP_SERVICES = ("worker", "sandbox", "gateway")
@@ -96,7 +96,7 @@ def test_search_attributes_are_registered_with_the_contracts_names_and_types(
 ) -> None:
     setup = services["temporal-setup"]
     declared = dict(pair.split("=") for pair in environment(setup)["SEARCH_ATTRIBUTES"].split())
-    expected = {key.name: SA_TYPES[key.indexed_value_type.name] for key in SearchAttributes.ALL}
+    expected = {key.name: SA_TYPES[key.indexed_value_type.name] for key in CallSearchAttributes.ALL}
     assert declared == expected
     script = "\n".join(setup["command"])
     assert "temporal operator search-attribute create" in script

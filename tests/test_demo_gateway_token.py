@@ -14,20 +14,11 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from devstack.demo import hand_call_uuid
+from devstack.guide import guide, paste_lines, write_env_file
+from devstack.process import HOST, Child
+from devstack.stack import GATEWAY_TOKEN_FILE, GatewayAuth, Stack, StackConfig, gateway_token
 from sandbox.seed import DEMO_PERSON_UUIDS
-from starter import devstack
-from starter.demo import hand_call_uuid
-from starter.devstack import (
-    GATEWAY_TOKEN_FILE,
-    Child,
-    GatewayAuth,
-    Stack,
-    StackConfig,
-    gateway_token,
-    guide,
-    paste_lines,
-    write_env_file,
-)
 
 CONFIGURED = "a-token-the-user-configured-0123456789"
 
@@ -110,14 +101,14 @@ def test_without_the_demo_there_is_no_call_to_paste(tmp_path: Path) -> None:
 async def test_the_gateway_is_started_with_the_token(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def not_started(self: Child) -> None:
+    def not_started(self: Child) -> None:
         return None
 
     monkeypatch.setattr(Child, "start", not_started)
     monkeypatch.setenv("GATEWAY_ALLOW_NO_AUTH", "true")
     config = StackConfig(data_dir=tmp_path)
     stack = stack_for(config)
-    child = await stack._start_gateway()
+    child = stack._start_gateway()
     assert child.env["GATEWAY_TOKENS"] == gateway_token(tmp_path)
     assert child.env["GATEWAY_ALLOW_NO_AUTH"] == "false"
-    assert child.env["GATEWAY_HOST"] == devstack.HOST
+    assert child.env["GATEWAY_HOST"] == HOST

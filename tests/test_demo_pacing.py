@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from temporalio.client import WorkflowHandle
 
-from starter.demo import OPEN_CALL_DEADLINE, SCENARIOS, Scenario
+from devstack.demo import OPEN_CALL_DEADLINE, SCENARIOS, Scenario
 from starter.service import initial_search_attributes
 from tests.temporal_fixture import CallWorker
 from tests.test_call_workflow import history_length

@@ -6,7 +6,7 @@ import re
 import uuid
 from datetime import UTC, datetime
 
-from starter.demo import (
+from devstack.demo import (
     HAND_CALL_LABEL,
     OUTCOME_WIDTH,
     SCENARIOS,

@@ -26,7 +26,7 @@ from starter.service import derive_call_uuid
 from tests.helpers import serve
 from tests.sandbox_fixture import SandboxServer
 from tests.temporal_fixture import CallWorker
-from workflows.messages import SearchAttributes
+from workflows.messages import CallSearchAttributes
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -176,7 +176,7 @@ async def test_post_calls_starts_then_reports_already_started(
     assert second.json()["status"] == "already started"
     assert second.json()["phase"] in ("scheduled", "due")
     description = await call_worker.client.get_workflow_handle(f"call-{call_uuid}").describe()
-    assert description.typed_search_attributes.get(SearchAttributes.CALL_TYPE) == "winback"
+    assert description.typed_search_attributes.get(CallSearchAttributes.CALL_TYPE) == "winback"
     effects = await asyncio.to_thread(lenient_sandbox.effects, call_uuid)
     assert effects["create"] == 1
 

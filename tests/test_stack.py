@@ -1,6 +1,6 @@
 """End to end: the embedded stack as `make demo` runs it, then stopped with Ctrl-C.
 
-One run of `python -m starter.devstack --demo` on free ports and a fresh data directory serves
+One run of `python -m devstack --demo` on free ports and a fresh data directory serves
 the module: it must become healthy, drive the demo calls into every phase, and stop every
 process it started on SIGINT. A second run on the same directory must resume and leave the
 demo calls of the first alone.
@@ -14,9 +14,7 @@ import re
 import signal
 import socket
 import stat
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,11 +23,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devstack.demo import SCENARIOS, hand_call_uuid
+from devstack.process import Child, free_port, port_is_free
 from sandbox.seed import DEMO_PERSON_UUIDS
-from starter.demo import SCENARIOS, hand_call_uuid
+from starter.connect import connect
 from tests import readme_examples
-from tests.sandbox_fixture import REPO_ROOT, free_port
-from workflows.connect import connect
+from tests.sandbox_fixture import REPO_ROOT
 from workflows.messages import CallPhase
 
 pytestmark = pytest.mark.timeout(180)
@@ -44,16 +43,14 @@ _EXPORT = re.compile(r"^\s*export (?P<name>\w+)=(?P<value>\S+)$")
 
 
 class StackProcess:
-    """`python -m starter.devstack` as a child of the test, with its output collected."""
+    """`python -m devstack` as a child of the test, its output in a log beside the data dir."""
 
     def __init__(self, data_dir: Path, *extra: str) -> None:
         self.data_dir = data_dir
         self.temporal_port, self.ui_port = free_port(), free_port()
         self.sandbox_port, self.gateway_port = free_port(), free_port()
         self.extra = list(extra)
-        self.lines: list[str] = []
-        self.process: subprocess.Popen[str] | None = None
-        self._reader: threading.Thread | None = None
+        self.child: Child | None = None
         self.started_at = 0.0
 
     @property
@@ -66,7 +63,7 @@ class StackProcess:
 
     def start(self, env: dict[str, str] | None = None) -> None:
         command = [
-            sys.executable, "-m", "starter.devstack",
+            sys.executable, "-m", "devstack",
             "--data-dir", str(self.data_dir),
             "--temporal-port", str(self.temporal_port),
             "--ui-port", str(self.ui_port),
@@ -84,22 +81,15 @@ class StackProcess:
         full_env.update(env or {})
         self.started_at = time.monotonic()
         # The data directory's parent is the working directory: no developer's .env applies.
-        self.process = subprocess.Popen(
-            command,
-            cwd=self.data_dir.parent,
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        home = self.data_dir.parent
+        self.child = Child("stack", command, home / "stack.log", full_env, home)
+        self.child.start()
 
-    def _read(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
+    @property
+    def lines(self) -> list[str]:
+        """The complete lines printed so far."""
+        text = self.child.output() if self.child else ""
+        return text[: text.rfind("\n") + 1].splitlines()
 
     @property
     def output(self) -> str:
@@ -107,29 +97,24 @@ class StackProcess:
 
     def wait_for(self, text: str, timeout: float) -> float:
         """Wait until a line contains `text`; return the seconds since start."""
-        assert self.process is not None
+        assert self.child is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            exited = self.child.exited
             if any(text in line for line in self.lines):
                 return time.monotonic() - self.started_at
-            if self.process.poll() is not None:
-                time.sleep(0.2)  # the last lines
-                if any(text in line for line in self.lines):
-                    return time.monotonic() - self.started_at
+            if exited:
                 pytest.fail(
-                    f"stack exited with {self.process.returncode} before {text!r}:\n{self.output}"
+                    f"stack exited with {self.child.returncode} before {text!r}:\n{self.output}"
                 )
             time.sleep(0.1)
         pytest.fail(f"no {text!r} after {timeout} s:\n{self.output}")
 
     def wait_exit(self, timeout: float) -> int:
-        assert self.process is not None
-        try:
-            code = self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
+        assert self.child is not None
+        code = self.child.wait(timeout)
+        if code is None:
             pytest.fail(f"stack still running after {timeout} s:\n{self.output}")
-        if self._reader is not None:
-            self._reader.join(5)
         return code
 
     def exports(self) -> dict[str, str]:
@@ -142,19 +127,14 @@ class StackProcess:
 
     def interrupt(self) -> int:
         """Ctrl-C, as in a terminal; returns the exit code."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGINT)
+        assert self.child is not None
+        self.child.send_signal(signal.SIGINT)
         return self.wait_exit(STOP_TIMEOUT)
 
     def cleanup(self) -> None:
         """After a failed test: stop the stack, and any child it left, by pid."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.child is not None:
+            self.child.stop(STOP_TIMEOUT, signal.SIGINT)
         for pid in self.child_pids().values():
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
@@ -171,16 +151,6 @@ def alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def table_text(output: str) -> str:
@@ -346,7 +316,7 @@ def test_sigint_stops_every_process_the_stack_started(first_run: FirstRun) -> No
         time.sleep(0.1)
     left = {name: pid for name, pid in first_run.pids.items() if alive(pid)}
     assert not left, f"still running after Ctrl-C: {left}"
-    assert all(port_free(port) for port in first_run.stack.ports)
+    assert all(port_is_free(port) for port in first_run.stack.ports)
 
 
 def test_second_run_resumes_and_leaves_the_first_runs_demo_calls_alone(first_run: FirstRun) -> None:

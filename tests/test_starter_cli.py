@@ -28,7 +28,7 @@ from starter.cli import LIST_TSV_COLUMNS, _calls_lines, _calls_tsv, app
 from starter.service import CallSummary
 from tests.sandbox_fixture import REPO_ROOT, SandboxServer
 from tests.temporal_fixture import CallWorker
-from workflows.messages import CallPhase, SearchAttributes, workflow_id_for
+from workflows.messages import CallPhase, CallSearchAttributes, workflow_id_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -122,7 +122,7 @@ def test_every_command_help_has_the_same_layout(command: str) -> None:
 
 
 def test_dev_offers_every_option_of_the_stack_with_its_default() -> None:
-    from starter.devstack import build_parser
+    from devstack.options import build_parser
 
     command = typer.main.get_command(app).commands["dev"]  # type: ignore[attr-defined]
     offered = {opt: param for param in command.params for opt in param.opts + param.secondary_opts}
@@ -139,7 +139,7 @@ def test_dev_offers_every_option_of_the_stack_with_its_default() -> None:
 
 
 def test_dev_passes_its_options_to_the_stack(monkeypatch: pytest.MonkeyPatch) -> None:
-    import starter.devstack
+    import devstack.run
 
     seen: list[list[str]] = []
 
@@ -147,7 +147,7 @@ def test_dev_passes_its_options_to_the_stack(monkeypatch: pytest.MonkeyPatch) ->
         seen.append(argv)
         return 3
 
-    monkeypatch.setattr(starter.devstack, "main", main)
+    monkeypatch.setattr(devstack.run, "main", main)
     result = runner.invoke(app, ["dev", "--demo", "-f", "--ui-port", "9233", "--data-dir", "d"])
     assert result.exit_code == 3
     assert seen == [["--data-dir", "d", "--ui-port", "9233", "--follow", "--demo"]]
@@ -179,9 +179,9 @@ async def test_start_runs_the_call_with_search_attributes_summary_and_details(
     assert description.workflow_type == "CallWorkflow"
     assert description.task_queue == call_worker.task_queue
     sa = description.typed_search_attributes
-    assert sa.get(SearchAttributes.CALL_TYPE) == "verification"
-    assert sa.get(SearchAttributes.PERSON_UUID) == PERSON
-    assert sa.get(SearchAttributes.CALLING_ORGANIZATION_UUID) == DEMO_ORGANIZATION_UUID
+    assert sa.get(CallSearchAttributes.CALL_TYPE) == "verification"
+    assert sa.get(CallSearchAttributes.PERSON_UUID) == PERSON
+    assert sa.get(CallSearchAttributes.CALLING_ORGANIZATION_UUID) == DEMO_ORGANIZATION_UUID
     assert await description.static_summary() == (
         f"verification call to person {PERSON}, requested 2026-11-27 10:00 UTC"
     )
@@ -289,7 +289,7 @@ async def test_start_reads_a_json_object_from_stdin_in_a_real_subprocess(
     assert process.returncode == 0, stderr.decode()
     assert json.loads(stdout)["status"] == "started"
     description = await call_worker.client.get_workflow_handle(f"call-{call_uuid}").describe()
-    assert description.typed_search_attributes.get(SearchAttributes.CALL_TYPE) == "happy_call"
+    assert description.typed_search_attributes.get(CallSearchAttributes.CALL_TYPE) == "happy_call"
 
 
 async def test_start_file_dash_reads_standard_input_in_a_real_subprocess(
@@ -308,7 +308,7 @@ async def test_start_file_dash_reads_standard_input_in_a_real_subprocess(
     assert json.loads(stdout)["status"] == "started"
     assert not (tmp_path / "-").exists()
     description = await call_worker.client.get_workflow_handle(f"call-{call_uuid}").describe()
-    assert description.typed_search_attributes.get(SearchAttributes.CALL_TYPE) == "winback"
+    assert description.typed_search_attributes.get(CallSearchAttributes.CALL_TYPE) == "winback"
 
 
 async def test_start_takes_the_call_from_one_place_only(call_worker: CallWorker) -> None:

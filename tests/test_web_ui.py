@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from devstack.demo import Agent, Scenario, run_demo
 from sandbox.seed import DEMO_PERSON_UUIDS
-from starter.demo import Agent, Scenario, run_demo
+from starter.connect import connect
 from tapraise.models import CallType
 from tests.test_stack import READY_TIMEOUT, StackProcess
-from workflows.connect import connect
 from workflows.messages import CallPhase
 
 pytestmark = pytest.mark.timeout(180)

@@ -12,12 +12,12 @@ import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from starter.connect import missing_search_attributes
 from tapraise import TapRaiseClient
 from tests.helpers import demo_account, fresh_private_key_pem
 from tests.sandbox_fixture import SandboxServer
 from tests.temporal_fixture import temporal_cli
 from worker import check_tapraise
-from workflows.connect import missing_search_attributes
 
 pytestmark = pytest.mark.timeout(60)
 

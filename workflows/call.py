@@ -66,12 +66,12 @@ with workflow.unsafe.imports_passed_through():
         CallPhase,
         CallRecord,
         CallResume,
+        CallSearchAttributes,
         CallState,
         CancelSignal,
         CompleteSignal,
         PendingMessage,
         RescheduleSignal,
-        SearchAttributes,
         call_uuid_from_workflow_id,
         to_json,
     )
@@ -860,7 +860,7 @@ class CallWorkflow:
 
     def _publish(self) -> None:
         """Upsert the search attributes that changed, and refresh the UI's current details."""
-        sa = SearchAttributes
+        sa = CallSearchAttributes
         slot = self._slot if self._phase in (CallPhase.SCHEDULED, CallPhase.DUE) else None
         said_type, said_person = self._said
         wanted: dict[str, tuple[Any, Any]] = {

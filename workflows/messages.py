@@ -70,7 +70,7 @@ _FINAL_PHASES = frozenset(
 )
 
 
-class SearchAttributes:
+class CallSearchAttributes:
     """The contract's search attributes, typed once for workflow, starter and worker checks."""
 
     CALL_STATUS = SearchAttributeKey.for_keyword("CallStatus")

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 
 from gateway.dependencies import RequestId, Service, Signal
 from gateway.models import Accepted, Sent
-from starter.service import Action, CallService
+from starter.service import CallService
 from workflows.messages import (
     ATTEMPT,
     CANCEL,
@@ -17,6 +17,7 @@ from workflows.messages import (
     AttemptSignal,
     CancelSignal,
     CompleteSignal,
+    Message,
     RescheduleSignal,
 )
 
@@ -33,7 +34,7 @@ async def _act(
     service: CallService,
     call_uuid: uuid.UUID,
     name: str,
-    message: Action,
+    message: Message,
     signal: bool,
     request_id: str | None,
 ) -> Accepted | JSONResponse:

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 from temporalio.service import RPCError
 
-from bench.stack import Child, free_port, temporal_cli
+from devstack.process import Child, free_port, temporal_cli
+from starter.connect import connect, missing_search_attributes, search_attribute_flags
 from tests.chaos.config import HOST, REPO_ROOT, STARTUP_TIMEOUT_SECONDS, ChaosConfig
-from workflows.connect import connect, missing_search_attributes, search_attribute_flags
 
 
 class Stack:

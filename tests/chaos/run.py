@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from starter.connect import connect
 from tests.chaos.agents import Agents
 from tests.chaos.checks import Checker, Findings
 from tests.chaos.config import ChaosConfig
@@ -21,7 +22,6 @@ from tests.chaos.faults import Faults
 from tests.chaos.ledger import Ledger
 from tests.chaos.processes import Stack
 from tests.chaos.report import ChaosReport
-from workflows.connect import connect
 
 
 @contextlib.contextmanager

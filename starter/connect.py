@@ -16,7 +16,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfig
 
-from workflows.messages import SearchAttributes
+from workflows.messages import CallSearchAttributes
 
 DEFAULT_ADDRESS = "localhost:7233"
 
@@ -63,7 +63,7 @@ def search_attribute_flags() -> list[str]:
     names = {"KEYWORD": "Keyword", "INT": "Int", "DATETIME": "Datetime"}
     return [
         arg
-        for key in SearchAttributes.ALL
+        for key in CallSearchAttributes.ALL
         for arg in ("--search-attribute", f"{key.name}={names[key.indexed_value_type.name]}")
     ]
 
@@ -76,7 +76,7 @@ async def missing_search_attributes(client: Client) -> list[str]:
     registered = dict(response.custom_attributes)
     return [
         f"{key.name} ({key.indexed_value_type.name.title()})"
-        for key in SearchAttributes.ALL
+        for key in CallSearchAttributes.ALL
         # The SDK's enum shares the API's numbering.
         if registered.get(key.name) != int(key.indexed_value_type)
     ]

