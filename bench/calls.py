@@ -88,7 +88,10 @@ def unanswered() -> AttemptSignal:
 
 async def attempt(handle: WorkflowHandle[Any, Any]) -> ActionAccepted:
     """Report an unanswered attempt (update: returns once TapRaise has recorded it)."""
-    return await handle.execute_update(ATTEMPT, unanswered(), result_type=ActionAccepted)
+    answer: ActionAccepted = await handle.execute_update(
+        ATTEMPT, unanswered(), result_type=ActionAccepted
+    )
+    return answer
 
 
 def completion() -> CompleteSignal:
@@ -98,7 +101,10 @@ def completion() -> CompleteSignal:
 
 async def complete(handle: WorkflowHandle[Any, Any]) -> ActionAccepted:
     """Complete the call (update: returns once TapRaise has completed it)."""
-    return await handle.execute_update(COMPLETE, completion(), result_type=ActionAccepted)
+    answer: ActionAccepted = await handle.execute_update(
+        COMPLETE, completion(), result_type=ActionAccepted
+    )
+    return answer
 
 
 async def typical_path(service: CallService, call: CallInput) -> CallState:

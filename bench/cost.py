@@ -257,11 +257,9 @@ async def measure(stack: Stack, wait_seconds: float) -> dict[str, Any]:
         expired_by_attempts,
         expired_by_deadline,
     ]
-    results = await asyncio.gather(
-        *(path(service) for path in paths), waiting(service, wait_seconds)
-    )
-    costs: list[Cost] = list(results[:-1])  # type: ignore[arg-type]
-    before, after = results[-1]  # type: ignore[misc]
+    waits = asyncio.create_task(waiting(service, wait_seconds))
+    costs = list(await asyncio.gather(*(path(service) for path in paths)))
+    before, after = await waits
     return {"costs": costs, "waitBefore": before, "waitAfter": after, "waitSeconds": wait_seconds}
 
 

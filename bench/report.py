@@ -11,7 +11,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -185,7 +185,8 @@ def parser_for(
 
 
 def main(
-    parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], Awaitable[Result]]
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], Coroutine[Any, Any, Result]],
 ) -> None:
     """The command line of one benchmark: parse, run, print the table (or `--json`)."""
     parser.add_argument("--json", action="store_true", help="Print the result as JSON.")
