@@ -32,7 +32,7 @@ test-instants: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy workflows activities tapraise
+	$(VENV)/bin/mypy tapraise sandbox workflows activities starter gateway devstack bench worker.py tests
 
 demo: $(STAMP)
 	$(PY) -m starter dev --demo

@@ -14,7 +14,7 @@ import json
 import re
 import string
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -233,6 +233,13 @@ def _bad_fields() -> list[st.SearchStrategy[tuple[str, str, Any]]]:
     ]
 
 
+def _with_key(
+    base: dict[str, Any],
+) -> Callable[[tuple[str, str, Any]], tuple[str, str, Any]]:
+    """(action, key, value) → (action, key, `base` with that key set to that value)."""
+    return lambda case: (case[0], case[1], {**base, case[1]: case[2]})
+
+
 def _bad_shapes() -> list[st.SearchStrategy[tuple[str, str, Any]]]:
     """Messages with a key no message has, and payloads that are no object at all."""
     cases: list[st.SearchStrategy[tuple[str, str, Any]]] = []
@@ -244,7 +251,7 @@ def _bad_shapes() -> list[st.SearchStrategy[tuple[str, str, Any]]]:
     ):
         cases.append(
             st.tuples(st.just(action), _unknown_key(set(_MESSAGE_FIELDS)), ANY_JSON).map(
-                lambda t, base=base: (t[0], t[1], {**base, t[1]: t[2]})
+                _with_key(base)
             )
         )
         cases.append(
@@ -527,7 +534,7 @@ async def test_raw_bad_update_is_rejected_naming_the_field_and_bad_signal_is_dro
     before = await _state(call_worker, call_uuid)
     with pytest.raises(WorkflowUpdateFailedError) as refused:
         await handle.execute_update(action, payload)
-    cause = refused.value.cause
+    cause: BaseException | None = refused.value.cause
     assert isinstance(cause, ApplicationError), cause
     # The SDK refuses a payload that does not decode ("Failed decoding arguments"); the
     # validation error beneath it names the field.

@@ -26,12 +26,14 @@ from temporalio.testing import WorkflowEnvironment
 
 from sandbox.seed import DEMO_PERSON_UUIDS
 from tapraise import AddAttemptRequest, CallResult, CallType, CreateCallRequest, TapRaiseClient
-from tests.helpers import wait_for_phase, worker_env, worker_process, worker_ready
+from tests.helpers import update, wait_for_phase, worker_env, worker_process, worker_ready
 from tests.sandbox_fixture import SandboxServer
 from tests.temporal_fixture import CallWorker, record_history
 from workflows import errors
 from workflows.call import CallWorkflow
 from workflows.messages import (
+    ATTEMPT,
+    COMPLETE,
     TASK_QUEUE,
     AttemptSignal,
     CallInput,
@@ -115,9 +117,7 @@ async def test_a_result_code_the_policy_does_not_list_is_refused_before_sending(
     )
     assert "'maybe' is not one of confirmed, declined" in reason
     assert lenient_sandbox.effects(str(state.call_uuid))["complete"] == 0
-    await handle.execute_update(
-        CallWorkflow.complete_update, CompleteSignal(result=CallResult(result_code="declined"))
-    )
+    await update(handle, COMPLETE, CompleteSignal(result=CallResult(result_code="declined")))
     assert (await handle.result()).phase == CallPhase.COMPLETED
 
 
@@ -148,9 +148,7 @@ async def test_a_completion_tapraise_refuses_is_refused_and_the_call_lives_on(
     assert after.status is not None and after.status.value == "requested"
     # Refused once for good: not retried, and the call can still be completed.
     assert confirmed_only.effects(str(state.call_uuid))["complete"] == 0
-    await handle.execute_update(
-        CallWorkflow.complete_update, CompleteSignal(result=CallResult(result_code="confirmed"))
-    )
+    await update(handle, COMPLETE, CompleteSignal(result=CallResult(result_code="confirmed")))
     final: CallState = await handle.result()
     assert final.phase == CallPhase.COMPLETED and final.failure is None
     await record_history(handle, "refused_completion")
@@ -166,7 +164,7 @@ async def test_tapraise_maximum_below_the_policy_expires_the_call_at_tapraise_co
         report = AttemptSignal(
             outcome=AttemptOutcome.BUSY, attempt_at=start + timedelta(minutes=10 + minute)
         )
-        await handle.execute_update(CallWorkflow.attempt_update, report)
+        await update(handle, ATTEMPT, report)
     sixth = AttemptSignal(outcome=AttemptOutcome.BUSY, attempt_at=start + timedelta(minutes=30))
     reason = await rejection(handle, CallWorkflow.attempt_update, sixth)
     assert reason.startswith("TapRaise refused the attempt:")
@@ -279,9 +277,7 @@ async def test_a_long_tapraise_outage_is_sat_out_across_runs_and_records_the_att
     first_run = (await handle.describe()).run_id
     lenient_sandbox.set_faults([{"endpoint": "add-attempt", "error500": 1.0}])
     try:
-        answer = await handle.execute_update(
-            CallWorkflow.attempt_update, AttemptSignal(outcome=AttemptOutcome.NO_ANSWER)
-        )
+        answer = await update(handle, ATTEMPT, AttemptSignal(outcome=AttemptOutcome.NO_ANSWER))
         assert "queued" in answer.detail
         latest = call_worker.client.get_workflow_handle(handle.id)
         for _ in range(60):  # rounds of tries, a durable wait between them
@@ -323,7 +319,7 @@ async def test_a_duplicate_delivery_waiting_in_an_outage_does_not_count_against_
         second = AttemptSignal(
             outcome=AttemptOutcome.NO_ANSWER, attempt_at=state.requested_at + timedelta(minutes=2)
         )
-        answer = await handle.execute_update(CallWorkflow.attempt_update, second)
+        answer = await update(handle, ATTEMPT, second)
         assert "queued" in answer.detail
     finally:
         lenient_sandbox.clear_faults()
@@ -370,12 +366,12 @@ async def test_updates_are_answered_in_a_task_of_their_own_not_with_a_local_acti
 ) -> None:
     handle, state = await started(call_worker)
     attempt = AttemptSignal(outcome=AttemptOutcome.BUSY, attempt_at=state.requested_at)
-    recorded = await handle.execute_update(CallWorkflow.attempt_update, attempt)
+    recorded = await update(handle, ATTEMPT, attempt)
     assert recorded.detail is None or "duplicate" not in recorded.detail
     lenient_sandbox.set_faults([{"endpoint": "add-attempt", "error500": 1.0}])
     try:
         later = attempt.model_copy(update={"attempt_at": state.requested_at + timedelta(minutes=1)})
-        queued = await handle.execute_update(CallWorkflow.attempt_update, later)
+        queued = await update(handle, ATTEMPT, later)
         assert "queued" in (queued.detail or "")
     finally:
         lenient_sandbox.clear_faults()
@@ -384,9 +380,7 @@ async def test_updates_are_answered_in_a_task_of_their_own_not_with_a_local_acti
         if len((await call_worker.state(handle)).attempts) == 2:
             break
         await asyncio.sleep(0.1)
-    await handle.execute_update(
-        CallWorkflow.complete_update, CompleteSignal(result=CallResult(result_code="confirmed"))
-    )
+    await update(handle, COMPLETE, CompleteSignal(result=CallResult(result_code="confirmed")))
     final: CallState = await handle.result()
     assert final.phase == CallPhase.COMPLETED and len(final.attempts) == 2
     history = await handle.fetch_history()
@@ -432,9 +426,7 @@ async def test_an_attempt_tapraise_holds_but_the_call_never_recorded_is_adopted_
     handle, state = await started(call_worker)
     lost_at = state.requested_at + timedelta(seconds=1)
     await tapraise_client.add_attempt(state.call_uuid, AddAttemptRequest(attempt_at=lost_at))
-    await handle.execute_update(
-        CallWorkflow.complete_update, CompleteSignal(result=CallResult(result_code="confirmed"))
-    )
+    await update(handle, COMPLETE, CompleteSignal(result=CallResult(result_code="confirmed")))
     final: CallState = await handle.result()
     assert final.phase == CallPhase.COMPLETED
     assert [a.attempt_at for a in final.attempts] == [lost_at]

@@ -34,7 +34,7 @@ from tapraise import (
     CreateCallRequest,
     TapRaiseClient,
 )
-from tests.helpers import effects, wait_for_phase
+from tests.helpers import effects, update, wait_for_phase
 from tests.sandbox_fixture import SandboxServer
 from tests.temporal_fixture import (
     DEFAULT_START,
@@ -45,6 +45,10 @@ from tests.temporal_fixture import (
 )
 from workflows.call import CallWorkflow
 from workflows.messages import (
+    ATTEMPT,
+    CANCEL,
+    COMPLETE,
+    RESCHEDULE,
     AttemptSignal,
     CallPhase,
     CallState,
@@ -181,9 +185,7 @@ async def test_typical_call_attempted_on_two_days_then_completed_on_day_three(
 
     await call_worker.advance_to(handle, first.next_slot_at)
     await wait_for_phase(handle, CallPhase.DUE)
-    accepted = await handle.execute_update(
-        CallWorkflow.attempt_update, AttemptSignal(outcome=AttemptOutcome.VOICEMAIL)
-    )
+    accepted = await update(handle, ATTEMPT, AttemptSignal(outcome=AttemptOutcome.VOICEMAIL))
     assert accepted.detail.startswith("attempt 1 recorded")
 
     second = await wait_for_phase(handle, CallPhase.SCHEDULED)
@@ -228,9 +230,7 @@ async def test_cancel_while_waiting_cancels_in_tapraise(
 ) -> None:
     handle = await call_worker.start(person_uuid=PERSON, type="happy_call")
     await settled(call_worker, handle)
-    accepted = await handle.execute_update(
-        CallWorkflow.cancel_update, CancelSignal(reason="donor asked not to be called")
-    )
+    accepted = await update(handle, CANCEL, CancelSignal(reason="donor asked not to be called"))
     assert accepted.phase == CallPhase.CANCELLED
     final = await handle.result()
     assert final.phase == CallPhase.CANCELLED and final.status == CallStatus.CANCELLED
@@ -249,9 +249,7 @@ async def test_call_expires_when_attempts_run_out(
         assert state.next_slot_at is not None
         await call_worker.advance_to(handle, state.next_slot_at)
         await wait_for_phase(handle, CallPhase.DUE)
-        await handle.execute_update(
-            CallWorkflow.attempt_update, AttemptSignal(outcome=AttemptOutcome.BUSY)
-        )
+        await update(handle, ATTEMPT, AttemptSignal(outcome=AttemptOutcome.BUSY))
     final = await handle.result()
     assert final.phase == CallPhase.EXPIRED and final.status == CallStatus.EXPIRED
     assert final.final_reason == "expired: max_attempts"
@@ -288,9 +286,7 @@ async def test_reschedule_moves_the_next_slot_to_the_donors_requested_time(
     while not callable_at(local.replace(hour=19, minute=30)):  # a working day's 19:30
         local += timedelta(days=1)
     wanted = local.replace(hour=19, minute=30, second=0, microsecond=0)
-    accepted = await handle.execute_update(
-        CallWorkflow.reschedule_update, RescheduleSignal(at=wanted, notes="after dinner")
-    )
+    accepted = await update(handle, RESCHEDULE, RescheduleSignal(at=wanted, notes="after dinner"))
     assert "callback at" in accepted.detail
     state = await wait_for_phase(handle, CallPhase.SCHEDULED)
     assert state.next_slot_at == wanted.astimezone(UTC)
@@ -299,9 +295,7 @@ async def test_reschedule_moves_the_next_slot_to_the_donors_requested_time(
     assert due.next_slot_at == wanted.astimezone(UTC)
 
     with pytest.raises(WorkflowUpdateFailedError) as refused:
-        await handle.execute_update(
-            CallWorkflow.reschedule_update, RescheduleSignal(at=wanted + timedelta(days=30))
-        )
+        await update(handle, RESCHEDULE, RescheduleSignal(at=wanted + timedelta(days=30)))
     assert "deadline" in str(refused.value.cause)
     await record_history(handle, "rescheduled")
     await handle.terminate("test done")
@@ -349,8 +343,8 @@ async def test_duplicate_late_and_malformed_messages_change_nothing(
     call_uuid = str(state.call_uuid)
     at = await call_worker.now(handle)
     attempt = AttemptSignal(outcome=AttemptOutcome.NO_ANSWER, attempt_at=at)
-    await handle.execute_update(CallWorkflow.attempt_update, attempt)
-    again = await handle.execute_update(CallWorkflow.attempt_update, attempt)
+    await update(handle, ATTEMPT, attempt)
+    again = await update(handle, ATTEMPT, attempt)
     assert again.detail.startswith("duplicate")
     await handle.signal(CallWorkflow.attempt_signal, attempt)
 
@@ -362,13 +356,11 @@ async def test_duplicate_late_and_malformed_messages_change_nothing(
         await handle.execute_update("attempt", {"outcome": "hung_up"})
     assert unknown.value.cause is not None
 
-    await handle.execute_update(
-        CallWorkflow.complete_update, CompleteSignal(result=CallResult(result_code="confirmed"))
-    )
+    await update(handle, COMPLETE, CompleteSignal(result=CallResult(result_code="confirmed")))
     final = await handle.result()
     # Once the call is closed, Temporal itself refuses any further message.
     with pytest.raises(RPCError, match="already completed"):
-        await handle.execute_update(CallWorkflow.cancel_update, CancelSignal())
+        await update(handle, CANCEL, CancelSignal())
     with pytest.raises(RPCError, match="already completed"):
         await handle.signal(CallWorkflow.cancel_signal, CancelSignal())
     await record_history(handle, "duplicates_and_malformed")
@@ -425,11 +417,12 @@ async def test_completion_racing_a_cancellation_records_exactly_one_final_action
     handle = await call_worker.start(person_uuid=PERSON, type="verification")
     state = await settled(call_worker, handle)
     results = await asyncio.gather(
-        handle.execute_update(
-            CallWorkflow.complete_update,
+        update(
+            handle,
+            COMPLETE,
             CompleteSignal(result=CallResult(result_code="confirmed")),
         ),
-        handle.execute_update(CallWorkflow.cancel_update, CancelSignal(reason="race")),
+        update(handle, CANCEL, CancelSignal(reason="race")),
         return_exceptions=True,
     )
     accepted = [r for r in results if not isinstance(r, BaseException)]
@@ -446,7 +439,8 @@ async def test_completion_racing_a_cancellation_records_exactly_one_final_action
     effects = lenient_sandbox.effects(str(state.call_uuid))
     assert effects["complete"] + effects["cancel"] == 1
     assert final.phase in (CallPhase.COMPLETED, CallPhase.CANCELLED)
-    assert lenient_sandbox.stored_call(str(state.call_uuid))["status"] == final.phase.value
+    stored = lenient_sandbox.stored_call(str(state.call_uuid))
+    assert stored is not None and stored["status"] == final.phase.value
 
 
 async def test_completion_sent_while_the_create_is_still_retried_is_carried_out_after_it(
@@ -473,13 +467,12 @@ async def test_late_answer_to_an_attempt_never_records_it_twice(
     lenient_sandbox.set_faults(
         [{"endpoint": "add-attempt", "next": ["late"], "lateDelaySeconds": 3}]
     )
-    accepted = await handle.execute_update(
-        CallWorkflow.attempt_update, AttemptSignal(outcome=AttemptOutcome.NO_ANSWER)
-    )
+    accepted = await update(handle, ATTEMPT, AttemptSignal(outcome=AttemptOutcome.NO_ANSWER))
     assert accepted.detail.startswith("attempt 1 recorded")
     call_uuid = str(state.call_uuid)
     assert lenient_sandbox.effects(call_uuid)["add-attempt"] == 1
-    assert lenient_sandbox.stored_call(call_uuid)["attemptsCount"] == 1
+    stored = lenient_sandbox.stored_call(call_uuid)
+    assert stored is not None and stored["attemptsCount"] == 1
     assert len(lenient_sandbox.requests(call_uuid=call_uuid, endpoint="add-attempt")) == 1
     await handle.terminate("test done")
 
@@ -491,9 +484,7 @@ async def test_attempt_beyond_the_maximum_is_refused_before_reaching_tapraise(
         person_uuid=PERSON, type="verification", policy={"maxAttempts": 1}
     )
     state = await settled(call_worker, handle)
-    first = handle.execute_update(
-        CallWorkflow.attempt_update, AttemptSignal(outcome=AttemptOutcome.NO_ANSWER)
-    )
+    first = update(handle, ATTEMPT, AttemptSignal(outcome=AttemptOutcome.NO_ANSWER))
     await first
     final = await handle.result()  # one attempt was the maximum: the call expired
     assert final.phase == CallPhase.EXPIRED and final.final_reason == "expired: max_attempts"
@@ -539,9 +530,7 @@ async def test_slots_stay_inside_local_windows_across_a_dst_change(
     await call_worker.advance_to(handle, first.next_slot_at)
     await wait_for_phase(handle, CallPhase.DUE)
     at = await call_worker.now(handle)
-    await handle.execute_update(
-        CallWorkflow.attempt_update, AttemptSignal(outcome=AttemptOutcome.NO_ANSWER, attempt_at=at)
-    )
+    await update(handle, ATTEMPT, AttemptSignal(outcome=AttemptOutcome.NO_ANSWER, attempt_at=at))
     second = await wait_for_phase(handle, CallPhase.SCHEDULED)
     assert second.next_slot_at is not None
     local = second.next_slot_at.astimezone(AMSTERDAM)
@@ -572,9 +561,7 @@ async def test_a_history_past_its_bound_continues_as_new_without_losing_or_repea
     )
     state = await wait_for_phase(handle, CallPhase.SCHEDULED, CallPhase.DUE)
     call_uuid = str(state.call_uuid)
-    await handle.execute_update(
-        CallWorkflow.attempt_update, AttemptSignal(outcome=AttemptOutcome.BUSY)
-    )
+    await update(handle, ATTEMPT, AttemptSignal(outcome=AttemptOutcome.BUSY))
     # Slot after slot lapses unreported, run after run. A minute at a time: the dev server may
     # skip a new run's first moment (a one-second backoff) to the end of the fast-forward.
     for _ in range(10):
@@ -584,9 +571,7 @@ async def test_a_history_past_its_bound_continues_as_new_without_losing_or_repea
             break
     assert state.missed_slots >= 5 and len(state.attempts) == 1
     assert any(e.kind == "continued" for e in state.events)
-    await handle.execute_update(
-        CallWorkflow.complete_update, CompleteSignal(result=CallResult(result_code="confirmed"))
-    )
+    await update(handle, COMPLETE, CompleteSignal(result=CallResult(result_code="confirmed")))
     final = await handle.result()
     assert final.phase == CallPhase.COMPLETED and len(final.attempts) == 1
     first = call_worker.client.get_workflow_handle(handle.id, run_id=handle.result_run_id)
@@ -650,9 +635,7 @@ async def test_a_message_queued_while_adopting_a_finished_call_is_refused_not_le
     )
     # Refused by the workflow, or, when the call closes in the same instant, by Temporal.
     with pytest.raises((WorkflowUpdateFailedError, RPCError)) as refused:
-        await handle.execute_update(
-            CallWorkflow.attempt_update, AttemptSignal(outcome=AttemptOutcome.NO_ANSWER)
-        )
+        await update(handle, ATTEMPT, AttemptSignal(outcome=AttemptOutcome.NO_ANSWER))
     reason = refused.value.cause if isinstance(refused.value, WorkflowUpdateFailedError) else None
     assert "already cancelled" in str(reason or refused.value) or "closing" in str(refused.value)
     final = await handle.result()
@@ -681,13 +664,9 @@ async def test_without_the_due_phase_each_slot_is_one_timer_and_the_call_stays_s
 
     # Reported inside the next slot while the call shows `scheduled`; then completed.
     await call_worker.advance_to(handle, second.next_slot_at)
-    accepted = await handle.execute_update(
-        CallWorkflow.attempt_update, AttemptSignal(outcome=AttemptOutcome.NO_ANSWER)
-    )
+    accepted = await update(handle, ATTEMPT, AttemptSignal(outcome=AttemptOutcome.NO_ANSWER))
     assert accepted.phase == CallPhase.SCHEDULED
-    await handle.execute_update(
-        CallWorkflow.complete_update, CompleteSignal(result=CallResult(result_code="confirmed"))
-    )
+    await update(handle, COMPLETE, CompleteSignal(result=CallResult(result_code="confirmed")))
     final = await handle.result()
     assert final.phase == CallPhase.COMPLETED and len(final.attempts) == 1
 
@@ -717,18 +696,11 @@ async def test_an_attempt_tapraise_holds_but_the_call_missed_is_counted_when_it_
     state = await settled(call_worker, handle)
     lost_at = state.requested_at + timedelta(seconds=5)
     await tapraise_client.add_attempt(state.call_uuid, AddAttemptRequest(attempt_at=lost_at))
-    await handle.execute_update(
-        CallWorkflow.attempt_update, AttemptSignal(outcome=AttemptOutcome.BUSY)
-    )
-    await handle.execute_update(
-        CallWorkflow.complete_update, CompleteSignal(result=CallResult(result_code="confirmed"))
-    )
+    await update(handle, ATTEMPT, AttemptSignal(outcome=AttemptOutcome.BUSY))
+    await update(handle, COMPLETE, CompleteSignal(result=CallResult(result_code="confirmed")))
     final = await handle.result()
-    assert (
-        len(final.attempts)
-        == 2
-        == lenient_sandbox.stored_call(str(final.call_uuid))["attemptsCount"]
-    )
+    stored = lenient_sandbox.stored_call(str(final.call_uuid))
+    assert stored is not None and len(final.attempts) == 2 == stored["attemptsCount"]
     assert lost_at in {a.attempt_at for a in final.attempts}
     assert [e.kind for e in final.events].count("adopted") == 1
     assert lenient_sandbox.effects(str(final.call_uuid))["add-attempt"] == 2

@@ -28,11 +28,13 @@ from temporalio.testing import WorkflowEnvironment
 from sandbox.seed import DEMO_PERSON_UUIDS
 from tapraise.models import CallResult
 from tests.chaos import ChaosConfig, chaos_policy, run_chaos
-from tests.helpers import effects, wait_for_phase, worker_env, worker_process, worker_ready
+from tests.helpers import effects, update, wait_for_phase, worker_env, worker_process, worker_ready
 from tests.sandbox_fixture import SandboxServer
 from tests.temporal_fixture import CallWorker
 from workflows.call import CallWorkflow
 from workflows.messages import (
+    ATTEMPT,
+    COMPLETE,
     TASK_QUEUE,
     AttemptSignal,
     CallInput,
@@ -113,8 +115,8 @@ async def test_completion_refused_by_tapraise_for_a_while_is_recorded_exactly_on
     lenient_sandbox.set_faults(
         [{"endpoint": "complete", "next": ["503", "late", "503"], "lateDelaySeconds": 3}]
     )
-    accepted = await handle.execute_update(
-        CallWorkflow.complete_update, CompleteSignal(result=CallResult(result_code="confirmed"))
+    accepted = await update(
+        handle, COMPLETE, CompleteSignal(result=CallResult(result_code="confirmed"))
     )
     assert accepted.phase == CallPhase.COMPLETED
     final = await handle.result()
@@ -122,7 +124,8 @@ async def test_completion_refused_by_tapraise_for_a_while_is_recorded_exactly_on
     statuses = [r["status"] for r in lenient_sandbox.requests(call_uuid, "complete")]
     assert statuses == [503, 200, 503, 409]
     assert lenient_sandbox.effects(call_uuid) == effects(create=1, complete=1)
-    assert lenient_sandbox.stored_call(call_uuid)["status"] == "completed"
+    stored = lenient_sandbox.stored_call(call_uuid)
+    assert stored is not None and stored["status"] == "completed"
 
 
 async def test_attempt_applied_just_before_a_worker_crash_is_not_recorded_again(
@@ -157,7 +160,7 @@ async def test_attempt_applied_just_before_a_worker_crash_is_not_recorded_again(
             outcome=AttemptOutcome.NO_ANSWER,
             attempt_at=now.replace(microsecond=now.microsecond // 1000 * 1000),
         )
-        answer = asyncio.create_task(handle.execute_update(CallWorkflow.attempt_update, attempt))
+        answer = asyncio.create_task(update(handle, ATTEMPT, attempt))
         deadline = time.monotonic() + 20
         while lenient_sandbox.effects(call_uuid)["add-attempt"] == 0:
             assert time.monotonic() < deadline, "the attempt never reached TapRaise"
@@ -204,7 +207,7 @@ async def test_attempt_reported_while_the_call_expires_is_refused_and_the_call_c
         outcome=AttemptOutcome.BUSY,
         attempt_at=now.replace(microsecond=now.microsecond // 1000 * 1000),
     )
-    answer = asyncio.create_task(handle.execute_update(CallWorkflow.attempt_update, attempt))
+    answer = asyncio.create_task(update(handle, ATTEMPT, attempt))
     try:
         final = await asyncio.wait_for(handle.result(), 40)
         assert final.phase == CallPhase.EXPIRED and final.attempts == []

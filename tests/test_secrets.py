@@ -35,11 +35,13 @@ from tapraise import ServiceAccount, TapRaiseClient
 from tapraise.auth import TokenSigner
 from tapraise.models import CallResult
 from tests.chaos import chaos_policy
-from tests.helpers import demo_account, start_options
+from tests.helpers import demo_account, start_options, update
 from tests.sandbox_fixture import SandboxServer
 from worker import build_worker
 from workflows.call import CallWorkflow
 from workflows.messages import (
+    ATTEMPT,
+    COMPLETE,
     AttemptSignal,
     CallInput,
     CallPhase,
@@ -163,12 +165,8 @@ async def test_no_key_or_token_appears_in_histories_attributes_logs_or_errors(
     bad_queue, bad_transport, bad_account = unknown_key_worker
 
     completed = await start(client, queue, DEMO_PERSON_UUIDS[9])
-    await completed.execute_update(
-        CallWorkflow.attempt_update, AttemptSignal(outcome=AttemptOutcome.NO_ANSWER)
-    )
-    await completed.execute_update(
-        CallWorkflow.complete_update, CompleteSignal(result=CallResult(result_code="confirmed"))
-    )
+    await update(completed, ATTEMPT, AttemptSignal(outcome=AttemptOutcome.NO_ANSWER))
+    await update(completed, COMPLETE, CompleteSignal(result=CallResult(result_code="confirmed")))
     forbidden = await start(client, queue, FOREIGN_PERSON_UUID)
     unauthorized = await start(client, bad_queue, DEMO_PERSON_UUIDS[10])
 

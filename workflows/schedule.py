@@ -215,24 +215,37 @@ def next_slot(
     if attempts_made >= policy.max_attempts:
         return Expire(ExpiryReason.MAX_ATTEMPTS)
     deadline = call_deadline(policy, requested_at)
-    now = _utc(now)
     if callback_at is not None:
         earliest = _utc(callback_at)
     else:
-        earliest = _utc(requested_at) + policy.first_attempt_delay
-        if last_attempt_at is not None:
-            outcome = last_outcome or AttemptOutcome.NO_ANSWER
-            delay = policy.retry_delays.get(outcome, timedelta(0))
-            earliest = max(earliest, _utc(last_attempt_at) + delay)
-        if missed_slot_at is not None:
-            earliest = max(earliest, _utc(missed_slot_at) + policy.missed_slot_delay)
-    earliest = max(earliest, now)
+        earliest = _earliest_by_delays(
+            policy, requested_at, last_outcome, last_attempt_at, missed_slot_at
+        )
+    earliest = max(earliest, _utc(now))
     if earliest >= deadline:
         return Expire(ExpiryReason.DEADLINE)
     at = align_to_window(policy, tz, earliest)
     if at is None or at >= deadline:
         return Expire(ExpiryReason.DEADLINE)
     return Slot(at=at, due_until=due_until(policy, tz, at, requested_at=requested_at))
+
+
+def _earliest_by_delays(
+    policy: CallPolicy,
+    requested_at: datetime,
+    last_outcome: AttemptOutcome | None,
+    last_attempt_at: datetime | None,
+    missed_slot_at: datetime | None,
+) -> datetime:
+    """Rule 3 of `next_slot` without a callback: the latest moment the policy's delays allow."""
+    earliest = _utc(requested_at) + policy.first_attempt_delay
+    if last_attempt_at is not None:
+        outcome = last_outcome or AttemptOutcome.NO_ANSWER
+        delay = policy.retry_delays.get(outcome, timedelta(0))
+        earliest = max(earliest, _utc(last_attempt_at) + delay)
+    if missed_slot_at is not None:
+        earliest = max(earliest, _utc(missed_slot_at) + policy.missed_slot_delay)
+    return earliest
 
 
 def validate_callback(
