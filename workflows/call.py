@@ -64,7 +64,7 @@ with workflow.unsafe.imports_passed_through():
         CallEvent,
         CallInput,
         CallPhase,
-        CallRecord,
+        CallProgress,
         CallResume,
         CallSearchAttributes,
         CallState,
@@ -153,7 +153,7 @@ class CallWorkflow:
             input = input.model_copy(update={"resume": None})
         self._input = input
         call_uuid = input.uuid or _uuid_from_id()
-        self._record = CallRecord(
+        self._record = CallProgress(
             call_uuid=call_uuid,
             requested_at=to_millis(input.requested_at or _start_instant()),
             timezone=input.timezone or DEFAULT_TIMEZONE,
@@ -342,7 +342,7 @@ class CallWorkflow:
             action.queued = True
 
     def _restore(self, resume: CallResume) -> None:
-        self._record = CallRecord.of(resume)
+        self._record = CallProgress.of(resume)
         self._policy = resume.policy
         self._phase = CallPhase.SCHEDULED if resume.created else CallPhase.CREATING
         for pending in resume.pending:
@@ -918,7 +918,7 @@ class CallWorkflow:
             else None
         )
         return CallState(
-            **dict(self._record),
+            **self._record.shown(),
             workflow_id=workflow.info().workflow_id,
             type=self._input.type,
             person_uuid=self._input.person_uuid,

@@ -123,33 +123,39 @@ class PendingMessage(_Message):
 
 
 class CallRecord(_Message):
-    """What a call knows of itself, kept by the workflow as it goes: one shape for three uses.
-
-    The workflow holds one (changed in place), a continued run starts from one (`CallResume`),
-    and the `state` query returns one with what is derived from it (`CallState`). A new field is
-    one line here, and travels to all three.
-    """
-
-    model_config = ConfigDict(frozen=False)
+    """What a call knows of itself that both the `state` query (`CallState`) and a continued
+    run (`CallResume`) carry: one list of fields, kept once."""
 
     call_uuid: UUID
     requested_at: datetime
     timezone: str = DEFAULT_TIMEZONE
-    created: bool = False  # TapRaise holds the call
     status: CallStatus | None = None
     attempts: list[AttemptRecord] = Field(default_factory=list)
     missed_slots: int = 0
-    missed_slot_at: datetime | None = None  # cleared by the next attempt
     callback_at: datetime | None = None
     events: list[CallEvent] = Field(default_factory=list)
 
+    def shown(self) -> dict[str, Any]:
+        """The fields a `CallState` shows of this record."""
+        return {name: getattr(self, name) for name in CallRecord.model_fields}
+
+
+class CallProgress(CallRecord):
+    """The call's state as the workflow holds it (changed in place): the record, and what only
+    the scheduling needs. A new field is one line here, and travels into the next run."""
+
+    model_config = ConfigDict(frozen=False)
+
+    created: bool = False  # TapRaise holds the call
+    missed_slot_at: datetime | None = None  # cleared by the next attempt
+
     @classmethod
-    def of(cls, other: CallRecord) -> CallRecord:
-        """The record part of a resume or a state, on its own (lists are copied)."""
-        return CallRecord(**{name: getattr(other, name) for name in CallRecord.model_fields})
+    def of(cls, resume: CallResume) -> CallProgress:
+        """The progress a continued run starts from (lists are copied)."""
+        return CallProgress(**{name: getattr(resume, name) for name in CallProgress.model_fields})
 
 
-class CallResume(CallRecord):
+class CallResume(CallProgress):
     """What a call carries into a new run when its history outgrew the policy's bound.
 
     A call may continue as new before it is created in TapRaise (`created` false: a long
@@ -241,7 +247,8 @@ class ActionAccepted(_Message):
 class CallState(CallRecord):
     """The whole snapshot returned by the `state` query: the record and what follows from it.
 
-    Unknown fields are ignored, so that a reader keeps working when a newer worker adds one.
+    Unknown fields are ignored, so that a reader keeps working when a newer worker adds one
+    (fields are only ever added).
     """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
