@@ -74,6 +74,12 @@ def misspelling_problem(name: str, field_name: str) -> str:
     return f"{name}: misspelt call field, did you mean {field_name}?"
 
 
+def _misspellings(names: Iterable[str], id_from: str | None) -> list[tuple[str, str]]:
+    """The names that misspell a call field (the `id_from` one excepted), each with its field."""
+    meant = [(name, misspelt_field(name)) for name in names if name != id_from]
+    return [(name, field_name) for name, field_name in meant if field_name is not None]
+
+
 def outcome_of(result: StartResult) -> str:
     """A started row's outcome; a start refused by local validation counts as invalid."""
     return INVALID if result.status is StartStatus.REFUSED else result.status.value
@@ -255,18 +261,14 @@ def _row_call(
 
     Only the record's call fields are validated and sent; its other keys are the CRM's own.
     """
-    misspelt = {
-        name: field_name
-        for name in record
-        if name != id_from and (field_name := misspelt_field(name)) is not None
-    }
+    misspelt = _misspellings(record, id_from)
     data = {name: value for name, value in record.items() if name in CALL_FIELDS}
-    problems = [misspelling_problem(name, field_name) for name, field_name in misspelt.items()]
+    problems = [misspelling_problem(name, field_name) for name, field_name in misspelt]
     try:
         call = parse_call(data)
     except InvalidInput as exc:
         # A field reported missing because it was misspelt is said once, as the misspelling.
-        meant = {f"{field_name}: required" for field_name in misspelt.values()}
+        meant = {f"{field_name}: required" for _, field_name in misspelt}
         problems += [problem for problem in exc.problems if problem not in meant]
     if problems:
         raise InvalidInput(problems)
@@ -291,11 +293,7 @@ def _lookup(data: dict[str, Any], path: str) -> Any:
 
 
 def _check_header(header: list[str], id_from: str | None) -> None:
-    misspelt = [
-        misspelling_problem(name, field_name)
-        for name in header
-        if name and name != id_from and (field_name := misspelt_field(name)) is not None
-    ]
+    misspelt = [misspelling_problem(n, f) for n, f in _misspellings(header, id_from)]
     if misspelt:
         raise BatchError(
             f"column {'; column '.join(misspelt)} (the header spells the call's fields exactly: "

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any, Final, NoReturn, TypeVar
 
 import typer
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -63,6 +63,7 @@ from starter.service import (
     parse_request_id,
 )
 from starter.settings import StarterSettings
+from tapraise.models import format_timestamp
 from workflows.messages import (
     ATTEMPT,
     CANCEL,
@@ -75,7 +76,6 @@ from workflows.messages import (
 )
 from workflows.schedule import format_local
 
-EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
@@ -138,12 +138,21 @@ def _print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
-def _fail(message: str, code: int, as_json: bool, kind: str = "failed", **extra: Any) -> NoReturn:
+def _show(as_json: bool, data: Any, human: RenderableType, soft_wrap: bool = True) -> None:
+    """The answer: `data` as JSON for scripts, else `human` for people."""
+    if as_json:
+        _print_json(data)
+    else:
+        out.print(human, soft_wrap=soft_wrap)
+
+
+def _fail(message: str, as_json: bool, kind: str = "failed", **extra: Any) -> NoReturn:
+    """End the command: exit 2 when the input is at fault (kind "invalid"), else 1."""
     if as_json:
         _print_json({"error": message, "kind": kind, **extra})
     else:
         err.print(f"[red]error:[/red] {message}", soft_wrap=True)
-    raise typer.Exit(code)
+    raise typer.Exit(EXIT_USAGE if kind == "invalid" else EXIT_FAILED)
 
 
 def _invalid(exc: InvalidInput, as_json: bool) -> NoReturn:
@@ -152,7 +161,7 @@ def _invalid(exc: InvalidInput, as_json: bool) -> NoReturn:
             err.print(f"[red]invalid:[/red] {problem}", soft_wrap=True)
         err.print("nothing was sent to Temporal")
         raise typer.Exit(EXIT_USAGE)
-    _fail(str(exc), EXIT_USAGE, True, kind="invalid", problems=exc.problems)
+    _fail(str(exc), True, kind="invalid", problems=exc.problems)
 
 
 def _run(ctx: typer.Context, work: Callable[[CallService], Awaitable[T]], as_json: bool) -> T:
@@ -168,9 +177,9 @@ def _run(ctx: typer.Context, work: Callable[[CallService], Awaitable[T]], as_jso
     except InvalidInput as exc:
         _invalid(exc, as_json)
     except CallsError as exc:
-        _fail(str(exc), EXIT_FAILED, as_json, kind=exc.kind)
+        _fail(str(exc), as_json, kind=exc.kind)
     except RuntimeError as exc:  # `connect()` explains an unreachable server this way
-        _fail(str(exc), EXIT_FAILED, as_json, kind="unavailable")
+        _fail(str(exc), as_json, kind="unavailable")
 
 
 def _load_json_object(text: str, what: str) -> dict[str, Any]:
@@ -203,13 +212,12 @@ def _moment(text: str | None) -> str | None:
         (timedelta(**{_UNITS[unit]: int(n)}) for n, unit in re.findall(r"(\d+)([dhms])", text)),
         timedelta(),
     )
-    at = datetime.now(UTC) + (delta if relative["sign"] == "+" else -delta)
-    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return format_timestamp(datetime.now(UTC) + (delta if relative["sign"] == "+" else -delta))
 
 
-def _put(data: dict[str, Any], key: str, value: Any) -> None:
-    if value is not None:
-        data[key] = value
+def _given(**fields: Any) -> dict[str, Any]:
+    """The fields that were given (not None), by their camelCase names."""
+    return {key: value for key, value in fields.items() if value is not None}
 
 
 def _write_results(name: str, rows: list[dict[str, str]]) -> None:
@@ -290,35 +298,24 @@ def start(
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
 ) -> None:
     """Start one call. A call that exists already is reported as "already started"."""
-    fields = {
-        "personUuid": person,
-        "type": call_type,
-        "uuid": call_uuid,
-        "requestedAt": _moment(requested_at),
-        "callingOrganizationUuid": org,
-        "relatedCaseUuid": related_case,
-        "requestedByUserUuid": requested_by,
-        "notes": notes,
-        "timezone": timezone,
-    }
+    fields = _given(
+        personUuid=person,
+        type=call_type,
+        uuid=call_uuid,
+        requestedAt=_moment(requested_at),
+        callingOrganizationUuid=org,
+        relatedCaseUuid=related_case,
+        requestedByUserUuid=requested_by,
+        notes=notes,
+        timezone=timezone,
+    )
     call = _call_from(source, file, fields, policy, as_json)
-
-    async def work(service: CallService) -> StartResult:
-        return await service.start(call)
-
-    result = _run(ctx, work, as_json)
-    if as_json:
-        _print_json(result.to_json())
-    else:
-        out.print(_start_line(result), soft_wrap=True)
+    result = _run(ctx, lambda service: service.start(call), as_json)
+    _show(as_json, result.to_json(), _start_line(result))
 
 
 def _call_from(
-    source: str | None,
-    file: str | None,
-    fields: dict[str, str | None],
-    policy: str | None,
-    as_json: bool,
+    source: str | None, file: str | None, fields: dict[str, Any], policy: str | None, as_json: bool
 ) -> CallInput:
     """The call `start` was given: JSON from stdin or a file, completed by the options."""
     try:
@@ -331,15 +328,14 @@ def _call_from(
             data = _load_json_object(sys.stdin.read(), "stdin")
         elif file is not None:
             data = _load_json_object(_read_text(file), file)
-        for key, value in fields.items():
-            _put(data, key, value)
+        data.update(fields)
         if policy is not None:
             data["policy"] = _load_json_object(policy, "policy")
         return parse_call(data)
     except InvalidInput as exc:
         _invalid(exc, as_json)
     except OSError as exc:
-        _fail(f"cannot read {file}: {exc.strerror}", EXIT_USAGE, as_json, kind="invalid")
+        _fail(f"cannot read {file}: {exc.strerror}", as_json, kind="invalid")
 
 
 # ── start-batch ──────────────────────────────────────────────────────────────────────────────
@@ -419,7 +415,7 @@ def _check_results_target(results: str | None, as_json: bool) -> None:
     if results is not None and results != "-":
         problem = _unwritable(results)
         if problem is not None:
-            _fail(f"--results {results}: {problem}", EXIT_USAGE, as_json, kind="invalid")
+            _fail(f"--results {results}: {problem}", as_json, kind="invalid")
 
 
 def _load_batch(path: str, fmt: BatchFormat | None, id_from: str | None, as_json: bool) -> Batch:
@@ -428,12 +424,11 @@ def _load_batch(path: str, fmt: BatchFormat | None, id_from: str | None, as_json
         text = _read_text(path)
         return read_batch(text, detect_format(path, fmt, text), id_from)
     except OSError as exc:
-        _fail(f"cannot read {path}: {exc.strerror}", EXIT_USAGE, as_json, kind="invalid")
+        _fail(f"cannot read {path}: {exc.strerror}", as_json, kind="invalid")
     except UnicodeDecodeError as exc:
-        message = f"cannot read {path}: not UTF-8 text ({exc.reason})"
-        _fail(message, EXIT_USAGE, as_json, kind="invalid")
+        _fail(f"cannot read {path}: not UTF-8 text ({exc.reason})", as_json, kind="invalid")
     except BatchError as exc:
-        _fail(f"{exc}; nothing started", EXIT_USAGE, as_json, kind="invalid")
+        _fail(f"{exc}; nothing started", as_json, kind="invalid")
 
 
 def _report_rows(report: Console, batch: Batch) -> None:
@@ -460,13 +455,8 @@ def _refuse_file(batch: Batch, strict: bool, results: str | None, as_json: bool)
     if results is not None:
         _write_results(results, refused)
     why = "(--strict)" if strict else "and no good row"
-    _fail(
-        f"refused the whole file: {len(batch.bad)} invalid row(s) {why}; nothing started",
-        EXIT_USAGE,
-        as_json,
-        kind="invalid",
-        rows=refused,
-    )
+    message = f"refused the whole file: {len(batch.bad)} invalid row(s) {why}; nothing started"
+    _fail(message, as_json, kind="invalid", rows=refused)
 
 
 def _start_rows(ctx: typer.Context, batch: Batch, concurrency: int, as_json: bool) -> BatchResults:
@@ -485,11 +475,7 @@ def _start_rows(ctx: typer.Context, batch: Batch, concurrency: int, as_json: boo
             transient=False,
         ) as progress:
             task = progress.add_task("start", total=len(batch.good))
-
-            def advance(_call: CallInput, _result: StartResult) -> None:
-                progress.advance(task)
-
-            return await start_rows(service, batch, concurrency, advance)
+            return await start_rows(service, batch, concurrency, lambda *_: progress.advance(task))
 
     return _run(ctx, work, as_json)
 
@@ -502,7 +488,7 @@ def _save_results(
         _write_results(results, rows)
     except OSError as exc:  # checked before starting, yet the disk may fill up meanwhile
         message = f"cannot write {results}: {exc.strerror} (the good rows were started)"
-        _fail(message, EXIT_FAILED, as_json, summary=counts)
+        _fail(message, as_json, summary=counts)
 
 
 def _print_batch_report(report: Console, outcome: BatchResults, results: str | None) -> None:
@@ -541,6 +527,11 @@ _REQUEST_ID_HELP = (
 RequestId = Annotated[
     str | None, typer.Option(REQUEST_ID_OPTION, metavar="KEY", help=_REQUEST_ID_HELP)
 ]
+# The options every action command shares.
+_CallUuid = Annotated[str, typer.Argument(metavar="UUID", help="The call's uuid.")]
+_User = Annotated[str | None, typer.Option("--user", help="userUuid of the agent.")]
+_Signal = Annotated[bool, typer.Option("--signal", help=_SIGNAL_HELP)]
+_AnswerJson = Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")]
 
 
 def _act(
@@ -565,32 +556,17 @@ def _act(
             )  # fmt: skip
     except InvalidInput as exc:
         _invalid(exc, as_json)
-
+    workflow_id = workflow_id_for(target)
     if signal:
-
-        async def send(service: CallService) -> dict[str, Any]:
-            return (await service.signal(target, name, message)).to_json()
-
-        sent = _run(ctx, send, as_json)
-        if as_json:
-            _print_json(sent)
-        else:
-            out.print(f"[green]sent[/green] signal {name} to {workflow_id_for(target)}")
+        sent = _run(ctx, lambda service: service.signal(target, name, message), as_json)
+        human = f"[green]sent[/green] signal {name} to {workflow_id}"
+        _show(as_json, sent.to_json(), human, soft_wrap=False)
         return
-
-    async def update(service: CallService) -> dict[str, Any]:
-        return model_json(await service.act(target, name, message, key))
-
-    accepted = _run(ctx, update, as_json)
-    if as_json:
-        _print_json({"workflowId": workflow_id_for(target), **accepted})
-    else:
-        detail = f": {accepted['detail']}" if accepted.get("detail") else ""
-        out.print(
-            f"[green]accepted[/green] {name} on {workflow_id_for(target)}{detail} "
-            f"(phase {accepted['phase']})",
-            soft_wrap=True,
-        )
+    answer = _run(ctx, lambda service: service.act(target, name, message, key), as_json)
+    accepted = model_json(answer)
+    detail = f": {accepted['detail']}" if accepted.get("detail") else ""
+    human = f"[green]accepted[/green] {name} on {workflow_id}{detail} (phase {accepted['phase']})"
+    _show(as_json, {"workflowId": workflow_id, **accepted}, human)
 
 
 @app.command(
@@ -599,23 +575,20 @@ def _act(
 )
 def attempt(
     ctx: typer.Context,
-    call_uuid: Annotated[str, typer.Argument(metavar="UUID", help="The call's uuid.")],
+    call_uuid: _CallUuid,
     outcome: Annotated[
         str, typer.Option("--outcome", help="no_answer, busy, voicemail or wrong_number.")
     ],
-    user: Annotated[str | None, typer.Option("--user", help="userUuid of the agent.")] = None,
+    user: _User = None,
     at: Annotated[
-        str | None,
-        typer.Option("--at", help=f"attemptAt: {_WHEN} (default: now)."),
+        str | None, typer.Option("--at", help=f"attemptAt: {_WHEN} (default: now).")
     ] = None,
     request_id: RequestId = None,
-    signal: Annotated[bool, typer.Option("--signal", help=_SIGNAL_HELP)] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+    signal: _Signal = False,
+    as_json: _AnswerJson = False,
 ) -> None:
     """Report an unsuccessful attempt to reach the donor."""
-    data: dict[str, Any] = {"outcome": outcome}
-    _put(data, "userUuid", user)
-    _put(data, "attemptAt", _moment(at))
+    data = _given(outcome=outcome, userUuid=user, attemptAt=_moment(at))
     _act(ctx, call_uuid, ATTEMPT, data, signal, as_json, request_id)
 
 
@@ -625,7 +598,7 @@ def attempt(
 )
 def complete(
     ctx: typer.Context,
-    call_uuid: Annotated[str, typer.Argument(metavar="UUID", help="The call's uuid.")],
+    call_uuid: _CallUuid,
     result_code: Annotated[str, typer.Option("--result-code", help="resultCode, e.g. confirmed.")],
     notes: Annotated[str | None, typer.Option("--notes", help="Notes on the result.")] = None,
     duration: Annotated[
@@ -634,23 +607,23 @@ def complete(
     rating: Annotated[
         int | None, typer.Option("--rating", help="donorRetentionRating, 1-10.")
     ] = None,
-    user: Annotated[str | None, typer.Option("--user", help="userUuid of the agent.")] = None,
+    user: _User = None,
     completed_at: Annotated[
-        str | None,
-        typer.Option("--completed-at", help=f"completedAt: {_WHEN} (default: now)."),
+        str | None, typer.Option("--completed-at", help=f"completedAt: {_WHEN} (default: now).")
     ] = None,
     request_id: RequestId = None,
-    signal: Annotated[bool, typer.Option("--signal", help=_SIGNAL_HELP)] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+    signal: _Signal = False,
+    as_json: _AnswerJson = False,
 ) -> None:
     """Complete the call with its result."""
-    result: dict[str, Any] = {"resultCode": result_code}
-    _put(result, "notes", notes)
-    _put(result, "duration", duration)
-    _put(result, "donorRetentionRating", rating)
-    _put(result, "completedAt", _moment(completed_at))
-    data: dict[str, Any] = {"result": result}
-    _put(data, "userUuid", user)
+    result = _given(
+        resultCode=result_code,
+        notes=notes,
+        duration=duration,
+        donorRetentionRating=rating,
+        completedAt=_moment(completed_at),
+    )
+    data = _given(result=result, userUuid=user)
     _act(ctx, call_uuid, COMPLETE, data, signal, as_json, request_id)
 
 
@@ -660,39 +633,35 @@ def complete(
 )
 def reschedule(
     ctx: typer.Context,
-    call_uuid: Annotated[str, typer.Argument(metavar="UUID", help="The call's uuid.")],
+    call_uuid: _CallUuid,
     at: Annotated[str, typer.Option("--at", help=f"Callback time: {_WHEN}.")],
     notes: Annotated[
         str | None, typer.Option("--notes", help="Why, or what the donor said.")
     ] = None,
-    user: Annotated[str | None, typer.Option("--user", help="userUuid of the agent.")] = None,
+    user: _User = None,
     request_id: RequestId = None,
-    signal: Annotated[bool, typer.Option("--signal", help=_SIGNAL_HELP)] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+    signal: _Signal = False,
+    as_json: _AnswerJson = False,
 ) -> None:
     """Ask for the next attempt at the time the donor named."""
-    data: dict[str, Any] = {"at": _moment(at)}
-    _put(data, "notes", notes)
-    _put(data, "userUuid", user)
+    data = _given(at=_moment(at), notes=notes, userUuid=user)
     _act(ctx, call_uuid, RESCHEDULE, data, signal, as_json, request_id)
 
 
 @app.command(epilog="Example: python -m starter cancel 5d1c…-uuid --reason 'donor moved abroad'")
 def cancel(
     ctx: typer.Context,
-    call_uuid: Annotated[str, typer.Argument(metavar="UUID", help="The call's uuid.")],
+    call_uuid: _CallUuid,
     reason: Annotated[
         str | None, typer.Option("--reason", help="Why the call is not wanted.")
     ] = None,
     at: Annotated[str | None, typer.Option("--at", help=f"cancelledAt: {_WHEN}.")] = None,
     request_id: RequestId = None,
-    signal: Annotated[bool, typer.Option("--signal", help=_SIGNAL_HELP)] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+    signal: _Signal = False,
+    as_json: _AnswerJson = False,
 ) -> None:
     """Cancel the call."""
-    data: dict[str, Any] = {}
-    _put(data, "reason", reason)
-    _put(data, "cancelledAt", _moment(at))
+    data = _given(reason=reason, cancelledAt=_moment(at))
     _act(ctx, call_uuid, CANCEL, data, signal, as_json, request_id)
 
 
@@ -749,7 +718,7 @@ def _state_panel(state: CallState) -> Panel:
 @app.command(epilog="Example: python -m starter status 5d1c…-uuid --json")
 def status(
     ctx: typer.Context,
-    call_uuid: Annotated[str, typer.Argument(metavar="UUID", help="The call's uuid.")],
+    call_uuid: _CallUuid,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the state as camelCase JSON.")
     ] = False,
@@ -759,31 +728,12 @@ def status(
         target = parse_call_uuid(call_uuid)
     except InvalidInput as exc:
         _invalid(exc, as_json)
-
-    async def work(service: CallService) -> CallState:
-        return await service.state(target)
-
-    state = _run(ctx, work, as_json)
-    if as_json:
-        _print_json(model_json(state))
-    else:
-        out.print(_state_panel(state))
+    state = _run(ctx, lambda service: service.state(target), as_json)
+    _show(as_json, model_json(state), _state_panel(state), soft_wrap=False)
 
 
 # Piped, `list` prints every field in full, tab-separated, under the `--json` names.
-LIST_TSV_COLUMNS: Final = (
-    "workflowId",
-    "executionStatus",
-    "phase",
-    "callStatus",
-    "type",
-    "personUuid",
-    "callingOrganizationUuid",
-    "attempts",
-    "nextAttemptAt",
-    "startedAt",
-    "closedAt",
-)
+LIST_TSV_COLUMNS: Final = tuple(f.alias or name for name, f in CallSummary.model_fields.items())
 _COLUMN_GAP: Final = "  "
 
 
@@ -910,11 +860,7 @@ def list_calls(
         )
     except InvalidInput as exc:
         _invalid(exc, as_json)
-
-    async def work(service: CallService) -> tuple[str, list[CallSummary]]:
-        return await service.list(filters, limit)
-
-    used, calls = _run(ctx, work, as_json)
+    used, calls = _run(ctx, lambda service: service.list(filters, limit), as_json)
     if as_json:
         _print_json({"query": used, "calls": [call.to_json() for call in calls]})
         return
@@ -955,7 +901,7 @@ def serve(
         settings = GatewaySettings(task_queue=conn.task_queue)
         app_ = create_app(temporal_client_provider(conn.address, conn.namespace), settings)
     except ValueError as exc:  # the settings' refusal, or a value pydantic refused
-        _fail(str(exc), EXIT_FAILED, False, kind="configuration")
+        _fail(str(exc), False, kind="configuration")
     uvicorn.run(app_, host=host or settings.host, port=port or settings.port)
 
 
@@ -969,7 +915,7 @@ def dev(**options: Any) -> None:
     try:
         devstack = importlib.import_module("devstack.run")
     except ModuleNotFoundError as exc:
-        _fail(f"the dev stack is not available: {exc}", EXIT_FAILED, False)
+        _fail(f"the dev stack is not available: {exc}", False)
     raise typer.Exit(int(devstack.main(stack_argv(options)) or 0))
 
 

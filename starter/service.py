@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -54,8 +54,6 @@ from workflows.messages import (
     Message,
     workflow_id_for,
 )
-
-ACTIONS: Final = MESSAGE_MODELS
 
 # A fixed namespace for call uuids derived from an external id: the same id always gives the
 # same call, so re-sending a CRM export starts nothing twice.
@@ -166,9 +164,9 @@ def parse_action(name: str, data: Mapping[str, Any]) -> Message:
         InvalidInput: with one line per problem, each naming its field.
         ValueError: when `name` is not one of the contract's actions.
     """
-    model = ACTIONS.get(name)
+    model = MESSAGE_MODELS.get(name)
     if model is None:
-        raise ValueError(f"unknown action {name!r}; expected one of {', '.join(ACTIONS)}")
+        raise ValueError(f"unknown action {name!r}; expected one of {', '.join(MESSAGE_MODELS)}")
     try:
         return model.model_validate(dict(data))
     except ValidationError as exc:
@@ -605,7 +603,7 @@ class CallService:
         self,
         calls: Iterable[CallInput],
         concurrency: int = DEFAULT_CONCURRENCY,
-        on_result: Callable[[CallInput, StartResult], Awaitable[None] | None] | None = None,
+        on_result: Callable[[CallInput, StartResult], None] | None = None,
     ) -> list[StartResult]:
         """Start many calls, at most `concurrency` at a time; one failure stops nothing.
 
@@ -632,9 +630,7 @@ class CallService:
                     result = StartResult(call.uuid, StartStatus.FAILED, detail=str(exc))
                 results[i] = result
                 if on_result is not None:
-                    maybe = on_result(call, result)
-                    if maybe is not None:
-                        await maybe
+                    on_result(call, result)
 
         await asyncio.gather(*(lane() for _ in range(max(1, min(concurrency, len(todo))))))
         return [result for result in results if result is not None]
