@@ -27,20 +27,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bench import calls as bench_calls
-from bench.report import Result, bounded, main, parser_for, per_second, progress
+from bench.report import Result, at_least, main, parser_for, per_second, progress, timed
 from bench.stack import Stack
+from starter.batch import BatchFormat, read_batch
+from starter.service import CallService, StartStatus, start_options
 from workflows.messages import WORKFLOW_TYPE, CallInput, workflow_id_for
 
 GOAL = 0.9
 DEFAULT_N = 10_000
 DEFAULT_CONCURRENCY = 50
 BATCH_TASK_QUEUE = "bench-batch"  # no worker polls it: the calls are started, never run
-
-try:
-    from starter.batch import BatchFormat, read_batch
-    from starter.service import CallService, StartStatus, start_options
-except ImportError:  # the starter's batch support is not installed
-    read_batch = None  # type: ignore[assignment]
 
 
 def make_csv(rows: int) -> str:
@@ -52,6 +48,11 @@ def make_csv(rows: int) -> str:
         call = bench_calls.make_call(i)
         writer.writerow([call.uuid, call.person_uuid, call.type.value])
     return buffer.getvalue()
+
+
+def make_calls(count: int) -> list[CallInput]:
+    """`count` distinct calls, as `make_csv` writes them."""
+    return [bench_calls.make_call(i) for i in range(count)]
 
 
 async def raw_round(
@@ -67,25 +68,19 @@ async def raw_round(
     async def one(i: int) -> None:
         call = calls[i]
         assert call.uuid is not None
-        if bare:
-            options: dict[str, Any] = {
-                "id": workflow_id_for(call.uuid),
-                "task_queue": BATCH_TASK_QUEUE,
-            }
-        else:
-            options = start_options(call, BATCH_TASK_QUEUE, now)
+        options: dict[str, Any] = (
+            {"id": workflow_id_for(call.uuid), "task_queue": BATCH_TASK_QUEUE}
+            if bare
+            else start_options(call, BATCH_TASK_QUEUE, now)
+        )
         await stack.client.start_workflow(WORKFLOW_TYPE, call, **options)
 
     label = "bare start_workflow" if bare else "raw start_workflow"
-    with progress(label, len(calls)) as advance:
-        began = time.perf_counter()
-        await bounded(len(calls), concurrency, one, advance)
-        return time.perf_counter() - began
+    return await timed(label, len(calls), concurrency, one)
 
 
 async def batch_round(stack: Stack, text: str, concurrency: int) -> tuple[float, int]:
     """Run a CSV file through the starter's batch path; returns seconds and calls started."""
-    assert read_batch is not None
     service = CallService(stack.client, task_queue=BATCH_TASK_QUEUE)
     began = time.perf_counter()
     batch = read_batch(text, BatchFormat.CSV)
@@ -106,24 +101,17 @@ async def measure(stack: Stack, n: int, concurrency: int) -> dict[str, Any]:
     """Raw and batch rounds, alternating, on a started stack (no worker needed)."""
     halves = (n // 2, n - n // 2)
     # Warm both paths (connections, imports) before timing.
-    await raw_round(stack, [bench_calls.make_call(i) for i in range(10)], concurrency)
+    await raw_round(stack, make_calls(10), concurrency)
     await batch_round(stack, make_csv(10), concurrency)
-    raw_seconds = await raw_round(
-        stack, [bench_calls.make_call(i) for i in range(halves[0])], concurrency
-    )
+    raw_seconds = await raw_round(stack, make_calls(halves[0]), concurrency)
     batch_seconds, batch_count = await batch_round(stack, make_csv(n), concurrency)
-    raw_seconds += await raw_round(
-        stack, [bench_calls.make_call(i) for i in range(halves[1])], concurrency
-    )
-    raw_count = n
+    raw_seconds += await raw_round(stack, make_calls(halves[1]), concurrency)
     bare_count = max(1, n // 4)
-    bare_seconds = await raw_round(
-        stack, [bench_calls.make_call(i) for i in range(bare_count)], concurrency, bare=True
-    )
+    bare_seconds = await raw_round(stack, make_calls(bare_count), concurrency, bare=True)
     return {
         "n": n,
         "concurrency": concurrency,
-        "rawCount": raw_count,
+        "rawCount": n,
         "rawSeconds": raw_seconds,
         "batchCount": batch_count,
         "batchSeconds": batch_seconds,
@@ -136,15 +124,8 @@ def result_of(figures: dict[str, Any]) -> Result:
     """The printed result of a `measure` run."""
     raw = per_second(figures["rawCount"], figures["rawSeconds"])
     batch = per_second(figures["batchCount"], figures["batchSeconds"])
-    ratio = batch / raw if raw else None
-    result = Result(
-        name="batch",
-        title="starting calls from a CSV file (start-batch) vs raw start_workflow",
-        ratio=ratio,
-        ratio_label="start-batch / raw",
-        goal=f">= {GOAL}x",
-        met=None if ratio is None else ratio >= GOAL,
-    )
+    title = "starting calls from a CSV file (start-batch) vs raw start_workflow"
+    result = at_least("batch", title, batch / raw if raw else None, "start-batch / raw", GOAL)
     result.add(
         "rows started/s",
         f"{batch:.0f}",
@@ -168,23 +149,8 @@ def result_of(figures: dict[str, Any]) -> Result:
     return result
 
 
-def not_available() -> Result:
-    """The result when the starter has no batch support to measure."""
-    return Result(
-        name="batch",
-        title="starting calls from a CSV file (start-batch) vs raw start_workflow",
-        ratio=None,
-        ratio_label="start-batch / raw",
-        goal=f">= {GOAL}x",
-        met=None,
-        notes=["not available: starter.batch (start-batch) is not installed"],
-    )
-
-
 async def run(n: int = DEFAULT_N, concurrency: int = DEFAULT_CONCURRENCY) -> Result:
     """Start a stack (server only), measure, stop it."""
-    if read_batch is None:
-        return not_available()
     async with Stack(sandbox=False, worker=False) as stack:
         return result_of(await measure(stack, n, concurrency))
 

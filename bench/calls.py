@@ -81,30 +81,24 @@ async def start_call(service: CallService, call: CallInput) -> None:
         raise RuntimeError(f"call {call.uuid} not started: {result.status} {result.detail}")
 
 
-def unanswered() -> AttemptSignal:
-    """The message of an attempt nobody answered."""
-    return AttemptSignal(outcome=AttemptOutcome.NO_ANSWER)
+# The messages of an attempt nobody answered and of a call that reached the donor.
+UNANSWERED = AttemptSignal(outcome=AttemptOutcome.NO_ANSWER)
+COMPLETION = CompleteSignal(result=CallResult(result_code="confirmed"))
+
+
+async def _update(handle: WorkflowHandle[Any, Any], name: str, message: Any) -> ActionAccepted:
+    answer: ActionAccepted = await handle.execute_update(name, message, result_type=ActionAccepted)
+    return answer
 
 
 async def attempt(handle: WorkflowHandle[Any, Any]) -> ActionAccepted:
     """Report an unanswered attempt (update: returns once TapRaise has recorded it)."""
-    answer: ActionAccepted = await handle.execute_update(
-        ATTEMPT, unanswered(), result_type=ActionAccepted
-    )
-    return answer
-
-
-def completion() -> CompleteSignal:
-    """The message of a call that reached the donor."""
-    return CompleteSignal(result=CallResult(result_code="confirmed"))
+    return await _update(handle, ATTEMPT, UNANSWERED)
 
 
 async def complete(handle: WorkflowHandle[Any, Any]) -> ActionAccepted:
     """Complete the call (update: returns once TapRaise has completed it)."""
-    answer: ActionAccepted = await handle.execute_update(
-        COMPLETE, completion(), result_type=ActionAccepted
-    )
-    return answer
+    return await _update(handle, COMPLETE, COMPLETION)
 
 
 async def typical_path(service: CallService, call: CallInput) -> CallState:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -91,6 +92,12 @@ class Result:
         }
 
 
+def at_least(name: str, title: str, ratio: float | None, ratio_label: str, goal: float) -> Result:
+    """A result whose goal is a ratio of at least `goal` (not measured without a ratio)."""
+    met = None if ratio is None else ratio >= goal
+    return Result(name, title, ratio, ratio_label, f">= {goal:g}x", met)
+
+
 def ratio_text(ratio: float | None) -> str:
     """A ratio as printed: `0.93x`, or `n/a`."""
     return "n/a" if ratio is None else f"{ratio:.2f}x"
@@ -150,7 +157,7 @@ def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
 async def bounded(
     count: int,
     concurrency: int,
-    work: Callable[[int], Awaitable[None]],
+    work: Callable[[int], Awaitable[object]],
     advance: Callable[[int], None],
 ) -> None:
     """Run `work(i)` for each i < count, at most `concurrency` at once; an error stops all."""
@@ -164,6 +171,16 @@ async def bounded(
     async with asyncio.TaskGroup() as group:
         for _ in range(min(concurrency, count)):
             group.create_task(lane())
+
+
+async def timed(
+    description: str, count: int, concurrency: int, work: Callable[[int], Awaitable[object]]
+) -> float:
+    """`bounded` under a progress bar; returns the seconds it took."""
+    with progress(description, count) as advance:
+        began = time.perf_counter()
+        await bounded(count, concurrency, work, advance)
+        return time.perf_counter() - began
 
 
 def parser_for(

@@ -21,14 +21,13 @@ import argparse
 import asyncio
 import statistics
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from temporalio.api.history.v1 import History
 from temporalio.client import Client
 
 from bench import calls as bench_calls
-from bench.report import Result, bounded, main, parser_for, per_second, progress
+from bench.report import Result, main, parser_for, per_second, progress, timed
 from bench.stack import Stack, read_kb, sampling
 from starter.service import CallService
 from workflows.messages import COMPLETE, CallInput
@@ -40,8 +39,12 @@ HISTORY_SAMPLE = 20
 STALL_SECONDS = 120.0
 
 
-async def wait_for_count(client: Client, query: str, target: int, description: str) -> None:
-    """Poll a visibility count until it reaches `target`; fail if it stops moving."""
+async def wait_for_count(client: Client, query: str, target: int, description: str) -> float:
+    """Poll a visibility count until it reaches `target`; fail if it stops moving.
+
+    Returns the seconds it took.
+    """
+    began = time.perf_counter()
     with progress(description, target) as advance:
         seen, moved = 0, time.monotonic()
         while seen < target:
@@ -53,6 +56,7 @@ async def wait_for_count(client: Client, query: str, target: int, description: s
                 raise RuntimeError(f"stuck at {seen}/{target} for {query!r}")
             if seen < target:
                 await asyncio.sleep(0.5)
+    return time.perf_counter() - began
 
 
 async def history_sample(client: Client, made: list[CallInput]) -> tuple[float, float]:
@@ -64,20 +68,6 @@ async def history_sample(client: Client, made: list[CallInput]) -> tuple[float, 
         events.append(len(history.events))
         sizes.append(History(events=list(history.events)).ByteSize())
     return statistics.mean(events), statistics.mean(sizes)
-
-
-async def _all(
-    description: str, made: list[CallInput], concurrency: int, work: Callable[[int], Awaitable[Any]]
-) -> float:
-    """Run `work` for each call; returns the seconds it took."""
-    began = time.perf_counter()
-    with progress(description, len(made)) as advance:
-
-        async def one(i: int) -> None:
-            await work(i)
-
-        await bounded(len(made), concurrency, one, advance)
-    return time.perf_counter() - began
 
 
 async def measure(stack: Stack, n: int, concurrency: int) -> dict[str, Any]:
@@ -92,38 +82,29 @@ async def measure(stack: Stack, n: int, concurrency: int) -> dict[str, Any]:
     already = (await client.count_workflows("ExecutionStatus = 'Completed'")).count
 
     with sampling(worker) as samples:
-        start_seconds = await _all(
-            "starting calls",
-            made,
-            concurrency,
-            lambda i: bench_calls.start_call(service, made[i]),
+        start_seconds = await timed(
+            "starting calls", n, concurrency, lambda i: bench_calls.start_call(service, made[i])
         )
-        began = time.perf_counter()
-        await wait_for_count(client, "CallPhase = 'scheduled'", n, "calls created, waiting")
-        settle_seconds = time.perf_counter() - began
+        waiting = "CallPhase = 'scheduled'"
+        settle_seconds = await wait_for_count(client, waiting, n, "calls created, waiting")
         open_kb = read_kb(worker.pid, "VmRSS")
         open_events, open_bytes = await history_sample(client, made)
 
-        completion = bench_calls.completion()
-        signal_seconds = await _all(
+        signal_seconds = await timed(
             "completing (signals)",
-            made,
+            n,
             concurrency,
-            lambda i: bench_calls.handle_of(client, made[i]).signal(COMPLETE, completion),
+            lambda i: bench_calls.handle_of(client, made[i]).signal(
+                COMPLETE, bench_calls.COMPLETION
+            ),
         )
-        began = time.perf_counter()
-        await wait_for_count(
-            client, "ExecutionStatus = 'Completed'", n + already, "calls completed"
-        )
-        finish_seconds = time.perf_counter() - began
+        completed = "ExecutionStatus = 'Completed'"
+        finish_seconds = await wait_for_count(client, completed, n + already, "calls completed")
     peak_kb = read_kb(worker.pid, "VmHWM")
     done_events, done_bytes = await history_sample(client, made)
     stats = await stack.sandbox("stats")
-    for call in made[:: max(1, n // HISTORY_SAMPLE)]:
-        effects = await stack.sandbox(f"calls/{call.uuid}/effects")
-        expected = {**bench_calls.TYPICAL_EFFECTS, "add-attempt": 0}
-        if effects != expected:
-            raise AssertionError(f"call {call.uuid}: TapRaise effects {effects}")
+    expected = {**bench_calls.TYPICAL_EFFECTS, "add-attempt": 0}
+    await stack.check_effects(made[:: max(1, n // HISTORY_SAMPLE)], expected)
     return {
         "n": n,
         "idleKb": idle_kb,
@@ -159,50 +140,33 @@ def result_of(figures: dict[str, Any]) -> Result:
     )
     result.add("worker RSS, peak (VmHWM)", f"{peak:.0f} MB", f"{idle:.0f} MB idle", "whole run")
     result.add("worker RSS, all calls open", f"{open_:.0f} MB", f"{idle:.0f} MB idle", "")
-    result.add(
-        "history per waiting call",
-        f"{figures['openBytes'] / 1024:.1f} KiB",
-        f"{figures['openEvents']:.0f} events",
-        f"sample of {HISTORY_SAMPLE}",
-    )
-    result.add(
-        "history per completed call",
-        f"{figures['doneBytes'] / 1024:.1f} KiB",
-        f"{figures['doneEvents']:.0f} events",
-        f"sample of {HISTORY_SAMPLE}",
-    )
+    for state, key in (("waiting", "open"), ("completed", "done")):
+        result.add(
+            f"history per {state} call",
+            f"{figures[f'{key}Bytes'] / 1024:.1f} KiB",
+            f"{figures[f'{key}Events']:.0f} events",
+            f"sample of {HISTORY_SAMPLE}",
+        )
     result.add(
         "history, all calls completed",
         f"{figures['doneBytes'] * n / 1024 / 1024:.1f} MiB",
         f"{figures['doneEvents'] * n:,.0f} events",
         "estimated from the sample",
     )
-    started = figures["startSeconds"] + figures["settleSeconds"]
-    finished = figures["signalSeconds"] + figures["finishSeconds"]
-    result.add(
-        "calls started and waiting",
-        f"{per_second(n, started):.0f}/s",
-        f"{started:.0f} s",
-        "start requests, then policy + TapRaise create + timer each",
-    )
-    result.add(
-        "calls completed by signal",
-        f"{per_second(n, finished):.0f}/s",
-        f"{finished:.0f} s",
-        "signal, then TapRaise complete each",
-    )
+    for label, seconds, note in (
+        ("calls started and waiting", figures["startSeconds"] + figures["settleSeconds"],
+         "start requests, then policy + TapRaise create + timer each"),
+        ("calls completed by signal", figures["signalSeconds"] + figures["finishSeconds"],
+         "signal, then TapRaise complete each"),
+    ):  # fmt: skip
+        result.add(label, f"{per_second(n, seconds):.0f}/s", f"{seconds:.0f} s", note)
     result.add(
         "TapRaise effects",
         f"{figures['sandboxCreated']:,} created",
         f"{figures['sandboxCompleted']:,} completed",
         "each call exactly once (sample checked per call)",
     )
-    result.figures = {
-        **figures,
-        "idleMb": idle,
-        "openMb": open_,
-        "peakMb": peak,
-    }
+    result.figures = {**figures, "idleMb": idle, "openMb": open_, "peakMb": peak}
     return result
 
 

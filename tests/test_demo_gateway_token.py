@@ -15,8 +15,8 @@ import pytest
 from pydantic import SecretStr
 
 from devstack.demo import hand_call_uuid
-from devstack.guide import guide, paste_lines, write_env_file
 from devstack.process import HOST, Child
+from devstack.run import guide, paste_lines, write_env_file
 from devstack.stack import GATEWAY_TOKEN_FILE, GatewayAuth, Stack, StackConfig, gateway_token
 from sandbox.seed import DEMO_PERSON_UUIDS
 
