@@ -6,11 +6,9 @@ order of ``ROUTERS``, which is also their order in the OpenAPI schema.
 
 from __future__ import annotations
 
-import sqlite3
 import uuid as uuid_module
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import UUID4, AwareDatetime, Field, model_validator
@@ -21,9 +19,7 @@ from sandbox.faults import FaultConfig, FaultInjector
 from sandbox.operations import Settings
 from sandbox.responses import error_response, json_response
 from sandbox.store import Account, Store
-from sandbox.validation import ApiError, CamelModel
-
-_T = TypeVar("_T")
+from sandbox.validation import Action, ApiError, CamelModel
 
 # --- bodies -----------------------------------------------------------------------------------
 
@@ -51,9 +47,7 @@ class ServiceAccountIn(CamelModel):
 
     email: Annotated[str, Field(min_length=1)]
     organization_uuids: list[UUID4]
-    actions: list[
-        Literal["create", "add-attempt", "complete", "cancel", "expire", "list", "mark-processed"]
-    ]
+    actions: list[Action]
 
 
 class OrganizationUpdateIn(CamelModel):
@@ -96,18 +90,15 @@ class SettingsIn(CamelModel):
 
 
 def _store(request: Request) -> Store:
-    db: Store = request.app.state.sandbox.store
-    return db
+    return cast(Store, request.app.state.sandbox.store)
 
 
 def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.sandbox.settings
-    return settings
+    return cast(Settings, request.app.state.sandbox.settings)
 
 
 def _faults(request: Request) -> FaultInjector:
-    faults: FaultInjector = request.app.state.sandbox.faults
-    return faults
+    return cast(FaultInjector, request.app.state.sandbox.faults)
 
 
 StoreDep = Annotated[Store, Depends(_store)]
@@ -115,19 +106,11 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 FaultsDep = Annotated[FaultInjector, Depends(_faults)]
 
 
-def _found(found: _T | None, missing: str, render: Callable[[_T], dict[str, Any]]) -> Response:
+def _found(found: dict[str, Any] | None, missing: str) -> Response:
     """The answer showing what was looked up, or a 404 saying it is ``missing``."""
     if found is None:
         return error_response(ApiError(404, missing))
-    return json_response(200, render(found))
-
-
-def _written(
-    status: int, row: sqlite3.Row | None, render: Callable[[sqlite3.Row], dict[str, Any]]
-) -> Response:
-    """The answer showing a row the same transaction has just written."""
-    assert row is not None
-    return json_response(status, render(row))
+    return json_response(200, found)
 
 
 # --- inspection -------------------------------------------------------------------------------
@@ -155,7 +138,7 @@ def requests(
 def stored_call(call_uuid: str, db: StoreDep) -> Response:
     with db.transaction() as conn:
         call = store.get_call(conn, call_uuid)
-    return _found(call, "Call is not found", lambda stored: stored.doc)
+    return _found(None if call is None else call.doc, "Call is not found")
 
 
 @inspection.get("/_sandbox/calls/{call_uuid}/effects")
@@ -187,8 +170,7 @@ def add_organization(body: OrganizationIn, db: StoreDep) -> Response:
     with db.transaction() as conn:
         if not store.add_organization(conn, org_uuid, body.name, body.max_call_attempts):
             return error_response(ApiError(409, "Organization already exists"))
-        row = store.get_organization(conn, org_uuid)
-    return _written(201, row, store.organization_dict)
+        return json_response(201, store.get_organization(conn, org_uuid))
 
 
 @test_data.post("/_sandbox/persons", status_code=201)
@@ -203,8 +185,7 @@ def add_person(body: PersonIn, db: StoreDep) -> Response:
             conn, person_uuid, body.first_name, body.last_name, body.phone_number, org_uuid
         ):
             return error_response(ApiError(409, "Person already exists"))
-        row = store.get_person(conn, person_uuid)
-    return _written(201, row, store.person_dict)
+        return json_response(201, store.get_person(conn, person_uuid))
 
 
 @test_data.post("/_sandbox/service-accounts", status_code=201)
@@ -227,8 +208,7 @@ def add_service_account(body: ServiceAccountIn, db: StoreDep) -> Response:
 @test_data.get("/_sandbox/organizations/{org_uuid}")
 def get_organization(org_uuid: str, db: StoreDep) -> Response:
     with db.transaction() as conn:
-        row = store.get_organization(conn, org_uuid)
-    return _found(row, "Organization is not found", store.organization_dict)
+        return _found(store.get_organization(conn, org_uuid), "Organization is not found")
 
 
 @test_data.put("/_sandbox/organizations/{org_uuid}")
@@ -236,10 +216,8 @@ def update_organization(org_uuid: str, body: OrganizationUpdateIn, db: StoreDep)
     # Lowering maxCallAttempts below the caller's own limit shows how a refused attempt is
     # handled; calls that already have more attempts keep them.
     with db.transaction() as conn:
-        if not store.update_organization(conn, org_uuid, body.name, body.max_call_attempts):
-            return error_response(ApiError(404, "Organization is not found"))
-        row = store.get_organization(conn, org_uuid)
-    return _written(200, row, store.organization_dict)
+        store.update_organization(conn, org_uuid, body.name, body.max_call_attempts)
+        return _found(store.get_organization(conn, org_uuid), "Organization is not found")
 
 
 # --- settings ---------------------------------------------------------------------------------

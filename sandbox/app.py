@@ -13,6 +13,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +21,11 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sandbox import admin, seed, store
+from sandbox import admin, operations, seed, store
 from sandbox.auth import authenticate, authorize, load_or_create_credentials, withdrawn
 from sandbox.faults import Fault, FaultInjector
 from sandbox.index import add_index_routes
-from sandbox.operations import (
-    ACTION_BODIES,
-    Operation,
-    Settings,
-    action_operation,
-    create_operation,
-    list_operation,
-    mark_processed_operation,
-)
+from sandbox.operations import ACTION_BODIES, Operation, Settings
 from sandbox.responses import error_response, http_handler, json_response, validation_handler
 from sandbox.store import Account, Store
 from sandbox.validation import ApiError, iso
@@ -110,28 +103,24 @@ class Sandbox:
         account_email: str | None = None
         headers: dict[str, str] = {}
         label = None if fault is None else fault.label
-        if fault is not None and fault.kind in FAULT_MESSAGES:
-            # Refused before anything is looked at: the change is not applied.
-            status = int(fault.kind)
-            body = ApiError(status, FAULT_MESSAGES[fault.kind]).body()
-            if fault.kind == "429":
-                headers["Retry-After"] = str(fault.retry_after)
-        elif self.settings.credentials_withdrawn(datetime.now(UTC)):
-            label = CREDENTIAL_OUTAGE
-            refusal = withdrawn()
-            status, body, headers = refusal.status, refusal.body(), refusal.headers
-        else:
-            try:
-                with self.store.transaction() as conn:
-                    account = authenticate(conn, request.headers.get("authorization"))
-                    account_email = account.email
-                    authorize(account, endpoint)
-                    status, body, call_uuid = job.operation(conn, account, raw, datetime.now(UTC))
-            except ApiError as exc:
-                status, body, headers = exc.status, exc.body(), exc.headers
-            except Exception:
-                logger.exception("unexpected error on %s %s", request.method, request.url.path)
-                status, body = 500, ApiError(500, "Internal server error").body()
+        try:
+            if fault is not None and fault.kind in FAULT_MESSAGES:
+                # Refused before anything is looked at: the change is not applied.
+                retry = {"Retry-After": str(fault.retry_after)} if fault.kind == "429" else None
+                raise ApiError(int(fault.kind), FAULT_MESSAGES[fault.kind], headers=retry)
+            if self.settings.credentials_withdrawn(datetime.now(UTC)):
+                label = CREDENTIAL_OUTAGE
+                raise withdrawn()
+            with self.store.transaction() as conn:
+                account = authenticate(conn, request.headers.get("authorization"))
+                account_email = account.email
+                authorize(account, endpoint)
+                status, body, call_uuid = job.operation(conn, account, raw, datetime.now(UTC))
+        except ApiError as exc:
+            status, body, headers = exc.status, exc.body(), exc.headers
+        except Exception:
+            logger.exception("unexpected error on %s %s", request.method, request.url.path)
+            status, body = 500, ApiError(500, "Internal server error").body()
         if call_uuid is None and endpoint == "create":
             call_uuid = _body_uuid(raw)
         with self.store.transaction() as conn:
@@ -193,23 +182,24 @@ def create_app(data_dir: Path, clock_skew_seconds: float = 300) -> FastAPI:
 
     @app.get("/api/v1/calls")
     async def list_calls(request: Request) -> Response:
-        query = dict(request.query_params)
-        return await sandbox.serve(request, "list", list_operation(query), None)
+        operation = partial(operations.list_calls, dict(request.query_params))
+        return await sandbox.serve(request, "list", operation, None)
 
     @app.post("/api/v1/calls")
     async def create_call(request: Request) -> Response:
-        return await sandbox.serve(request, "create", create_operation(sandbox.settings), None)
+        operation = partial(operations.create, sandbox.settings)
+        return await sandbox.serve(request, "create", operation, None)
 
     @app.put("/api/v1/calls/{call_uuid}/actions/{action}")
     async def call_action(request: Request, call_uuid: str, action: str) -> Response:
         if action not in ACTION_BODIES:
             return error_response(ApiError(404, "Not Found"))
-        operation = action_operation(sandbox.settings, action, call_uuid)
+        operation = partial(operations.act, sandbox.settings, action, call_uuid)
         return await sandbox.serve(request, action, operation, call_uuid)
 
     @app.post("/api/v1/entity-access/actions/mark-processed")
     async def mark_processed(request: Request) -> Response:
-        return await sandbox.serve(request, "mark-processed", mark_processed_operation, None)
+        return await sandbox.serve(request, "mark-processed", operations.mark_processed, None)
 
     for router in admin.ROUTERS:
         app.include_router(router)

@@ -25,12 +25,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from sandbox.validation import CamelModel
+from sandbox.validation import Action, CamelModel
 
 # "*" stands for every endpoint without a rule of its own.
-Endpoint = Literal[
-    "*", "create", "add-attempt", "complete", "cancel", "expire", "list", "mark-processed"
-]
+Endpoint = Literal["*", Action]
 FaultKind = Literal["500", "503", "429", "late", "late_apply", "latency"]
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -93,6 +91,17 @@ class Fault:
     late_apply_delay: float = 0.0
     retry_after: int = 1
 
+    @classmethod
+    def of(cls, rule: FaultRule, kind: FaultKind | None, latency: float) -> Fault:
+        """A fault of ``kind`` after ``latency`` seconds, with the delays ``rule`` sets."""
+        return cls(
+            kind,
+            latency,
+            rule.late_delay_seconds,
+            rule.late_apply_delay_seconds,
+            rule.retry_after_seconds,
+        )
+
     @property
     def label(self) -> str | None:
         """The kind to record in the request log (``latency`` when only delayed)."""
@@ -132,13 +141,10 @@ class FaultInjector:
             queue = self._queues[key]
             if queue:
                 kind = queue.popleft()
-                fault = Fault(
-                    kind=None if kind == "latency" else kind,
-                    latency=rule.latency_seconds if kind == "latency" else 0.0,
-                    late_delay=rule.late_delay_seconds,
-                    late_apply_delay=rule.late_apply_delay_seconds,
-                    retry_after=rule.retry_after_seconds,
-                )
+                if kind == "latency":  # the rule's delay, and nothing else
+                    fault = Fault.of(rule, None, rule.latency_seconds)
+                else:
+                    fault = Fault.of(rule, kind, 0.0)
             else:
                 fault = self._draw(rule)
             if fault.label is not None:
@@ -161,13 +167,7 @@ class FaultInjector:
                 kind = candidate
                 break
             draw -= share
-        return Fault(
-            kind,
-            latency,
-            rule.late_delay_seconds,
-            rule.late_apply_delay_seconds,
-            rule.retry_after_seconds,
-        )
+        return Fault.of(rule, kind, latency)
 
     def snapshot(self) -> dict[str, Any]:
         """Return the configuration, the forced faults still queued, and the counters."""

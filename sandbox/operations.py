@@ -24,7 +24,6 @@ from sandbox.validation import (
     CompleteIn,
     CreateCallIn,
     ExpireIn,
-    ExternalMetadataIn,
     MarkProcessedIn,
     ResultIn,
     iso,
@@ -42,8 +41,11 @@ ACTION_BODIES: dict[str, type[AddAttemptIn | CompleteIn | CancelIn | ExpireIn]] 
     "expire": ExpireIn,
 }
 
-# An endpoint's work: (connection, account, raw body, now) -> (status, JSON body, call uuid).
-Operation = Callable[[sqlite3.Connection, Account, bytes, datetime], tuple[int, Any, str | None]]
+# What an endpoint answers: (status, JSON body or None, the call's uuid when it names one).
+Outcome = tuple[int, Any, str | None]
+# An endpoint's work, given (connection, account, raw body, now); the app binds what it takes
+# before these (settings, the path's parts, the query).
+Operation = Callable[[sqlite3.Connection, Account, bytes, datetime], Outcome]
 
 
 @dataclass
@@ -99,13 +101,11 @@ def _check_result_code(result: ResultIn | None, settings: Settings, field: str) 
 
 
 def _result_doc(result: ResultIn, completed_at: datetime) -> dict[str, Any]:
-    return {
-        "resultCode": result.result_code,
-        "completedAt": iso(completed_at),
-        "notes": result.notes,
-        "duration": result.duration,
-        "donorRetentionRating": result.donor_retention_rating,
-    }
+    return {**result.model_dump(by_alias=True), "completedAt": iso(completed_at)}
+
+
+def _attempt_doc(user: uuid.UUID | None, attempt_at: datetime, now: datetime) -> dict[str, Any]:
+    return {"userUuid": _text(user), "attemptAt": iso(attempt_at), "createdAt": iso(now)}
 
 
 def _in_scope(conn: sqlite3.Connection, account: Account, call_uuid: str) -> StoredCall:
@@ -124,13 +124,10 @@ def _text(value: uuid.UUID | None) -> str | None:
 
 
 def create(
-    conn: sqlite3.Connection,
-    account: Account,
-    body: CreateCallIn,
-    settings: Settings,
-    now: datetime,
-) -> dict[str, Any]:
+    settings: Settings, conn: sqlite3.Connection, account: Account, raw: bytes, now: datetime
+) -> Outcome:
     """``POST /api/v1/calls``: create a call managed in TapRaise or externally."""
+    body = parse_body(CreateCallIn, raw)
     problems = _management_problems(body)
     if problems:
         raise ApiError.invalid(problems)
@@ -144,7 +141,7 @@ def create(
     requested_by = _text(body.requested_by_user_uuid)
     store.insert_call(conn, doc, organization_uuid, external, requested_by)
     store.count_effect(conn, call_uuid, "create")
-    return doc
+    return 201, doc, call_uuid
 
 
 def _management_problems(body: CreateCallIn) -> list[tuple[str, str]]:
@@ -175,7 +172,7 @@ def _creator_scope(conn: sqlite3.Connection, account: Account, body: CreateCallI
     person = store.get_person(conn, str(body.person_uuid))
     if person is None:
         raise ApiError.invalid([("personUuid", "Person does not exist")])
-    organization_uuid: str = person["organization_uuid"]
+    organization_uuid: str = person["owningOrganizationUuid"]
     if organization_uuid not in account.organization_uuids:
         raise ApiError(403, "Service account may not create calls for this person")
     calling = body.calling_organization_uuid
@@ -188,11 +185,7 @@ def _new_call_doc(body: CreateCallIn, call_uuid: str, now: datetime) -> dict[str
     """The document of a new call, with TapRaise's defaults filled in."""
     status = body.status or "requested"
     attempts = [
-        {
-            "userUuid": _text(a.user_uuid),
-            "attemptAt": iso(a.attempt_at or a.created_at or now),
-            "createdAt": iso(a.created_at or now),
-        }
+        _attempt_doc(a.user_uuid, a.attempt_at or a.created_at or now, a.created_at or now)
         for a in body.attempts or []
     ]
     result = None
@@ -202,12 +195,13 @@ def _new_call_doc(body: CreateCallIn, call_uuid: str, now: datetime) -> dict[str
     if completed_at is None and status == "completed" and result is not None:
         completed_at = parse_iso(result["completedAt"])
     cancelled_at = body.cancelled_at or (now if status == "cancelled" else None)
+    meta = body.external_metadata
     return {
         "uuid": call_uuid,
         "status": status,
         "type": body.type or "verification",
         "requestedAt": iso(body.requested_at),
-        "externalMetadata": _external_metadata_doc(body.external_metadata),
+        "externalMetadata": None if meta is None else meta.model_dump(by_alias=True),
         "attempts": attempts,
         "attemptsCount": len(attempts),
         "result": result,
@@ -219,19 +213,6 @@ def _new_call_doc(body: CreateCallIn, call_uuid: str, now: datetime) -> dict[str
         "personUuid": str(body.person_uuid),
         "relatedCaseUuid": _text(body.related_case_uuid),
         "callingOrganizationUuid": _text(body.calling_organization_uuid),
-    }
-
-
-def _external_metadata_doc(meta: ExternalMetadataIn | None) -> dict[str, Any] | None:
-    if meta is None:
-        return None
-    return {
-        "applicationName": meta.application_name,
-        "referenceId": meta.reference_id,
-        "agentReferenceId": meta.agent_reference_id,
-        "statusCode": meta.status_code,
-        "statusDescription": meta.status_description,
-        "additionalProperties": meta.additional_properties,
     }
 
 
@@ -276,37 +257,25 @@ def _transition(call: StoredCall, target: str) -> None:
 
 
 def act(
-    conn: sqlite3.Connection,
-    account: Account,
+    settings: Settings,
     action: str,
     call_uuid: str,
-    body: AddAttemptIn | CompleteIn | CancelIn | ExpireIn,
-    settings: Settings,
+    conn: sqlite3.Connection,
+    account: Account,
+    raw: bytes,
     now: datetime,
-) -> dict[str, Any]:
-    """``PUT /api/v1/calls/{uuid}/actions/{action}``: change a call's state."""
-    call = _in_scope(conn, account, call_uuid)
+) -> Outcome:
+    """``PUT /api/v1/calls/{uuid}/actions/{action}``, for an action in ``ACTION_BODIES``: change
+    a call's state."""
+    body = parse_body(ACTION_BODIES[action], raw, empty_ok=True)
+    checked = _uuid4_or_none(call_uuid)
+    if checked is None:
+        raise ApiError.invalid([("uuid", "Must be a version-4 UUID")])
+    call = _in_scope(conn, account, checked)
     doc = call.doc
     completed_by: str | None = None
     if isinstance(body, AddAttemptIn):
-        if doc["status"] in FINAL_STATUSES:
-            raise ApiError(
-                400, f"Call is {doc['status']}; attempts can only be added when requested"
-            )
-        if not call.managed_externally:
-            org = store.get_organization(conn, call.organization_uuid)
-            maximum = 0 if org is None else int(org["max_call_attempts"])
-            if doc["attemptsCount"] >= maximum:
-                raise ApiError(
-                    400,
-                    f"Call already has {doc['attemptsCount']} attempts, the maximum of {maximum}",
-                )
-        attempt_at = _check_time(call, "attemptAt", body.attempt_at, settings, now)
-        user = _text(body.user_uuid)
-        doc["attempts"].append(
-            {"userUuid": user, "attemptAt": iso(attempt_at), "createdAt": iso(now)}
-        )
-        doc["attemptsCount"] = len(doc["attempts"])
+        _add_attempt(conn, call, body, settings, now)
     elif isinstance(body, CompleteIn):
         _transition(call, "completed")
         _check_result_code(body.result, settings, "result.resultCode")
@@ -326,18 +295,51 @@ def act(
         doc.update(status="expired", expiredAt=iso(expired_at))
     doc["lastUpdatedAt"] = iso(now)
     store.update_call(conn, doc, completed_by)
-    store.count_effect(conn, call_uuid, action)
-    return doc
+    store.count_effect(conn, checked, action)
+    return 200, doc, checked
+
+
+def _uuid4_or_none(text: str) -> str | None:
+    try:
+        value = uuid.UUID(text)
+    except ValueError:
+        return None
+    return str(value) if value.version == 4 else None
+
+
+def _add_attempt(
+    conn: sqlite3.Connection,
+    call: StoredCall,
+    body: AddAttemptIn,
+    settings: Settings,
+    now: datetime,
+) -> None:
+    """Add an attempt to a requested call, within the owning organization's maximum."""
+    doc = call.doc
+    if doc["status"] in FINAL_STATUSES:
+        raise ApiError(400, f"Call is {doc['status']}; attempts can only be added when requested")
+    if not call.managed_externally:
+        org = store.get_organization(conn, call.organization_uuid)
+        maximum = 0 if org is None else int(org["maxCallAttempts"])
+        if doc["attemptsCount"] >= maximum:
+            raise ApiError(
+                400, f"Call already has {doc['attemptsCount']} attempts, the maximum of {maximum}"
+            )
+    attempt_at = _check_time(call, "attemptAt", body.attempt_at, settings, now)
+    doc["attempts"].append(_attempt_doc(body.user_uuid, attempt_at, now))
+    doc["attemptsCount"] = len(doc["attempts"])
 
 
 def mark_processed(
-    conn: sqlite3.Connection, account: Account, body: MarkProcessedIn, now: datetime
-) -> list[dict[str, Any]]:
-    """``POST /api/v1/entity-access/actions/mark-processed``: returns the entries that failed.
+    conn: sqlite3.Connection, account: Account, raw: bytes, now: datetime
+) -> Outcome:
+    """``POST /api/v1/entity-access/actions/mark-processed``: 204, or 400 listing the entries
+    that failed.
 
     Calls and persons must exist in the account's scope; pledges and transactions are not
     modelled by the sandbox, so any uuid of theirs is accepted.
     """
+    body = parse_body(MarkProcessedIn, raw)
     failed: list[dict[str, Any]] = []
     for entry in body.entries:
         name, entity_uuid = entry.entity_name, str(entry.entity_uuid)
@@ -347,7 +349,7 @@ def mark_processed(
             organization = None if call is None else call.organization_uuid
         elif name == "person":
             person = store.get_person(conn, entity_uuid)
-            organization = None if person is None else person["organization_uuid"]
+            organization = None if person is None else person["owningOrganizationUuid"]
         if organization is None or (
             organization != "*" and organization not in account.organization_uuids
         ):
@@ -355,19 +357,14 @@ def mark_processed(
                 {"entityName": name, "entityUuid": entity_uuid, "message": f"{name} not found"}
             )
             continue
-        store.put_mark(
-            conn,
-            account.email,
-            {
-                "entityName": name,
-                "entityUuid": entity_uuid,
-                "processedAt": iso(entry.processed_at),
-                "consumerIdentifier": entry.consumer_identifier,
-                "externalSourceName": entry.external_source_name,
-            },
-            iso(now) or "",
-        )
-    return failed
+        marked = entry.model_dump(by_alias=True, mode="json")
+        marked["processedAt"] = iso(entry.processed_at)
+        store.put_mark(conn, account.email, marked, iso(now) or "")
+    if failed:
+        # Answered, not raised: the other entries stay marked and only the failures are listed.
+        message = f"{len(failed)} of {len(body.entries)} entries were not marked"
+        return 400, ApiError(400, message, failed).body(), None
+    return 204, None, None
 
 
 def call_filter(account: Account, query: dict[str, str]) -> CallFilter:
@@ -412,82 +409,38 @@ def call_filter(account: Account, query: dict[str, str]) -> CallFilter:
     )
 
 
-# --- the operations the app serves ------------------------------------------------------------
-
-
-def create_operation(settings: Settings) -> Operation:
-    """``POST /api/v1/calls``."""
-
-    def run(
-        conn: sqlite3.Connection, account: Account, raw: bytes, now: datetime
-    ) -> tuple[int, Any, str | None]:
-        body = parse_body(CreateCallIn, raw)
-        doc = create(conn, account, body, settings, now)
-        return 201, doc, doc["uuid"]
-
-    return run
-
-
-def action_operation(settings: Settings, action: str, call_uuid: str) -> Operation:
-    """``PUT /api/v1/calls/{uuid}/actions/{action}``, for an action in ``ACTION_BODIES``."""
-
-    def run(
-        conn: sqlite3.Connection, account: Account, raw: bytes, now: datetime
-    ) -> tuple[int, Any, str | None]:
-        body = parse_body(ACTION_BODIES[action], raw, empty_ok=True)
-        checked = _uuid4_or_none(call_uuid)
-        if checked is None:
-            raise ApiError.invalid([("uuid", "Must be a version-4 UUID")])
-        doc = act(conn, account, action, checked, body, settings, now)
-        return 200, doc, checked
-
-    return run
-
-
-def _uuid4_or_none(text: str) -> str | None:
-    try:
-        value = uuid.UUID(text)
-    except ValueError:
-        return None
-    return str(value) if value.version == 4 else None
-
-
-def list_operation(query: dict[str, str]) -> Operation:
+def list_calls(
+    query: dict[str, str], conn: sqlite3.Connection, account: Account, raw: bytes, now: datetime
+) -> Outcome:
     """``GET /api/v1/calls`` with its query parameters."""
-
-    def run(
-        conn: sqlite3.Connection, account: Account, raw: bytes, now: datetime
-    ) -> tuple[int, Any, str | None]:
-        problems: list[tuple[str, str]] = []
-        first, last = _page_size(query, "first", problems), _page_size(query, "last", problems)
-        if "first" in query and "last" in query:
-            problems.append(("last", "first and last cannot be combined"))
-        if "after" in query and "before" in query:
-            problems.append(("before", "after and before cannot be combined"))
-        keys = {name: _cursor_key(query, name, problems) for name in ("after", "before")}
-        if problems:
-            raise ApiError.invalid(problems)
-        flt = call_filter(account, query)
-        # "before" alone pages backward, like "last": the page just before the cursor.
-        backward = last is not None or (first is None and keys["before"] is not None)
-        items, has_previous, has_next = store.page_calls(
-            conn,
-            flt,
-            count=last or first or DEFAULT_PAGE_SIZE,
-            backward=backward,
-            after=keys["after"],
-            before=keys["before"],
-        )
-        edges = [{"node": doc, "cursor": cursor} for cursor, doc in items]
-        page_info = {
-            "startCursor": edges[0]["cursor"] if edges else None,
-            "endCursor": edges[-1]["cursor"] if edges else None,
-            "hasPreviousPage": has_previous,
-            "hasNextPage": has_next,
-        }
-        return 200, {"edges": edges, "pageInfo": page_info}, None
-
-    return run
+    problems: list[tuple[str, str]] = []
+    first, last = _page_size(query, "first", problems), _page_size(query, "last", problems)
+    if "first" in query and "last" in query:
+        problems.append(("last", "first and last cannot be combined"))
+    if "after" in query and "before" in query:
+        problems.append(("before", "after and before cannot be combined"))
+    keys = {name: _cursor_key(query, name, problems) for name in ("after", "before")}
+    if problems:
+        raise ApiError.invalid(problems)
+    flt = call_filter(account, query)
+    # "before" alone pages backward, like "last": the page just before the cursor.
+    backward = last is not None or (first is None and keys["before"] is not None)
+    items, has_previous, has_next = store.page_calls(
+        conn,
+        flt,
+        count=last or first or DEFAULT_PAGE_SIZE,
+        backward=backward,
+        after=keys["after"],
+        before=keys["before"],
+    )
+    edges = [{"node": doc, "cursor": cursor} for cursor, doc in items]
+    page_info = {
+        "startCursor": edges[0]["cursor"] if edges else None,
+        "endCursor": edges[-1]["cursor"] if edges else None,
+        "hasPreviousPage": has_previous,
+        "hasNextPage": has_next,
+    }
+    return 200, {"edges": edges, "pageInfo": page_info}, None
 
 
 def _page_size(query: dict[str, str], name: str, problems: list[tuple[str, str]]) -> int | None:
@@ -509,16 +462,3 @@ def _cursor_key(
     if cursor is not None and key is None:
         problems.append((name, "Invalid cursor"))
     return key
-
-
-def mark_processed_operation(
-    conn: sqlite3.Connection, account: Account, raw: bytes, now: datetime
-) -> tuple[int, Any, str | None]:
-    """``POST /api/v1/entity-access/actions/mark-processed``."""
-    body = parse_body(MarkProcessedIn, raw)
-    failed = mark_processed(conn, account, body, now)
-    if failed:
-        # Returned, not raised: the other entries stay marked and only the failures are listed.
-        message = f"{len(failed)} of {len(body.entries)} entries were not marked"
-        return 400, ApiError(400, message, failed).body(), None
-    return 204, None, None

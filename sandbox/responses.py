@@ -39,6 +39,4 @@ def validation_handler(request: Request, exc: Exception) -> Response:
 def http_handler(request: Request, exc: Exception) -> Response:
     """Answer FastAPI's own HTTP errors (404, 405) in TapRaise's error shape."""
     assert isinstance(exc, StarletteHTTPException)
-    return json_response(
-        exc.status_code, ApiError(exc.status_code, str(exc.detail)).body(), exc.headers
-    )
+    return error_response(ApiError(exc.status_code, str(exc.detail), headers=exc.headers))

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from typing import get_args
+
+from sandbox.validation import Action
 
 
 def fixed_uuid(label: str) -> str:
@@ -58,46 +61,20 @@ ORGANIZATIONS: tuple[tuple[str, str, int], ...] = (
 """(uuid, name, maxCallAttempts) of every seeded organization."""
 
 
-def _persons() -> list[tuple[str, str, str, str, str]]:
-    rows: list[tuple[str, str, str, str, str]] = []
-    for i, person_uuid in enumerate(DEMO_PERSON_UUIDS):
-        rows.append(
-            (
-                person_uuid,
-                _FIRST_NAMES[i],
-                _LAST_NAMES[i],
-                f"+3161000{i:04d}",
-                DEMO_ORGANIZATION_UUID,
-            )
-        )
-    for i, person_uuid in enumerate(SECOND_ORG_PERSON_UUIDS):
-        rows.append(
-            (
-                person_uuid,
-                _FIRST_NAMES[-1 - i],
-                _LAST_NAMES[i],
-                f"+3220000{i:04d}",
-                SECOND_ORGANIZATION_UUID,
-            )
-        )
-    rows.append(
-        (FOREIGN_PERSON_UUID, "Fremde", "Person", "+4915100000000", FOREIGN_ORGANIZATION_UUID)
-    )
-    return rows
-
-
-PERSONS: tuple[tuple[str, str, str, str, str], ...] = tuple(_persons())
+PERSONS: tuple[tuple[str, str, str, str, str], ...] = (
+    *(
+        (person, _FIRST_NAMES[i], _LAST_NAMES[i], f"+3161000{i:04d}", DEMO_ORGANIZATION_UUID)
+        for i, person in enumerate(DEMO_PERSON_UUIDS)
+    ),
+    *(
+        (person, _FIRST_NAMES[-1 - i], _LAST_NAMES[i], f"+3220000{i:04d}", SECOND_ORGANIZATION_UUID)
+        for i, person in enumerate(SECOND_ORG_PERSON_UUIDS)
+    ),
+    (FOREIGN_PERSON_UUID, "Fremde", "Person", "+4915100000000", FOREIGN_ORGANIZATION_UUID),
+)
 """(uuid, firstName, lastName, phoneNumber, owningOrganizationUuid) of every seeded person."""
 
-ALL_ACTIONS: tuple[str, ...] = (
-    "create",
-    "add-attempt",
-    "complete",
-    "cancel",
-    "expire",
-    "list",
-    "mark-processed",
-)
+ALL_ACTIONS: tuple[str, ...] = get_args(Action)
 """Every action a service account can be allowed to take."""
 
 DEMO_ACCOUNT_ORGANIZATIONS: tuple[str, ...] = (DEMO_ORGANIZATION_UUID, SECOND_ORGANIZATION_UUID)

@@ -12,11 +12,13 @@ import json
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic.alias_generators import to_camel, to_snake
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS organizations (
@@ -136,45 +138,45 @@ class Store:
                 raise
             self._conn.execute("COMMIT")
 
-    def close(self) -> None:
-        """Close the connection (the WAL is checkpointed by SQLite)."""
-        with self._lock:
-            self._conn.close()
+
+# --- rows in and out --------------------------------------------------------------------------
+
+
+def _insert(
+    conn: sqlite3.Connection, table: str, values: Mapping[str, Any], verb: str = "INSERT"
+) -> None:
+    """Insert one row, its values named by column (camelCase names become snake_case)."""
+    columns = ", ".join(to_snake(name) for name in values)
+    sql = f"{verb} INTO {table} ({columns}) VALUES ({', '.join('?' * len(values))})"
+    conn.execute(sql, tuple(values.values()))
+
+
+def _json(row: sqlite3.Row) -> dict[str, Any]:
+    """A row as JSON: its columns in order, under their camelCase names."""
+    return {to_camel(column): row[column] for column in row.keys()}
+
+
+def _json_row(conn: sqlite3.Connection, sql: str, *params: Any) -> dict[str, Any] | None:
+    row = conn.execute(sql, params).fetchone()
+    return None if row is None else _json(row)
 
 
 # --- organizations, persons, accounts -------------------------------------------------------
 
 
-def organization_dict(row: sqlite3.Row) -> dict[str, Any]:
-    """Render an organization row as JSON."""
-    return {"uuid": row["uuid"], "name": row["name"], "maxCallAttempts": row["max_call_attempts"]}
+def get_organization(conn: sqlite3.Connection, uuid: str) -> dict[str, Any] | None:
+    """An organization as JSON (``uuid``, ``name``, ``maxCallAttempts``), or None."""
+    return _json_row(conn, "SELECT * FROM organizations WHERE uuid = ?", uuid)
 
 
-def person_dict(row: sqlite3.Row) -> dict[str, Any]:
-    """Render a person row as JSON."""
-    return {
-        "uuid": row["uuid"],
-        "firstName": row["first_name"],
-        "lastName": row["last_name"],
-        "phoneNumber": row["phone_number"],
-        "owningOrganizationUuid": row["organization_uuid"],
-    }
-
-
-def get_organization(conn: sqlite3.Connection, uuid: str) -> sqlite3.Row | None:
-    """Return an organization row or None."""
-    row: sqlite3.Row | None = conn.execute(
-        "SELECT * FROM organizations WHERE uuid = ?", (uuid,)
-    ).fetchone()
-    return row
-
-
-def get_person(conn: sqlite3.Connection, uuid: str) -> sqlite3.Row | None:
-    """Return a person row or None."""
-    row: sqlite3.Row | None = conn.execute(
-        "SELECT * FROM persons WHERE uuid = ?", (uuid,)
-    ).fetchone()
-    return row
+def get_person(conn: sqlite3.Connection, uuid: str) -> dict[str, Any] | None:
+    """A person as JSON (names, ``phoneNumber``, ``owningOrganizationUuid``), or None."""
+    return _json_row(
+        conn,
+        "SELECT uuid, first_name, last_name, phone_number,"
+        " organization_uuid AS owning_organization_uuid FROM persons WHERE uuid = ?",
+        uuid,
+    )
 
 
 def add_organization(conn: sqlite3.Connection, uuid: str, name: str, max_attempts: int) -> bool:
@@ -187,14 +189,13 @@ def add_organization(conn: sqlite3.Connection, uuid: str, name: str, max_attempt
 
 def update_organization(
     conn: sqlite3.Connection, uuid: str, name: str | None, max_attempts: int | None
-) -> bool:
-    """Change an organization's name and/or maximum attempts (None keeps); False if unknown."""
-    cur = conn.execute(
+) -> None:
+    """Change an organization's name and/or maximum attempts (None keeps them)."""
+    conn.execute(
         "UPDATE organizations SET name = COALESCE(?, name),"
         " max_call_attempts = COALESCE(?, max_call_attempts) WHERE uuid = ?",
         (name, max_attempts, uuid),
     )
-    return cur.rowcount == 1
 
 
 def add_person(
@@ -213,18 +214,14 @@ def add_person(
     return cur.rowcount == 1
 
 
+# The account's sets, stored as JSON lists.
+_ACCOUNT_SETS = ("organization_uuids", "actions")
+
+
 def put_account(conn: sqlite3.Connection, account: Account) -> None:
     """Insert or replace a service account (a new key replaces the old one)."""
-    conn.execute(
-        "INSERT OR REPLACE INTO service_accounts VALUES (?, ?, ?, ?, ?)",
-        (
-            account.email,
-            account.key_id,
-            account.public_key_pem,
-            json.dumps(sorted(account.organization_uuids)),
-            json.dumps(sorted(account.actions)),
-        ),
-    )
+    sets = {name: json.dumps(sorted(getattr(account, name))) for name in _ACCOUNT_SETS}
+    _insert(conn, "service_accounts", asdict(account) | sets, "INSERT OR REPLACE")
 
 
 def account_by_key_id(conn: sqlite3.Connection, key_id: str) -> Account | None:
@@ -232,13 +229,8 @@ def account_by_key_id(conn: sqlite3.Connection, key_id: str) -> Account | None:
     row = conn.execute("SELECT * FROM service_accounts WHERE key_id = ?", (key_id,)).fetchone()
     if row is None:
         return None
-    return Account(
-        email=row["email"],
-        key_id=row["key_id"],
-        public_key_pem=row["public_key_pem"],
-        organization_uuids=frozenset(json.loads(row["organization_uuids"])),
-        actions=frozenset(json.loads(row["actions"])),
-    )
+    sets = {name: frozenset(json.loads(row[name])) for name in _ACCOUNT_SETS}
+    return Account(**(dict(row) | sets))
 
 
 # --- calls ----------------------------------------------------------------------------------
@@ -259,11 +251,6 @@ def get_call(conn: sqlite3.Connection, uuid: str) -> StoredCall | None:
     return None if row is None else _stored_call(row)
 
 
-def _ext(doc: dict[str, Any], key: str) -> Any:
-    meta = doc.get("externalMetadata")
-    return None if meta is None else meta.get(key)
-
-
 def insert_call(
     conn: sqlite3.Connection,
     doc: dict[str, Any],
@@ -272,23 +259,17 @@ def insert_call(
     requested_by_user_uuid: str | None,
 ) -> None:
     """Insert a new call document."""
-    conn.execute(
-        "INSERT INTO calls (uuid, organization_uuid, status, requested_at, last_updated_at,"
-        " external_application_name, external_reference_id, managed_externally,"
-        " requested_by_user_uuid, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            doc["uuid"],
-            organization_uuid,
-            doc["status"],
-            doc["requestedAt"],
-            doc["lastUpdatedAt"],
-            _ext(doc, "applicationName"),
-            _ext(doc, "referenceId"),
-            int(managed_externally),
-            requested_by_user_uuid,
-            json.dumps(doc),
-        ),
+    meta = doc["externalMetadata"] or {}
+    row = {key: doc[key] for key in ("uuid", "status", "requestedAt", "lastUpdatedAt")}
+    row.update(
+        organizationUuid=organization_uuid,
+        externalApplicationName=meta.get("applicationName"),
+        externalReferenceId=meta.get("referenceId"),
+        managedExternally=int(managed_externally),
+        requestedByUserUuid=requested_by_user_uuid,
+        doc=json.dumps(doc),
     )
+    _insert(conn, "calls", row)
 
 
 def update_call(
@@ -311,12 +292,15 @@ def count_effect(conn: sqlite3.Connection, call_uuid: str, action: str) -> None:
     )
 
 
+def _counted(keys: Iterable[str], rows: Iterable[sqlite3.Row]) -> dict[str, int]:
+    """A count for each key (zero unless a ``(key, count)`` row gives one), then other keys."""
+    return dict.fromkeys(keys, 0) | {key: count for key, count in rows}
+
+
 def effects(conn: sqlite3.Connection, call_uuid: str) -> dict[str, int]:
     """Return how many state changes of each action were applied to a call."""
-    counts = dict.fromkeys(EFFECT_ACTIONS, 0)
-    for row in conn.execute("SELECT action, count FROM effects WHERE call_uuid = ?", (call_uuid,)):
-        counts[row["action"]] = row["count"]
-    return counts
+    rows = conn.execute("SELECT action, count FROM effects WHERE call_uuid = ?", (call_uuid,))
+    return _counted(EFFECT_ACTIONS, rows)
 
 
 @dataclass(frozen=True)
@@ -430,53 +414,25 @@ def page_calls(
 
 
 def put_mark(
-    conn: sqlite3.Connection,
-    account_email: str,
-    entry: dict[str, Any],
-    marked_at: str,
+    conn: sqlite3.Connection, account_email: str, entry: dict[str, Any], marked_at: str
 ) -> None:
-    """Record (or refresh) that an account processed an entity."""
-    conn.execute(
-        "INSERT OR REPLACE INTO marks VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (
-            account_email,
-            entry["entityName"],
-            entry["entityUuid"],
-            entry["processedAt"],
-            entry.get("consumerIdentifier"),
-            entry.get("externalSourceName"),
-            marked_at,
-        ),
-    )
+    """Record (or refresh) that an account processed an entity (``entry``: its camelCase
+    fields)."""
+    row = {"accountEmail": account_email, **entry, "markedAt": marked_at}
+    _insert(conn, "marks", row, "INSERT OR REPLACE")
 
 
 def marks(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """Return every mark, oldest first."""
-    return [
-        {
-            "accountEmail": r["account_email"],
-            "entityName": r["entity_name"],
-            "entityUuid": r["entity_uuid"],
-            "processedAt": r["processed_at"],
-            "consumerIdentifier": r["consumer_identifier"],
-            "externalSourceName": r["external_source_name"],
-            "markedAt": r["marked_at"],
-        }
-        for r in conn.execute("SELECT * FROM marks ORDER BY marked_at, rowid")
-    ]
+    return [_json(r) for r in conn.execute("SELECT * FROM marks ORDER BY marked_at, rowid")]
 
 
 # --- request log ------------------------------------------------------------------------------
 
 
 def log_request(conn: sqlite3.Connection, entry: dict[str, Any]) -> None:
-    """Append one received API request to the log."""
-    conn.execute(
-        "INSERT INTO requests (received_at, method, path, query, endpoint, call_uuid, status,"
-        " request_body, fault, account_email) VALUES (:receivedAt, :method, :path, :query,"
-        " :endpoint, :callUuid, :status, :requestBody, :fault, :accountEmail)",
-        entry,
-    )
+    """Append one received API request to the log (``entry``: its camelCase fields)."""
+    _insert(conn, "requests", entry)
 
 
 def _body(text: str | None) -> Any:
@@ -502,29 +458,13 @@ def requests(
     rows = conn.execute(
         f"SELECT * FROM requests {where} ORDER BY id DESC LIMIT ?", [*params, limit]
     ).fetchall()
-    return [
-        {
-            "id": r["id"],
-            "receivedAt": r["received_at"],
-            "method": r["method"],
-            "path": r["path"],
-            "query": r["query"],
-            "endpoint": r["endpoint"],
-            "callUuid": r["call_uuid"],
-            "status": r["status"],
-            "requestBody": _body(r["request_body"]),
-            "fault": r["fault"],
-            "accountEmail": r["account_email"],
-        }
-        for r in reversed(rows)
-    ]
+    return [{**_json(r), "requestBody": _body(r["request_body"])} for r in reversed(rows)]
 
 
 def stats(conn: sqlite3.Connection) -> dict[str, Any]:
     """Return totals over calls, requests, injected faults and applied effects."""
-    by_status = dict.fromkeys(("requested", "completed", "cancelled", "expired"), 0)
-    for row in conn.execute("SELECT status, COUNT(*) AS n FROM calls GROUP BY status"):
-        by_status[row["status"]] = row["n"]
+    statuses = conn.execute("SELECT status, COUNT(*) FROM calls GROUP BY status")
+    by_status = _counted(("requested", "completed", "cancelled", "expired"), statuses)
     per_endpoint: dict[str, dict[str, int]] = {}
     for row in conn.execute(
         "SELECT endpoint, status, COUNT(*) AS n FROM requests GROUP BY endpoint, status"
@@ -536,9 +476,7 @@ def stats(conn: sqlite3.Connection) -> dict[str, Any]:
             "SELECT fault, COUNT(*) AS n FROM requests WHERE fault IS NOT NULL GROUP BY fault"
         )
     }
-    applied = dict.fromkeys(EFFECT_ACTIONS, 0)
-    for row in conn.execute("SELECT action, SUM(count) AS n FROM effects GROUP BY action"):
-        applied[row["action"]] = row["n"]
+    applied = conn.execute("SELECT action, SUM(count) FROM effects GROUP BY action")
     return {
         "calls": {"total": sum(by_status.values()), "byStatus": by_status},
         "requests": {
@@ -546,7 +484,7 @@ def stats(conn: sqlite3.Connection) -> dict[str, Any]:
             "byEndpoint": per_endpoint,
         },
         "faults": faults,
-        "effects": applied,
+        "effects": _counted(EFFECT_ACTIONS, applied),
     }
 
 

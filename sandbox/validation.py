@@ -28,6 +28,8 @@ from pydantic.alias_generators import to_camel
 CallStatus = Literal["requested", "completed", "cancelled", "expired"]
 CallType = Literal["verification", "happy_call", "winback"]
 EntityName = Literal["person", "pledge", "call", "transaction"]
+# What a service account can be allowed to do: the API's endpoints.
+Action = Literal["create", "add-attempt", "complete", "cancel", "expire", "list", "mark-processed"]
 M = TypeVar("M", bound=BaseModel)
 FINAL_STATUSES: frozenset[str] = frozenset({"completed", "cancelled", "expired"})
 # How TapRaise words the problems pydantic names by type; the others keep pydantic's message.
@@ -61,13 +63,13 @@ class ApiError(Exception):
         status: int,
         message: str,
         errors: list[dict[str, Any]] | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.errors = errors or []
-        self.headers = headers or {}
+        self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
         """Return the JSON body: ``{"statusCode", "message", "errors"}``."""
@@ -211,11 +213,16 @@ class ExternalMetadataIn(_Body):
         return value
 
 
-class AttemptIn(_Body):
-    """An attempt sent along with an externally managed call."""
+class AddAttemptIn(_Body):
+    """Body of ``PUT …/actions/add-attempt``."""
 
     user_uuid: UUID4 | None = None
     attempt_at: Moment | None = None
+
+
+class AttemptIn(AddAttemptIn):
+    """An attempt sent along with an externally managed call."""
+
     created_at: Moment | None = None
 
 
@@ -236,13 +243,6 @@ class CreateCallIn(_Body):
     related_case_uuid: UUID4 | None = None
     calling_organization_uuid: UUID4 | None = None
     type: CallType | None = None
-
-
-class AddAttemptIn(_Body):
-    """Body of ``PUT …/actions/add-attempt``."""
-
-    user_uuid: UUID4 | None = None
-    attempt_at: Moment | None = None
 
 
 class CompleteIn(_Body):

@@ -8,7 +8,6 @@ from fastapi.responses import JSONResponse
 
 from gateway.dependencies import RequestId, Service, Signal
 from gateway.models import Accepted, Sent
-from starter.service import CallService
 from workflows.messages import (
     ATTEMPT,
     CANCEL,
@@ -17,7 +16,6 @@ from workflows.messages import (
     AttemptSignal,
     CancelSignal,
     CompleteSignal,
-    Message,
     RescheduleSignal,
 )
 
@@ -30,63 +28,37 @@ _ANSWERS: dict[str, Any] = {
 }
 
 
-async def _act(
-    service: CallService,
-    call_uuid: uuid.UUID,
-    name: str,
-    message: Message,
-    signal: bool,
-    request_id: str | None,
-) -> Accepted | JSONResponse:
-    if signal:
-        sent = Sent.of(await service.signal(call_uuid, name, message))
-        return JSONResponse(status_code=202, content=sent.model_dump(mode="json"))
-    return Accepted.of(call_uuid, await service.act(call_uuid, name, message, request_id))
+def _action(path: str, name: str, body_model: Any, description: str, default: Any = ...) -> None:
+    """Add `POST /calls/{call_uuid}/<path>`: the action `name` with its `body_model` body.
+
+    FastAPI reads the body's schema from the annotation, and `...` as the default makes the body
+    required; the route's `name` gives its summary and operation id.
+    """
+
+    async def act(
+        call_uuid: uuid.UUID,
+        service: Service,
+        request_id: RequestId,
+        body: body_model = default,
+        signal: Signal = False,
+    ) -> Accepted | JSONResponse:
+        message = CancelSignal() if body is None else body
+        if signal:
+            sent = Sent.of(await service.signal(call_uuid, name, message))
+            return JSONResponse(status_code=202, content=sent.model_dump(mode="json"))
+        return Accepted.of(call_uuid, await service.act(call_uuid, name, message, request_id))
+
+    router.add_api_route(
+        f"/calls/{{call_uuid}}/{path}",
+        act,
+        methods=["POST"],
+        name=name,
+        description=f"{description} 200 accepted, 409 refused, 404 unknown call.",
+        **_ANSWERS,
+    )
 
 
-@router.post("/calls/{call_uuid}/attempts", **_ANSWERS)
-async def attempt(
-    call_uuid: uuid.UUID,
-    body: AttemptSignal,
-    service: Service,
-    request_id: RequestId,
-    signal: Signal = False,
-) -> Accepted | JSONResponse:
-    """Report an unsuccessful attempt. 200 accepted, 409 refused, 404 unknown call."""
-    return await _act(service, call_uuid, ATTEMPT, body, signal, request_id)
-
-
-@router.post("/calls/{call_uuid}/complete", **_ANSWERS)
-async def complete(
-    call_uuid: uuid.UUID,
-    body: CompleteSignal,
-    service: Service,
-    request_id: RequestId,
-    signal: Signal = False,
-) -> Accepted | JSONResponse:
-    """Complete the call with its result. 200 accepted, 409 refused, 404 unknown call."""
-    return await _act(service, call_uuid, COMPLETE, body, signal, request_id)
-
-
-@router.post("/calls/{call_uuid}/reschedule", **_ANSWERS)
-async def reschedule(
-    call_uuid: uuid.UUID,
-    body: RescheduleSignal,
-    service: Service,
-    request_id: RequestId,
-    signal: Signal = False,
-) -> Accepted | JSONResponse:
-    """Ask for a callback at the donor's time. 200 accepted, 409 refused, 404 unknown."""
-    return await _act(service, call_uuid, RESCHEDULE, body, signal, request_id)
-
-
-@router.post("/calls/{call_uuid}/cancel", **_ANSWERS)
-async def cancel(
-    call_uuid: uuid.UUID,
-    service: Service,
-    request_id: RequestId,
-    body: CancelSignal | None = None,
-    signal: Signal = False,
-) -> Accepted | JSONResponse:
-    """Cancel the call (the body is optional). 200 accepted, 409 refused, 404 unknown."""
-    return await _act(service, call_uuid, CANCEL, body or CancelSignal(), signal, request_id)
+_action("attempts", ATTEMPT, AttemptSignal, "Report an unsuccessful attempt.")
+_action("complete", COMPLETE, CompleteSignal, "Complete the call with its result.")
+_action("reschedule", RESCHEDULE, RescheduleSignal, "Ask for a callback at the donor's time.")
+_action("cancel", CANCEL, CancelSignal | None, "Cancel the call (the body is optional).", None)
