@@ -915,7 +915,8 @@ def dev(**options: Any) -> None:
     try:
         devstack = importlib.import_module("devstack.run")
     except ModuleNotFoundError as exc:
-        _fail(f"the dev stack is not available: {exc}", False)
+        # An installed package carries neither the sandbox nor the Temporal CLI.
+        _fail(f"the dev stack runs from a clone of the project, with `make run` ({exc})", False)
     raise typer.Exit(int(devstack.main(stack_argv(options)) or 0))
 
 

@@ -1,8 +1,7 @@
 """What `pip install .` carries: the production packages, and nothing the clone keeps for itself.
 
 The sandbox, the benchmarks and the tests run from a clone (and so does the embedded stack, which
-needs the sandbox); the Temporal
-binaries come with the `local` and `dev` extras.
+needs the sandbox); the Temporal binaries come with the `local` and `dev` extras.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ in any non-final phase.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import sys
@@ -153,6 +154,24 @@ def test_dev_passes_its_options_to_the_stack(monkeypatch: pytest.MonkeyPatch) ->
     assert seen == [["--data-dir", "d", "--ui-port", "9233", "--follow", "--demo"]]
     unknown = runner.invoke(app, ["dev", "--dmeo"])
     assert unknown.exit_code == 2 and len(seen) == 1
+
+
+def test_dev_from_an_installed_package_says_it_runs_from_a_clone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An installed package carries no sandbox: the stack's module cannot be imported.
+    real_import = importlib.import_module
+
+    def without_sandbox(name: str) -> Any:
+        if name == "devstack.run":
+            raise ModuleNotFoundError("No module named 'sandbox'", name="sandbox")
+        return real_import(name)
+
+    monkeypatch.setattr(importlib, "import_module", without_sandbox)
+    result = runner.invoke(app, ["dev"])
+    assert result.exit_code == 1
+    assert "runs from a clone of the project, with `make run`" in result.output
+    assert "No module named 'sandbox'" in result.output
 
 
 # ── start ────────────────────────────────────────────────────────────────────────────────────
