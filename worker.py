@@ -21,7 +21,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from activities.calls import TapRaiseActivities
+from activities.actions import TapRaiseActivities
 from activities.policy import PolicyActivities
 from activities.turn import answer_turn
 from starter.connect import connect, load_env_file, missing_search_attributes

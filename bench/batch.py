@@ -26,7 +26,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from bench import calls as bench_calls
+from bench import lifecycle
 from bench.report import Result, at_least, main, parser_for, per_second, progress, timed
 from bench.stack import Stack
 from starter.batch import BatchFormat, read_batch
@@ -45,14 +45,14 @@ def make_csv(rows: int) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["uuid", "personUuid", "type"])
     for i in range(rows):
-        call = bench_calls.make_call(i)
+        call = lifecycle.make_call(i)
         writer.writerow([call.uuid, call.person_uuid, call.type.value])
     return buffer.getvalue()
 
 
 def make_calls(count: int) -> list[CallInput]:
     """`count` distinct calls, as `make_csv` writes them."""
-    return [bench_calls.make_call(i) for i in range(count)]
+    return [lifecycle.make_call(i) for i in range(count)]
 
 
 async def raw_round(

@@ -53,7 +53,7 @@ from temporalio.api.history.v1 import History
 from temporalio.client import WorkflowHandle
 from temporalio.common import TypedSearchAttributes
 
-from bench import calls as bench_calls
+from bench import lifecycle
 from bench.report import Result, main, parser_for
 from bench.stack import Stack
 from starter.service import CallService
@@ -74,16 +74,16 @@ _SPACED: dict[str, Any] = {
     "attemptWindow": 3600,
     "deadline": "P3D",
 }
-SPACED = bench_calls.policy(**_SPACED)
+SPACED = lifecycle.policy(**_SPACED)
 # The same, with the call left `scheduled` through its slots (no `due` phase).
-SPACED_NO_DUE = bench_calls.policy(**_SPACED, duePhase=False)
-BY_ATTEMPTS = bench_calls.policy(
+SPACED_NO_DUE = lifecycle.policy(**_SPACED, duePhase=False)
+BY_ATTEMPTS = lifecycle.policy(
     firstAttemptDelay=0,
     retryDelays={"no_answer": 0, "busy": 0, "voicemail": 0},
     attemptWindow=3600,
     maxAttempts=2,
 )
-BY_DEADLINE = bench_calls.policy(firstAttemptDelay=0, attemptWindow=3600, deadline=3)
+BY_DEADLINE = lifecycle.policy(firstAttemptDelay=0, attemptWindow=3600, deadline=3)
 
 E = EventType
 # Event types that are one action each, by the action's kind.
@@ -188,9 +188,9 @@ async def wait_for_phase(handle: WorkflowHandle[Any, Any], phase: CallPhase) -> 
 
 
 async def _started(service: CallService, call_policy: PolicyOverrides) -> WorkflowHandle[Any, Any]:
-    call = bench_calls.make_call(0, call_policy)
-    await bench_calls.start_call(service, call)
-    return bench_calls.handle_of(service.client, call)
+    call = lifecycle.make_call(0, call_policy)
+    await lifecycle.start_call(service, call)
+    return lifecycle.handle_of(service.client, call)
 
 
 async def _typical(
@@ -203,9 +203,9 @@ async def _typical(
     handle = await _started(service, call_policy)
     for made in range(2):
         await slot(handle, made)
-        await bench_calls.attempt(handle)
+        await lifecycle.attempt(handle)
     await slot(handle, 2)
-    await bench_calls.complete(handle)
+    await lifecycle.complete(handle)
     await handle.result()
     return await cost_of(path, handle)
 
@@ -234,13 +234,13 @@ async def typical_without_due(service: CallService) -> Cost:
 
 
 async def typical_no_waits(service: CallService) -> Cost:
-    call = bench_calls.make_call(1, bench_calls.NO_WAIT)
-    await bench_calls.typical_path(service, call)
-    return await cost_of("typical, no waits", bench_calls.handle_of(service.client, call))
+    call = lifecycle.make_call(1, lifecycle.NO_WAIT)
+    await lifecycle.typical_path(service, call)
+    return await cost_of("typical, no waits", lifecycle.handle_of(service.client, call))
 
 
 async def cancelled(service: CallService) -> Cost:
-    handle = await _started(service, bench_calls.WAITING)
+    handle = await _started(service, lifecycle.WAITING)
     await wait_for_phase(handle, CallPhase.SCHEDULED)
     await handle.execute_update(CANCEL, CancelSignal(reason="no longer wanted"))
     await handle.result()
@@ -249,8 +249,8 @@ async def cancelled(service: CallService) -> Cost:
 
 async def expired_by_attempts(service: CallService) -> Cost:
     handle = await _started(service, BY_ATTEMPTS)
-    await bench_calls.attempt(handle)
-    await bench_calls.attempt(handle)
+    await lifecycle.attempt(handle)
+    await lifecycle.attempt(handle)
     await handle.result()
     return await cost_of("expired by attempts (2)", handle)
 
@@ -263,7 +263,7 @@ async def expired_by_deadline(service: CallService) -> Cost:
 
 async def waiting(service: CallService, seconds: float) -> tuple[Cost, Cost]:
     """A call waiting for its first slot, counted before and after `seconds` of silence."""
-    handle = await _started(service, bench_calls.WAITING)
+    handle = await _started(service, lifecycle.WAITING)
     await wait_for_phase(handle, CallPhase.SCHEDULED)
     before = await cost_of("waiting: first slot days away", handle)
     await asyncio.sleep(seconds)

@@ -26,7 +26,7 @@ from typing import Any
 from temporalio.api.history.v1 import History
 from temporalio.client import Client
 
-from bench import calls as bench_calls
+from bench import lifecycle
 from bench.report import Result, main, parser_for, per_second, progress, timed
 from bench.stack import Stack, read_kb, sampling
 from starter.service import CallService
@@ -64,7 +64,7 @@ async def history_sample(client: Client, made: list[CallInput]) -> tuple[float, 
     step = max(1, len(made) // HISTORY_SAMPLE)
     events, sizes = [], []
     for call in made[::step][:HISTORY_SAMPLE]:
-        history = await bench_calls.handle_of(client, call).fetch_history()
+        history = await lifecycle.handle_of(client, call).fetch_history()
         events.append(len(history.events))
         sizes.append(History(events=list(history.events)).ByteSize())
     return statistics.mean(events), statistics.mean(sizes)
@@ -78,12 +78,12 @@ async def measure(stack: Stack, n: int, concurrency: int) -> dict[str, Any]:
     service = CallService(client)
     await asyncio.sleep(2)  # let the worker settle after its first polls
     idle_kb = read_kb(worker.pid, "VmRSS")
-    made = [bench_calls.make_call(i, bench_calls.WAITING) for i in range(n)]
+    made = [lifecycle.make_call(i, lifecycle.WAITING) for i in range(n)]
     already = (await client.count_workflows("ExecutionStatus = 'Completed'")).count
 
     with sampling(worker) as samples:
         start_seconds = await timed(
-            "starting calls", n, concurrency, lambda i: bench_calls.start_call(service, made[i])
+            "starting calls", n, concurrency, lambda i: lifecycle.start_call(service, made[i])
         )
         waiting = "CallPhase = 'scheduled'"
         settle_seconds = await wait_for_count(client, waiting, n, "calls created, waiting")
@@ -94,16 +94,14 @@ async def measure(stack: Stack, n: int, concurrency: int) -> dict[str, Any]:
             "completing (signals)",
             n,
             concurrency,
-            lambda i: bench_calls.handle_of(client, made[i]).signal(
-                COMPLETE, bench_calls.COMPLETION
-            ),
+            lambda i: lifecycle.handle_of(client, made[i]).signal(COMPLETE, lifecycle.COMPLETION),
         )
         completed = "ExecutionStatus = 'Completed'"
         finish_seconds = await wait_for_count(client, completed, n + already, "calls completed")
     peak_kb = read_kb(worker.pid, "VmHWM")
     done_events, done_bytes = await history_sample(client, made)
     stats = await stack.sandbox("stats")
-    expected = {**bench_calls.TYPICAL_EFFECTS, "add-attempt": 0}
+    expected = {**lifecycle.TYPICAL_EFFECTS, "add-attempt": 0}
     await stack.check_effects(made[:: max(1, n // HISTORY_SAMPLE)], expected)
     return {
         "n": n,

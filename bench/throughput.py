@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from bench import calls as bench_calls
+from bench import lifecycle
 from bench.floor import ATTEMPT as FLOOR_ATTEMPT
 from bench.floor import COMPLETE, FLOOR_WORKFLOW_TYPE
 from bench.report import Result, at_least, main, parser_for, per_second, timed
@@ -71,8 +71,8 @@ async def floor_lifecycle(stack: Stack, call: CallInput) -> None:
         result_type=dict,
     )
     for _ in range(2):
-        await handle.execute_update(FLOOR_ATTEMPT, to_json(bench_calls.UNANSWERED))
-    await handle.execute_update(COMPLETE, to_json(bench_calls.COMPLETION))
+        await handle.execute_update(FLOOR_ATTEMPT, to_json(lifecycle.UNANSWERED))
+    await handle.execute_update(COMPLETE, to_json(lifecycle.COMPLETION))
     result: dict[str, Any] = await handle.result()
     if result.get("messages") != 3:
         raise RuntimeError(f"floor workflow {call.uuid} ended with {result}")
@@ -89,14 +89,14 @@ async def _phase(
 ) -> None:
     """Run `count` lifecycles of `kind` ("floor" or "calls") and add them to `phase`."""
     service = CallService(stack.client)
-    made = [bench_calls.make_call(i, bench_calls.NO_WAIT) for i in range(count)]
+    made = [lifecycle.make_call(i, lifecycle.NO_WAIT) for i in range(count)]
 
     async def one(i: int) -> None:
         began = time.perf_counter()
         if kind == "floor":
             await floor_lifecycle(stack, made[i])
         else:
-            await bench_calls.typical_path(service, made[i])
+            await lifecycle.typical_path(service, made[i])
         phase.latencies.append(time.perf_counter() - began)
 
     cpu.start()
@@ -127,7 +127,7 @@ async def measure(
     requests = await stack.sandbox_requests() - requests_before
 
     sample = made if check is None else made[:check]
-    checked = await stack.check_effects(sample, bench_calls.TYPICAL_EFFECTS)
+    checked = await stack.check_effects(sample, lifecycle.TYPICAL_EFFECTS)
     stats = await stack.sandbox("stats")
     return {
         "n": n,

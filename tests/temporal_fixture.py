@@ -37,7 +37,7 @@ from temporalio.testing import TimeSkipper, TimeSkippingConfig, WorkflowEnvironm
 from temporalio.worker import Worker
 
 import devstack.process
-from tapraise import TapRaiseClient
+from tapraise import TapRaiseClient, to_millis
 from tests.helpers import demo_account, start_options
 from tests.sandbox_fixture import SandboxServer
 from worker import build_worker
@@ -142,7 +142,7 @@ def next_start(kind: str, after: datetime) -> datetime:
             f"{START_VARIABLE}={kind!r} is not ahead: a virtual clock only moves forward"
         )
     # TapRaise keeps milliseconds, and so does the starter when it stamps requestedAt.
-    return named.astimezone(UTC).replace(microsecond=named.microsecond // 1000 * 1000)
+    return to_millis(named)
 
 
 def start_kind() -> str:

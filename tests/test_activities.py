@@ -22,7 +22,7 @@ import pytest_asyncio
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.calls import (
+from activities.actions import (
     AddAttemptInput,
     CallRef,
     CancelCallInput,

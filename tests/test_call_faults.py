@@ -25,7 +25,14 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from sandbox.seed import DEMO_PERSON_UUIDS
-from tapraise import AddAttemptRequest, CallResult, CallType, CreateCallRequest, TapRaiseClient
+from tapraise import (
+    AddAttemptRequest,
+    CallResult,
+    CallType,
+    CreateCallRequest,
+    TapRaiseClient,
+    to_millis,
+)
 from tests.helpers import update, wait_for_phase, worker_env, worker_process, worker_ready
 from tests.sandbox_fixture import SandboxServer
 from tests.temporal_fixture import CallWorker, record_history
@@ -49,10 +56,6 @@ pytestmark = pytest.mark.timeout(120)
 
 PERSON = uuid.UUID(DEMO_PERSON_UUIDS[0])
 LIVE = (CallPhase.SCHEDULED, CallPhase.DUE)
-
-
-def ms(t: datetime) -> datetime:
-    return t.replace(microsecond=t.microsecond // 1000 * 1000)
 
 
 async def rejection(handle: WorkflowHandle[Any, Any], update: Any, message: Any) -> str:
@@ -187,7 +190,7 @@ async def test_a_start_without_requested_at_takes_the_run_start_time(
     state = await wait_for_phase(handle, *LIVE, CallPhase.EXPIRED)
     history = await handle.fetch_history()
     started_at = history.events[0].event_time.ToDatetime().replace(tzinfo=UTC)
-    assert state.requested_at == ms(started_at)
+    assert state.requested_at == to_millis(started_at)
     stored = lenient_sandbox.stored_call(str(state.call_uuid))
     assert stored is not None
     assert datetime.fromisoformat(stored["requestedAt"]) == state.requested_at
@@ -197,7 +200,7 @@ async def test_a_call_started_again_days_later_without_requested_at_adopts_it(
     call_worker: CallWorker, tapraise_client: TapRaiseClient, lenient_sandbox: SandboxServer
 ) -> None:
     call_uuid = uuid.uuid4()
-    days_ago = ms(datetime.now(UTC) - timedelta(days=3))
+    days_ago = to_millis(datetime.now(UTC) - timedelta(days=3))
     await tapraise_client.create_call(
         CreateCallRequest(
             uuid=call_uuid, requested_at=days_ago, person_uuid=PERSON, type="verification"

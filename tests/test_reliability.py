@@ -26,6 +26,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from sandbox.seed import DEMO_PERSON_UUIDS
+from tapraise import to_millis
 from tapraise.models import CallResult
 from tests.chaos import ChaosConfig, chaos_policy, run_chaos
 from tests.helpers import effects, update, wait_for_phase, worker_env, worker_process, worker_ready
@@ -158,7 +159,7 @@ async def test_attempt_applied_just_before_a_worker_crash_is_not_recorded_again(
         now = datetime.now(UTC)
         attempt = AttemptSignal(
             outcome=AttemptOutcome.NO_ANSWER,
-            attempt_at=now.replace(microsecond=now.microsecond // 1000 * 1000),
+            attempt_at=to_millis(now),
         )
         answer = asyncio.create_task(update(handle, ATTEMPT, attempt))
         deadline = time.monotonic() + 20
@@ -205,7 +206,7 @@ async def test_attempt_reported_while_the_call_expires_is_refused_and_the_call_c
     now = datetime.now(UTC)
     attempt = AttemptSignal(
         outcome=AttemptOutcome.BUSY,
-        attempt_at=now.replace(microsecond=now.microsecond // 1000 * 1000),
+        attempt_at=to_millis(now),
     )
     answer = asyncio.create_task(update(handle, ATTEMPT, attempt))
     try:

@@ -24,7 +24,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 with workflow.unsafe.imports_passed_through():
     from pydantic import TypeAdapter, ValidationError
 
-    from activities.calls import (
+    from activities.actions import (
         AddAttemptInput,
         CancelCallInput,
         CompleteCallInput,

@@ -6,7 +6,7 @@ import random
 import uuid
 from typing import Any, Final
 
-from bench.calls import ALWAYS_OPEN
+from bench.lifecycle import ALWAYS_OPEN
 from sandbox.seed import DEMO_PERSON_UUIDS
 from tests.chaos.config import ChaosConfig
 from tests.chaos.ledger import Ledger
