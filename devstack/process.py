@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import inspect
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -85,12 +86,38 @@ def exit_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out for port 0 and outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; elsewhere the bind below still checks
+
+
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback port that is free right now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
+    """A loopback port that is free now, and that nobody else is handed meanwhile.
+
+    It is picked below the kernel's ephemeral range: a port from that range, free when picked,
+    can be taken before its server binds it by any process that binds port 0 (the dev server
+    does, for its own listeners) or opens a connection.
+    """
+    pick = random.SystemRandom()
+    low = max(1024, _ephemeral_low() - 12000)
+    for _ in range(100):
+        port = pick.randrange(low, low + 12000)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise ChildError("no free loopback port below the ephemeral range")
 
 
 def port_is_free(port: int) -> bool:

@@ -371,3 +371,13 @@ def test_a_process_that_dies_at_start_is_named_with_its_last_lines(tmp_path: Pat
     assert "worker: exited with code" in stack.output, stack.output
     assert "no-such-policies.toml" in stack.output  # from the tail of the worker's log
     assert "Stopped: temporal" in stack.output
+
+
+def test_free_ports_are_distinct_and_outside_the_kernels_ephemeral_range() -> None:
+    # A port from the ephemeral range can be taken by another process's port-0 listener or
+    # connection between the pick and the bind.
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    assert all(1024 <= port < low for port in ports)
+    assert all(port_is_free(port) for port in ports)
