@@ -86,19 +86,28 @@ UNANSWERED = AttemptSignal(outcome=AttemptOutcome.NO_ANSWER)
 COMPLETION = CompleteSignal(result=CallResult(result_code="confirmed"))
 
 
-async def _update(handle: WorkflowHandle[Any, Any], name: str, message: Any) -> ActionAccepted:
-    answer: ActionAccepted = await handle.execute_update(name, message, result_type=ActionAccepted)
+async def update(
+    handle: WorkflowHandle[Any, Any], name: str, message: Any, **options: Any
+) -> ActionAccepted:
+    """Send the update `name` and return the call's answer.
+
+    By name, as the CLI and the gateway send it: the SDK types an update given as a method of
+    the workflow class as returning a coroutine when the handler is async and named.
+    """
+    answer: ActionAccepted = await handle.execute_update(
+        name, message, result_type=ActionAccepted, **options
+    )
     return answer
 
 
 async def attempt(handle: WorkflowHandle[Any, Any]) -> ActionAccepted:
     """Report an unanswered attempt (update: returns once TapRaise has recorded it)."""
-    return await _update(handle, ATTEMPT, UNANSWERED)
+    return await update(handle, ATTEMPT, UNANSWERED)
 
 
 async def complete(handle: WorkflowHandle[Any, Any]) -> ActionAccepted:
     """Complete the call (update: returns once TapRaise has completed it)."""
-    return await _update(handle, COMPLETE, COMPLETION)
+    return await update(handle, COMPLETE, COMPLETION)
 
 
 async def typical_path(service: CallService, call: CallInput) -> CallState:

@@ -33,10 +33,8 @@ from devstack import stack as devstack
 from devstack.probes import http_ok
 from devstack.process import (
     Child,
-    ChildError,
     exit_on_sigterm,
     free_port,
-    port_taken,
     sandbox_argv,
     temporal_server_argv,
     wait_ready,
@@ -156,27 +154,17 @@ class Stack(devstack.Stack):
         if not self.keep:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    async def _start_sandbox(self, tries: int = 3) -> None:
+    async def _start_sandbox(self) -> None:
         skew = ["--clock-skew-seconds", str(self.clock_skew_seconds)]
+        argv = sandbox_argv(self.config.sandbox_port, self.config.sandbox_dir, *skew)
+        child = self._child("sandbox", argv, dict(os.environ))
         account_file = self.config.sandbox_dir / SANDBOX_ACCOUNT_FILE
 
         async def ready() -> bool:
             healthy = await http_ok(f"{self.config.sandbox_url}/_sandbox/health")
             return healthy and account_file.exists()
 
-        for left in reversed(range(tries)):
-            argv = sandbox_argv(self.config.sandbox_port, self.config.sandbox_dir, *skew)
-            child = self._child("sandbox", argv, dict(os.environ))
-            try:
-                await wait_ready(child, ready, "/_sandbox/health", self.config.startup_timeout, 0.1)
-                break
-            except ChildError:
-                # A free port is only free until someone binds it: the dev server's own
-                # listeners, started meanwhile, may have taken it.
-                if not left or not port_taken(child):
-                    raise
-                self.children.remove(child)
-                self.config.sandbox_port = free_port()
+        await wait_ready(child, ready, "/_sandbox/health", self.config.startup_timeout, 0.1)
         self._account = ServiceAccount.from_file(account_file)
 
     def python_env(self) -> dict[str, str]:

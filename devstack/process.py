@@ -163,11 +163,6 @@ def temporal_server_argv(
     return [*argv, "--log-level", log_level, *extra, *search_attribute_flags()]
 
 
-def port_taken(child: Child) -> bool:
-    """Whether `child` exited because another process had bound its port first."""
-    return child.exited and "address already in use" in child.output()
-
-
 def sandbox_argv(port: int, data_dir: Path, *extra: str) -> list[str]:
     """`python -m sandbox` on loopback, logging warnings only."""
     return [

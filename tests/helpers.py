@@ -29,7 +29,7 @@ from starter.service import initial_search_attributes
 from tapraise import ServiceAccount, to_millis
 from tests.sandbox_fixture import REPO_ROOT, SandboxServer
 from workflows.call import CallWorkflow
-from workflows.messages import ActionAccepted, CallInput, CallPhase, CallState, workflow_id_for
+from workflows.messages import CallInput, CallPhase, CallState, workflow_id_for
 from workflows.policy import CallPolicy
 from workflows.schedule import SlotDecision, next_slot
 
@@ -198,17 +198,3 @@ async def worker_ready(process: subprocess.Popen[bytes], log: Path, starts: int)
         assert process.poll() is None, text
         assert time.monotonic() < deadline, "worker not ready in time"
         await asyncio.sleep(0.1)
-
-
-async def update(
-    handle: WorkflowHandle[Any, Any], name: str, message: Any, **options: Any
-) -> ActionAccepted:
-    """Send the update `name` and return the call's answer.
-
-    By name, as the CLI and the gateway send it: the SDK types an update given as a method of
-    the workflow class as returning a coroutine when the handler is async and named.
-    """
-    answer: ActionAccepted = await handle.execute_update(
-        name, message, result_type=ActionAccepted, **options
-    )
-    return answer

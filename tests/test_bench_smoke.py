@@ -7,7 +7,6 @@ every call of the throughput run completed with exactly the expected TapRaise ef
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -92,19 +91,3 @@ async def test_scale_holds_calls_open_and_completes_each_exactly_once() -> None:
     assert figures["peakKb"] >= figures["idleKb"]
     assert figures["openEvents"] < figures["doneEvents"]
     rendered(scale.result_of(figures))
-
-
-async def test_a_sandbox_port_taken_meanwhile_is_replaced_by_a_free_one() -> None:
-    # A free port is only free until someone binds it; here, someone has.
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen()
-        taken = squatter.getsockname()[1]
-        own = Stack(worker=False)
-        own.config.sandbox_port = taken
-        try:
-            await own._start_sandbox()  # the sandbox alone: no server needed for this
-            assert own.config.sandbox_port != taken
-            assert own.account.email
-        finally:
-            own.close()

@@ -24,6 +24,7 @@ from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
+from bench.lifecycle import update
 from sandbox.seed import DEMO_PERSON_UUIDS
 from tapraise import (
     AddAttemptRequest,
@@ -33,7 +34,7 @@ from tapraise import (
     TapRaiseClient,
     to_millis,
 )
-from tests.helpers import update, wait_for_phase, worker_env, worker_process, worker_ready
+from tests.helpers import wait_for_phase, worker_env, worker_process, worker_ready
 from tests.sandbox_fixture import SandboxServer
 from tests.temporal_fixture import CallWorker, record_history
 from workflows import errors

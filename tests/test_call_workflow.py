@@ -25,6 +25,7 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpda
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
+from bench.lifecycle import update
 from sandbox.seed import DEMO_PERSON_UUIDS, FOREIGN_PERSON_UUID
 from tapraise import (
     AddAttemptRequest,
@@ -34,7 +35,7 @@ from tapraise import (
     CreateCallRequest,
     TapRaiseClient,
 )
-from tests.helpers import effects, update, wait_for_phase
+from tests.helpers import effects, wait_for_phase
 from tests.sandbox_fixture import SandboxServer
 from tests.temporal_fixture import (
     DEFAULT_START,

@@ -25,11 +25,12 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from bench.lifecycle import update
 from sandbox.seed import DEMO_PERSON_UUIDS
 from tapraise import to_millis
 from tapraise.models import CallResult
 from tests.chaos import ChaosConfig, chaos_policy, run_chaos
-from tests.helpers import effects, update, wait_for_phase, worker_env, worker_process, worker_ready
+from tests.helpers import effects, wait_for_phase, worker_env, worker_process, worker_ready
 from tests.sandbox_fixture import SandboxServer
 from tests.temporal_fixture import CallWorker
 from workflows.call import CallWorkflow

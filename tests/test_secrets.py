@@ -27,6 +27,7 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 import worker as worker_module
+from bench.lifecycle import update
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from sandbox.auth import generate_key_pair
@@ -35,7 +36,7 @@ from tapraise import ServiceAccount, TapRaiseClient
 from tapraise.auth import TokenSigner
 from tapraise.models import CallResult
 from tests.chaos import chaos_policy
-from tests.helpers import demo_account, start_options, update
+from tests.helpers import demo_account, start_options
 from tests.sandbox_fixture import SandboxServer
 from worker import build_worker
 from workflows.call import CallWorkflow
