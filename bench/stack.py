@@ -131,10 +131,13 @@ class Stack(devstack.Stack):
             self.config.temporal_port, db_file, log_level="error", extra=ports
         )
         temporal = self._child("temporal", argv, dict(os.environ))
+        self.keys = devstack.StackKeys.for_stack(self.config)
+        keys = self.keys.ring
 
         async def ready() -> bool:
             if self._client is None:
-                self._client = await connect(self.config.temporal_address, self.config.namespace)
+                address, namespace = self.config.temporal_address, self.config.namespace
+                self._client = await connect(address, namespace, keys)
             return not await missing_search_attributes(self._client)
 
         what = "a namespace with the search attributes"

@@ -24,6 +24,7 @@ DEFAULT_TEMPORAL_PORT: Final = 7233
 DEFAULT_UI_PORT: Final = 8233
 DEFAULT_SANDBOX_PORT: Final = urlsplit(SANDBOX_BASE_URL).port or 8081
 DEFAULT_GATEWAY_PORT: Final = 8080
+DEFAULT_CODEC_PORT: Final = 8082
 DEFAULT_NAMESPACE: Final = "default"
 # The dev server creates its SQLite schema on first start, which takes a few seconds on a slow
 # disk; the Python processes are up in one or two.
@@ -74,6 +75,11 @@ OPTIONS: Final = (
     Option(("--ui-port",), "the Web UI's port", DEFAULT_UI_PORT),
     Option(("--sandbox-port",), "the TapRaise sandbox's port", DEFAULT_SANDBOX_PORT),
     Option(("--gateway-port",), "the HTTP gateway's port", DEFAULT_GATEWAY_PORT),
+    Option(
+        ("--codec-port",),
+        "the codec server's port (the Web UI decrypts payloads through it)",
+        DEFAULT_CODEC_PORT,
+    ),
     Option(("--namespace",), "the Temporal namespace", DEFAULT_NAMESPACE),
     Option(("--no-gateway",), "do not start the HTTP gateway"),
     Option(

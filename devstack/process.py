@@ -142,13 +142,15 @@ def temporal_server_argv(
     db_file: Path,
     *,
     ui_port: int | None = None,
+    ui_codec_endpoint: str | None = None,
     namespace: str | None = None,
     log_level: str = "warn",
     extra: Sequence[str] = (),
 ) -> list[str]:
     """`temporal server start-dev` on loopback, SQLite in WAL mode, the contract's attributes.
 
-    Without `ui_port` the server runs headless.
+    Without `ui_port` the server runs headless; with `ui_codec_endpoint` its Web UI asks that
+    codec server to decrypt the payloads it shows.
     """
     argv = [str(temporal_cli()), "server", "start-dev", "--ip", HOST, "--port", str(port)]
     if ui_port is None:
@@ -156,6 +158,8 @@ def temporal_server_argv(
     else:
         # No network here, and none needed: the UI's news panel would fetch from outside.
         argv += ["--ui-port", str(ui_port), "--ui-disable-news-fetch"]
+        if ui_codec_endpoint is not None:
+            argv += ["--ui-codec-endpoint", ui_codec_endpoint]
     if namespace is not None:
         argv += ["--namespace", namespace]
     argv += ["--db-filename", str(db_file)]
@@ -169,6 +173,14 @@ def sandbox_argv(port: int, data_dir: Path, *extra: str) -> list[str]:
         sys.executable, "-m", "sandbox", "--host", HOST, "--port", str(port),
         "--data-dir", str(data_dir), "--log-level", "warning", *extra,
     ]  # fmt: skip
+
+
+def codec_server_argv(port: int, ui_origins: Sequence[str]) -> list[str]:
+    """The codec server on loopback, answering browsers from the Web UI's origins only."""
+    argv = [sys.executable, "-m", "encryption", "serve", "--host", HOST, "--port", str(port)]
+    for origin in ui_origins:
+        argv += ["--cors-origin", origin]
+    return argv
 
 
 def write_private(path: Path, text: str) -> None:

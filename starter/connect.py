@@ -1,9 +1,10 @@
 """The one place that makes Temporal clients: worker, starter, gateway and tests use it.
 
 It sets the pydantic data converter (so camelCase JSON from the plain `temporal` CLI decodes into
-our message models) and reads the connection from Temporal's own environment configuration
-(`TEMPORAL_ADDRESS`, `TEMPORAL_NAMESPACE`, `TEMPORAL_API_KEY`, TLS settings, or a profile in
-`temporal.toml`), with `localhost:7233` and the `default` namespace when nothing is set.
+our message models) with every payload encrypted (`encryption/`: the keys come from
+`ENCRYPTION_KEYS_FILE` or `ENCRYPTION_KEYS`), and reads the connection from Temporal's own
+environment configuration (`TEMPORAL_ADDRESS`, `TEMPORAL_NAMESPACE`, `TEMPORAL_API_KEY`, TLS
+settings, or a profile in `temporal.toml`), with `localhost:7233` and the `default` namespace when nothing is set.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import Any
 
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfig
 
+from encryption.codec import encrypted_data_converter
+from encryption.keys import KeyRing, KeysError, require_keys
 from workflows.messages import CallSearchAttributes
 
 DEFAULT_ADDRESS = "localhost:7233"
@@ -42,15 +44,27 @@ def connect_config(address: str | None = None, namespace: str | None = None) -> 
     return config
 
 
-async def connect(address: str | None = None, namespace: str | None = None) -> Client:
-    """A Temporal client with the project's data converter.
+async def connect(
+    address: str | None = None, namespace: str | None = None, keys: KeyRing | None = None
+) -> Client:
+    """A Temporal client with the project's data converter, encrypting every payload.
+
+    Args:
+        address: The server (default: Temporal's environment configuration, else localhost).
+        namespace: The namespace (default: likewise, else `default`).
+        keys: The payload encryption keys (default: from the environment, see `encryption.keys`).
 
     Raises:
-        RuntimeError: with the address and what to do, when the server cannot be reached.
+        RuntimeError: with what to do, when no encryption key is configured or the server cannot
+            be reached.
     """
+    try:
+        keys = keys or require_keys()
+    except KeysError as exc:
+        raise RuntimeError(str(exc)) from None
     config = connect_config(address, namespace)
     try:
-        return await Client.connect(data_converter=pydantic_data_converter, **config)
+        return await Client.connect(data_converter=encrypted_data_converter(keys), **config)
     except RuntimeError as exc:
         raise RuntimeError(
             f"cannot reach Temporal at {config['target_host']}: {exc}. Start it (`make run` starts "

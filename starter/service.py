@@ -474,7 +474,11 @@ def call_summary_line(call: CallInput, requested_at: datetime) -> str:
 
 
 def call_details_markdown(call: CallInput) -> str:
-    """The Web UI's static details of a call (markdown): one line per fact the call has."""
+    """The Web UI's static details of a call (markdown): one line per fact the call has.
+
+    Identifiers only: the CRM's notes stay in the (encrypted) input, so that no free text about a
+    donor is shown to whoever can open the Web UI without the codec server.
+    """
     meta = call.external_metadata
     reference = None
     if meta and meta.reference_id:
@@ -487,7 +491,7 @@ def call_details_markdown(call: CallInput) -> str:
         ("Requested by", _code(call.requested_by_user_uuid)),
         ("External reference", reference),
         ("Time zone", call.timezone),
-        ("Notes", call.notes),
+        ("Notes", "yes (in the input)" if call.notes else None),
     ]
     return "  \n".join(f"**{label}:** {value}" for label, value in facts if value)
 

@@ -5,6 +5,8 @@ from datetime import timedelta
 
 import pytest
 
+# First: every process started below reads the run's encryption key from the environment.
+from tests.keys_fixture import RUN_KEYS  # noqa: F401
 from tests.sandbox_fixture import clean_faults, sandbox
 from tests.temporal_fixture import (
     LOCAL,

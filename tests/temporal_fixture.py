@@ -32,13 +32,14 @@ import pytest
 import pytest_asyncio
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import TimeSkipper, TimeSkippingConfig, WorkflowEnvironment
 from temporalio.worker import Worker
 
 import devstack.process
+from encryption.codec import EncryptionCodec, encrypted_data_converter
 from tapraise import TapRaiseClient, to_millis
 from tests.helpers import demo_account, start_options
+from tests.keys_fixture import RUN_KEYS
 from tests.sandbox_fixture import SandboxServer
 from worker import build_worker
 from workflows.call import CallWorkflow
@@ -162,6 +163,11 @@ async def record_history(handle: WorkflowHandle[Any, Any], name: str) -> None:
     """
     if os.environ.get("RECORD_HISTORIES") == "1":
         history = await handle.fetch_history()
+        # Kept decrypted: the run's key is gone after the run, and a plain payload replays
+        # through the codec unchanged.
+        codec = EncryptionCodec(RUN_KEYS)
+        for event in history.events:
+            codec.decrypt_all(event)
         record = {"workflowId": handle.id, "history": json.loads(history.to_json())}
         (HISTORIES / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
 
@@ -187,7 +193,7 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
             'history.timerProcessorMaxTimeShift="10ms"',
         ],
         search_attributes=list(CallSearchAttributes.ALL),
-        data_converter=pydantic_data_converter,
+        data_converter=encrypted_data_converter(RUN_KEYS),
     )
     try:
         yield env

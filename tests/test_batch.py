@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
+from encryption.codec import EncryptionCodec
 from sandbox.seed import DEMO_PERSON_UUIDS
 from starter.batch import (
     BatchError,
@@ -30,6 +31,7 @@ from starter.batch import (
 )
 from starter.cli import app
 from starter.service import derive_call_uuid
+from tests.keys_fixture import RUN_KEYS
 from tests.sandbox_fixture import REPO_ROOT
 from tests.temporal_fixture import CallWorker
 
@@ -346,7 +348,10 @@ async def test_start_batch_with_own_columns_writes_results_a_crm_can_join_back(
     ]
     handle = call_worker.client.get_workflow_handle(rows[0]["workflowId"])
     sent = (await handle.fetch_history()).events[0].workflow_execution_started_event_attributes
-    payload = json.loads(sent.input.payloads[0].data)
+    # Encrypted in the history; decrypted, it holds the call's fields only.
+    stored = sent.input.payloads[0]
+    assert stored.metadata["encoding"] == b"binary/encrypted"
+    payload = json.loads(EncryptionCodec(RUN_KEYS).decrypt(stored).data)
     assert "region" not in payload and "crmId" not in payload
     assert payload["notes"] == "new donor"
     assert await workflow_count(call_worker, 2) == 2

@@ -24,12 +24,14 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowHandle
 from typer.testing import CliRunner, Result
 
+from encryption.codec import EncryptionCodec
 from sandbox.seed import DEMO_PERSON_UUIDS
 from starter.cli import app
 from starter.service import CallService, stamp_action
 from tapraise import to_millis
 from tapraise.models import CallType
 from tests.helpers import gateway_client
+from tests.keys_fixture import RUN_KEYS
 from tests.sandbox_fixture import SandboxServer
 from tests.temporal_fixture import CallWorker
 from workflows.messages import ATTEMPT, AttemptSignal, CallInput, CallPhase
@@ -72,9 +74,9 @@ async def events(worker: CallWorker, call_uuid: str, kind: EventType.ValueType) 
 
 
 def payload(payloads: Any) -> dict[str, Any]:
-    """The one JSON argument of a start, update or signal, as it was sent."""
+    """The one JSON argument of a start, update or signal, as it was sent (decrypted)."""
     [first] = payloads.payloads
-    value: dict[str, Any] = json.loads(first.data)
+    value: dict[str, Any] = json.loads(EncryptionCodec(RUN_KEYS).decrypt(first).data)
     return value
 
 

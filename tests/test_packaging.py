@@ -14,7 +14,10 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PRODUCTION = {"tapraise", "workflows", "activities", "starter", "gateway", "devstack", "worker.py"}
+PRODUCTION = {
+    "tapraise", "workflows", "activities", "starter", "gateway", "devstack", "encryption",
+    "worker.py",
+}  # fmt: skip
 CLONE_ONLY = {"sandbox", "bench", "tests"}
 
 

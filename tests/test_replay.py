@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from encryption.codec import encrypted_data_converter
+from tests.keys_fixture import RUN_KEYS
 from worker import sandbox_runner
 from workflows.call import CallWorkflow
 
@@ -54,7 +55,8 @@ async def test_recorded_history_replays_without_nondeterminism(name: str) -> Non
     history = WorkflowHistory.from_json(record["workflowId"], record["history"])
     replayer = Replayer(
         workflows=[CallWorkflow],
-        data_converter=pydantic_data_converter,
+        # Recorded before payloads were encrypted: the codec passes them through.
+        data_converter=encrypted_data_converter(RUN_KEYS),
         workflow_runner=sandbox_runner(),
     )
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)

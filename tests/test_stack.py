@@ -19,12 +19,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import httpx
 import pytest
+from temporalio.client import Client
 
 from devstack.demo import SCENARIOS, hand_call_uuid
 from devstack.process import Child, free_port, port_is_free
+from encryption.codec import EncryptionCodec
+from encryption.keys import KeyRing
 from sandbox.seed import DEMO_PERSON_UUIDS
 from starter.connect import connect
 from tests import readme_examples
@@ -49,6 +53,7 @@ class StackProcess:
         self.data_dir = data_dir
         self.temporal_port, self.ui_port = free_port(), free_port()
         self.sandbox_port, self.gateway_port = free_port(), free_port()
+        self.codec_port = free_port()
         self.extra = list(extra)
         self.child: Child | None = None
         self.started_at = 0.0
@@ -59,7 +64,13 @@ class StackProcess:
 
     @property
     def ports(self) -> list[int]:
-        return [self.temporal_port, self.ui_port, self.sandbox_port, self.gateway_port]
+        return [
+            self.temporal_port, self.ui_port, self.sandbox_port, self.gateway_port, self.codec_port
+        ]  # fmt: skip
+
+    def keys(self) -> KeyRing:
+        """The payload encryption key the stack made for itself in its data directory."""
+        return KeyRing.from_file(self.data_dir / "encryption-keys")
 
     def start(self, env: dict[str, str] | None = None) -> None:
         command = [
@@ -69,10 +80,14 @@ class StackProcess:
             "--ui-port", str(self.ui_port),
             "--sandbox-port", str(self.sandbox_port),
             "--gateway-port", str(self.gateway_port),
+            "--codec-port", str(self.codec_port),
             *self.extra,
         ]  # fmt: skip
         full_env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("TAPRAISE_", "GATEWAY_"))
+            k: v
+            for k, v in os.environ.items()
+            # The stack's own settings, as on a fresh machine: its own key and token included.
+            if not k.startswith(("TAPRAISE_", "GATEWAY_", "ENCRYPTION_"))
         }
         full_env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
@@ -184,18 +199,82 @@ class FirstRun:
     health: dict[str, int]
     auth: dict[str, int]
     counts: dict[str, int]
+    scan: ClearTextScan
     pids: dict[str, int]
     exit_code: int
     output: str
     readme: readme_examples.Outcome
 
 
-async def _count_by_phase(address: str) -> dict[str, int]:
-    client = await connect(address, "default")
+async def _count_by_phase(stack: StackProcess) -> dict[str, int]:
+    client = await connect(stack.temporal_address, "default", stack.keys())
     return {
         phase.value: (await client.count_workflows(f'CallPhase = "{phase.value}"')).count
         for phase in CallPhase
     }
+
+
+# What the demo's CRM and agents write about donors: notes, result codes, result notes, reasons.
+DONOR_TEXT: Final = (
+    *(f"Demo call: {scenario.story}." for scenario in SCENARIOS),
+    "happy with the newsletter",
+    "donor is driving; call back later",
+    "the donor already called the office",
+    "confirmed",
+    "thanked",
+    "reactivated",
+)
+
+
+@dataclass
+class ClearTextScan:
+    """Where donor text was found without the key, and how much the key reveals (a control)."""
+
+    found: list[str]
+    decrypted: set[str]
+    calls: int
+
+
+async def _scan_for_clear_text(stack: StackProcess) -> ClearTextScan:
+    """Every call's raw history, search attributes, summary and details, and every log."""
+    keys = stack.keys()
+    raw = await Client.connect(stack.temporal_address, namespace="default")  # without the codec
+    keyed = await connect(stack.temporal_address, "default", keys)
+    codec = EncryptionCodec(keys)
+    found: list[str] = []
+    decrypted: set[str] = set()
+    calls = 0
+    async for execution in raw.list_workflows("WorkflowType = 'CallWorkflow'"):
+        calls += 1
+        history = await raw.get_workflow_handle(
+            execution.id, run_id=execution.run_id
+        ).fetch_history()
+        stored = b"".join(event.SerializeToString() for event in history.events)
+        for event in history.events:
+            codec.decrypt_all(event)
+        opened = b"".join(event.SerializeToString() for event in history.events)
+        handle = keyed.get_workflow_handle(execution.id, run_id=execution.run_id)
+        described = await handle.describe()
+        details = await handle.query("__temporal_workflow_metadata")
+        shown = " ".join(
+            [
+                str(described.raw_description.workflow_execution_info.search_attributes),
+                await described.static_summary() or "",
+                await described.static_details() or "",
+                str(details),
+            ]
+        )
+        for text in DONOR_TEXT:
+            if text.encode() in stored:
+                found.append(f"{execution.id} history: {text!r}")
+            if text in shown:
+                found.append(f"{execution.id} attributes, summary or details: {text!r}")
+            if text.encode() in opened:
+                decrypted.add(text)
+    for log in sorted((stack.data_dir / "logs").glob("*.log")):
+        content = log.read_text(errors="replace")
+        found += [f"{log.name}: {text!r}" for text in DONOR_TEXT if text in content]
+    return ClearTextScan(found, decrypted, calls)
 
 
 @pytest.fixture(scope="module")
@@ -223,12 +302,15 @@ def first_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirstRun]:
             "another token": httpx.get(call, headers={"Authorization": "Bearer x"}).status_code,
             "TOKEN": httpx.get(call, headers=bearer, timeout=10).status_code,
         }
-        counts = asyncio.run(_count_by_phase(stack.temporal_address))
+        counts = asyncio.run(_count_by_phase(stack))
+        scan = asyncio.run(_scan_for_clear_text(stack))
         # The README's examples, in a second terminal, while the demo runs.
         readme = readme_examples.run(home, readme_examples.fresh_shell_env(home))
         pids = stack.child_pids()
         code = stack.interrupt()
-        yield FirstRun(stack, ready, demo, health, auth, counts, pids, code, stack.output, readme)
+        yield FirstRun(
+            stack, ready, demo, health, auth, counts, scan, pids, code, stack.output, readme
+        )
     finally:
         stack.cleanup()
 
@@ -247,7 +329,7 @@ def test_every_readme_example_works_as_written_in_a_fresh_shell(first_run: First
 def test_stack_becomes_healthy_and_prints_the_guide(first_run: FirstRun) -> None:
     assert first_run.ready_seconds < 30, first_run.output
     assert first_run.health == {"sandbox": 200, "gateway": 200, "web ui": 200}
-    assert set(first_run.pids) == {"temporal", "sandbox", "worker", "gateway"}
+    assert set(first_run.pids) == {"temporal", "codec", "sandbox", "worker", "gateway"}
     out = first_run.output
     assert f"http://localhost:{first_run.stack.ui_port}/namespaces/default/workflows" in out
     assert f"http://127.0.0.1:{first_run.stack.gateway_port}/docs" in out
@@ -261,8 +343,10 @@ def test_the_gateway_asks_for_the_token_the_stack_prints(first_run: FirstRun) ->
     assert first_run.auth == {"no token": 401, "another token": 401, "TOKEN": 200}
     exports = first_run.stack.exports()
     assert set(exports) == {
-        "TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "GATEWAY", "TOKEN", "PERSON", "CALL",
+        "TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "TEMPORAL_CODEC_ENDPOINT",
+        "ENCRYPTION_KEYS_FILE", "GATEWAY", "TOKEN", "PERSON", "CALL",
     }  # fmt: skip
+    assert exports["TEMPORAL_CODEC_ENDPOINT"] == f"http://127.0.0.1:{first_run.stack.codec_port}"
     assert exports["GATEWAY"] == f"http://127.0.0.1:{first_run.stack.gateway_port}"
     assert exports["PERSON"] == DEMO_PERSON_UUIDS[0]
     assert exports["CALL"] == str(hand_call_uuid())  # the "due-now" call, open for an hour
@@ -279,6 +363,16 @@ def test_the_gateway_asks_for_the_token_the_stack_prints(first_run: FirstRun) ->
     # The token goes to the terminal only: no process writes it to its log.
     for log in (data / "logs").glob("*.log"):
         assert exports["TOKEN"] not in log.read_text(errors="replace"), log
+
+
+def test_no_donor_text_is_stored_or_shown_in_clear(first_run: FirstRun) -> None:
+    scan = first_run.scan
+    assert scan.calls >= len(SCENARIOS)
+    assert scan.found == []
+    # The same histories, decrypted with the stack's key, hold what the demo wrote.
+    assert {"happy with the newsletter", "confirmed"} <= scan.decrypted, scan.decrypted
+    key_file = first_run.stack.data_dir / "encryption-keys"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
 
 
 def test_the_demo_table_shows_one_zone_and_whole_reasons(first_run: FirstRun) -> None:

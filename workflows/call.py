@@ -425,7 +425,7 @@ class CallWorkflow:
             return
         action.refusal = f"TapRaise refused the attempt: {refused.reason}"
         self._log("refused", action.refusal)
-        workflow.logger.warning("attempt refused by TapRaise: %s", refused.reason)
+        workflow.logger.warning("attempt refused by TapRaise (%s)", refused.kind)
         held = refused.details[0] if refused.details else None
         assert self._policy is not None
         if (
@@ -514,7 +514,7 @@ class CallWorkflow:
                 return
             # Nothing more can be attempted, and TapRaise will not expire it: close here, and
             # say so where operators look (phase expired, CallStatus still requested).
-            workflow.logger.warning("TapRaise refused to expire the call: %s", refused.reason)
+            workflow.logger.warning("TapRaise refused to expire the call (%s)", refused.kind)
             self._final_reason = f"expired: {decision.reason}; TapRaise refused: {refused.reason}"
             self._log("refused", f"TapRaise refused the expiry: {refused.reason}")
             self._enter(CallPhase.EXPIRED)
@@ -539,7 +539,7 @@ class CallWorkflow:
                 return None
             action.refusal = f"TapRaise refused to {verb} the call: {refused.reason}"
             self._log("refused", action.refusal)
-            workflow.logger.warning("%s refused by TapRaise: %s", verb, refused.reason)
+            workflow.logger.warning("%s refused by TapRaise (%s)", verb, refused.kind)
             return None
 
     async def _finish(
@@ -903,12 +903,20 @@ class CallWorkflow:
         if slot is not None:
             lines.append(f"Next slot: {schedule.format_local(slot.at, self._record.timezone)}")
         if self._final_reason:
-            lines.append(f"Outcome: {self._final_reason}")
+            lines.append(f"Outcome: {self._shown_outcome()}")
         if self._failure:
             lines.append(f"Failure: {self._failure}")
         if self._outage:
             lines.append(f"TapRaise: {self._outage}")
         return "  \n".join(lines)
+
+    def _shown_outcome(self) -> str:
+        """The outcome for the Web UI's details: without the result code or a cancel reason,
+        which come from agents (the `state` query, encrypted, has them)."""
+        if self._phase in (CallPhase.COMPLETED, CallPhase.CANCELLED) and self._final_reason:
+            if self._final_reason.startswith(f"{self._phase.value}:"):
+                return self._phase.value
+        return self._final_reason or ""
 
     def _snapshot(self) -> CallState:
         slot = self._slot if self._phase in (CallPhase.SCHEDULED, CallPhase.DUE) else None

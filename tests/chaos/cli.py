@@ -11,6 +11,7 @@ from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, Telemetr
 
 from tests.chaos.config import FAULT_KINDS, ChaosConfig
 from tests.chaos.run import run_chaos
+from tests.keys_fixture import use_run_keys
 
 # The options that set the `ChaosConfig` field of their own name.
 _CONFIG_OPTIONS: Final = (
@@ -75,6 +76,8 @@ def _quiet_sdk_logs() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run from the command line; exit 1 when anything was lost, duplicated, mismatched or stuck."""
     args = _parser().parse_args(argv)
+    # Every process of the run (workers, sandbox, checks) reads one key from the environment.
+    use_run_keys()
     _quiet_sdk_logs()
     options = {name: getattr(args, name) for name in _CONFIG_OPTIONS}
     config = ChaosConfig(**options, progress=not args.quiet)

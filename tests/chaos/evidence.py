@@ -12,6 +12,8 @@ from typing import Any, Final
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 
+from encryption.codec import EncryptionCodec
+from encryption.keys import require_keys
 from tests.chaos.ledger import instant_key
 from tests.chaos.retrying import retry
 from workflows.messages import CallState
@@ -20,13 +22,14 @@ from workflows.messages import CallState
 async def update_outcomes(handle: WorkflowHandle[Any, Any]) -> dict[str, dict[str, Any] | None]:
     """Every completed update of a workflow, by id: its ActionAccepted JSON, or None (failed)."""
     outcomes: dict[str, dict[str, Any] | None] = {}
+    codec = EncryptionCodec(require_keys())
     history = await handle.fetch_history()
     for event in history.events:
         if event.HasField("workflow_execution_update_completed_event_attributes"):
             attrs = event.workflow_execution_update_completed_event_attributes
             value: dict[str, Any] | None = None
             if attrs.outcome.HasField("success") and attrs.outcome.success.payloads:
-                value = json.loads(attrs.outcome.success.payloads[0].data)
+                value = json.loads(codec.decrypt(attrs.outcome.success.payloads[0]).data)
             outcomes[attrs.meta.update_id] = value
     return outcomes
 
