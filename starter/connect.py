@@ -4,7 +4,8 @@ It sets the pydantic data converter (so camelCase JSON from the plain `temporal`
 our message models) with every payload encrypted (`encryption/`: the keys come from
 `ENCRYPTION_KEYS_FILE` or `ENCRYPTION_KEYS`), and reads the connection from Temporal's own
 environment configuration (`TEMPORAL_ADDRESS`, `TEMPORAL_NAMESPACE`, `TEMPORAL_API_KEY`, TLS
-settings, or a profile in `temporal.toml`), with `localhost:7233` and the `default` namespace when nothing is set.
+settings, or a profile in `temporal.toml`), with `localhost:7233` and the `default` namespace
+when nothing is set.
 """
 
 from __future__ import annotations

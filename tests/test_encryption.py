@@ -241,6 +241,6 @@ def test_a_codec_server_off_loopback_needs_tokens(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("ENCRYPTION_KEYS", NEW)
     monkeypatch.delenv("ENCRYPTION_KEYS_FILE", raising=False)
     with pytest.raises(CodecSettingsError, match="CODEC_SERVER_TOKENS_FILE"):
-        build(CodecServerSettings(_env_file=None, host="0.0.0.0"))  # type: ignore[call-arg]
-    build(CodecServerSettings(_env_file=None, host="0.0.0.0", tokens="t1"))  # type: ignore[call-arg]
-    build(CodecServerSettings(_env_file=None, host="127.0.0.1"))  # type: ignore[call-arg]
+        build(CodecServerSettings(_env_file=None, host="0.0.0.0"))
+    build(CodecServerSettings(_env_file=None, host="0.0.0.0", tokens="t1"))
+    build(CodecServerSettings(_env_file=None, host="127.0.0.1"))
