@@ -51,11 +51,6 @@ async def _cancelled_when_scheduled(agent: Agent) -> None:
     await agent.cancel("the donor asked us to stop")
 
 
-async def _cancelled_when_scheduled(agent: Agent) -> None:
-    await agent.wait(CallPhase.SCHEDULED, CallPhase.DUE)
-    await agent.cancel("the donor asked us to stop")
-
-
 CALL = Scenario(
     label=f"web-ui-{uuid.uuid4().hex[:8]}",
     call_type=CallType.VERIFICATION,
