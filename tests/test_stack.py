@@ -183,6 +183,7 @@ class FirstRun:
     demo_seconds: float
     health: dict[str, int]
     auth: dict[str, int]
+    sandbox_admin: dict[str, int]
     counts: dict[str, int]
     pids: dict[str, int]
     exit_code: int
@@ -208,10 +209,9 @@ def first_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirstRun]:
     try:
         ready = stack.wait_for("Ready in", READY_TIMEOUT)
         demo = stack.wait_for("Demo finished:", DEMO_TIMEOUT)
+        sandbox = f"http://127.0.0.1:{stack.sandbox_port}"
         health = {
-            "sandbox": httpx.get(
-                f"http://127.0.0.1:{stack.sandbox_port}/_sandbox/health"
-            ).status_code,
+            "sandbox": httpx.get(f"{sandbox}/healthz").status_code,
             "gateway": httpx.get(f"http://127.0.0.1:{stack.gateway_port}/healthz").status_code,
             "web ui": httpx.get(f"http://127.0.0.1:{stack.ui_port}/").status_code,
         }
@@ -223,12 +223,23 @@ def first_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirstRun]:
             "another token": httpx.get(call, headers={"Authorization": "Bearer x"}).status_code,
             "TOKEN": httpx.get(call, headers=bearer, timeout=10).status_code,
         }
+        admin_token = (stack.data_dir / "sandbox-admin-token").read_text().strip()
+        sandbox_admin = {
+            "no token": httpx.get(f"{sandbox}/_sandbox/stats").status_code,
+            "gateway TOKEN": httpx.get(f"{sandbox}/_sandbox/stats", headers=bearer).status_code,
+            "admin token": httpx.get(
+                f"{sandbox}/_sandbox/stats", headers={"Authorization": f"Bearer {admin_token}"}
+            ).status_code,
+        }
         counts = asyncio.run(_count_by_phase(stack.temporal_address))
         # The README's examples, in a second terminal, while the demo runs.
         readme = readme_examples.run(home, readme_examples.fresh_shell_env(home))
         pids = stack.child_pids()
         code = stack.interrupt()
-        yield FirstRun(stack, ready, demo, health, auth, counts, pids, code, stack.output, readme)
+        yield FirstRun(
+            stack, ready, demo, health, auth, sandbox_admin, counts, pids, code, stack.output,
+            readme,
+        )  # fmt: skip
     finally:
         stack.cleanup()
 
@@ -279,6 +290,21 @@ def test_the_gateway_asks_for_the_token_the_stack_prints(first_run: FirstRun) ->
     # The token goes to the terminal only: no process writes it to its log.
     for log in (data / "logs").glob("*.log"):
         assert exports["TOKEN"] not in log.read_text(errors="replace"), log
+
+
+def test_the_sandbox_admin_routes_ask_for_the_token_the_stack_keeps(first_run: FirstRun) -> None:
+    assert first_run.sandbox_admin == {"no token": 401, "gateway TOKEN": 401, "admin token": 200}
+    data = first_run.stack.data_dir
+    token_file = data / "sandbox-admin-token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = token_file.read_text().strip()
+    # Read from the file by whoever needs it: never printed, never on a command line or in a log.
+    assert token not in first_run.output
+    assert "$(cat .data/sandbox-admin-token)" in first_run.output
+    for log in (data / "logs").glob("*.log"):
+        assert token not in log.read_text(errors="replace"), log
+        assert stat.S_IMODE(log.stat().st_mode) == 0o600, log
+    assert stat.S_IMODE((data / "sandbox").stat().st_mode) == 0o700
 
 
 def test_the_demo_table_shows_one_zone_and_whole_reasons(first_run: FirstRun) -> None:
