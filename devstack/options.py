@@ -13,16 +13,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
-from urllib.parse import urlsplit
 
 import typer
-
-from tapraise.settings import SANDBOX_BASE_URL
 
 DEFAULT_DATA_DIR: Final = Path(".data")
 DEFAULT_TEMPORAL_PORT: Final = 7233
 DEFAULT_UI_PORT: Final = 8233
-DEFAULT_SANDBOX_PORT: Final = urlsplit(SANDBOX_BASE_URL).port or 8081
+DEFAULT_SANDBOX_PORT: Final = 8081
 DEFAULT_GATEWAY_PORT: Final = 8080
 DEFAULT_CODEC_PORT: Final = 8082
 DEFAULT_NAMESPACE: Final = "default"

@@ -16,6 +16,7 @@ import ctypes
 import inspect
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -167,11 +168,18 @@ def temporal_server_argv(
     return [*argv, "--log-level", log_level, *extra, *search_attribute_flags()]
 
 
-def sandbox_argv(port: int, data_dir: Path, *extra: str) -> list[str]:
-    """`python -m sandbox` on loopback, logging warnings only."""
+def sandbox_argv(
+    port: int, data_dir: Path, *extra: str, admin_token_file: Path | None = None
+) -> list[str]:
+    """`python -m sandbox` on loopback, logging warnings only.
+
+    With `admin_token_file` it serves its `/_sandbox/` routes (request log, test data, faults)
+    to the holder of the token in that file; without, only the TapRaise API and `/healthz`.
+    """
+    admin = [] if admin_token_file is None else ["--admin-token-file", str(admin_token_file)]
     return [
         sys.executable, "-m", "sandbox", "--host", HOST, "--port", str(port),
-        "--data-dir", str(data_dir), "--log-level", "warning", *extra,
+        "--data-dir", str(data_dir), "--log-level", "warning", *admin, *extra,
     ]  # fmt: skip
 
 
@@ -192,6 +200,21 @@ def write_private(path: Path, text: str) -> None:
         file.write(text)
     os.chmod(temporary, 0o600)  # a leftover temporary file may have had other bits
     os.replace(temporary, path)
+
+
+def private_token(path: Path) -> str:
+    """A random token made once and kept in `path` (mode 0600), then read back from there.
+
+    A second run keeps the token a user exported; removing the file makes a new one.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        token = path.read_text(encoding="utf-8").strip()
+        if token:
+            path.chmod(0o600)
+            return token
+    token = secrets.token_urlsafe(32)
+    write_private(path, token + "\n")
+    return token
 
 
 def shown(path: Path) -> str:
@@ -242,7 +265,10 @@ class Child:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
+        # Owner-only whatever the umask: a log can quote what a process was sent.
+        descriptor = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(descriptor, 0o600)
+        with os.fdopen(descriptor, "ab") as log:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             log.write(f"--- {stamp} started: {' '.join(self.argv)}\n".encode())
             log.flush()

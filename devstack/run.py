@@ -101,6 +101,11 @@ def try_lines(config: StackConfig, stack: Stack, call: str | None) -> list[str]:
     if stack.gateway_auth is not None:
         path = "/calls/$CALL" if call is not None else "/calls"
         lines.append(f'curl -H "Authorization: Bearer $TOKEN" "$GATEWAY{path}"')
+    if stack.uses_sandbox:
+        token = shlex.quote(shown(config.sandbox_admin_token_file))
+        lines.append(
+            f'curl -H "Authorization: Bearer $(cat {token})" "{config.sandbox_url}/_sandbox/stats"'
+        )
     return lines
 
 
@@ -118,7 +123,10 @@ def guide(config: StackConfig, stack: Stack, call: str | None = None) -> str:
         auth = "bearer token: $TOKEN below" if own else "bearer tokens: GATEWAY_TOKENS"
         lines.append(f"  Gateway       {config.gateway_url}/docs ({auth})")
     if stack.uses_sandbox:
-        where = f"TapRaise stand-in; data in {shown(config.sandbox_dir)}"
+        where = (
+            f"TapRaise stand-in; data in {shown(config.sandbox_dir)}; /_sandbox/ routes "
+            f"with the token in {shown(config.sandbox_admin_token_file)}"
+        )
         lines.append(f"  Sandbox       {config.sandbox_url} ({where})")
     else:
         lines.append("  TapRaise      TAPRAISE_BASE_URL (no sandbox started)")
@@ -269,9 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m starter dev` and `python -m devstack`."""
     args = build_parser().parse_args(argv)
     # The same settings the children read (environment and `.env`): no TapRaise URL means the
-    # sandbox; configured gateway tokens are the gateway's, else the stack makes its own.
+    # stack starts the sandbox and names it to the worker; configured gateway tokens are the
+    # gateway's, else the stack makes its own.
     try:
-        sandbox = TapRaiseSettings().uses_sandbox
+        sandbox = TapRaiseSettings().api_base_url is None
         tokens = GatewaySettings().tokens
     except ValidationError as exc:
         print(f"The settings are not valid (environment or .env):\n{exc}", file=sys.stderr)

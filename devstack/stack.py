@@ -7,7 +7,10 @@ healthy, dependencies first; `Stack.stop` stops the processes it started (and no
 last started, first stopped.
 
 The gateway always asks for a bearer token: one of `GATEWAY_TOKENS` when set, else the stack's
-own, made at random on the first run and kept in `<data dir>/gateway-token` (mode 0600).
+own, made at random on the first run and kept in `<data dir>/gateway-token` (mode 0600). The
+sandbox runs as a development stand-in: its `/_sandbox/` routes answer the admin token kept in
+`<data dir>/sandbox-admin-token` (mode 0600, made the same way). The worker is told explicitly
+to use the sandbox: its URL and its demo account's credentials.
 
 Payloads are encrypted with the keys configured (`ENCRYPTION_KEYS_FILE`, `ENCRYPTION_KEYS`), or
 else with the stack's own demo key, made once and kept in `<data dir>/encryption-keys` (mode
@@ -19,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -48,12 +50,12 @@ from devstack.process import (
     ChildError,
     codec_server_argv,
     port_is_free,
+    private_token,
     sandbox_argv,
     shown,
     temporal_cli,
     temporal_server_argv,
     wait_ready,
-    write_private,
 )
 from encryption.keys import KEYS_FILE_VARIABLE, KeyRing, ensure_demo_keys, load_keys
 from starter.connect import connect, missing_search_attributes
@@ -66,6 +68,8 @@ STOP_TIMEOUT_SECONDS: Final = 10.0
 GATEWAY_TOKEN_FILE: Final = "gateway-token"
 ENCRYPTION_KEYS_FILE: Final = "encryption-keys"
 ENV_FILE: Final = "demo.env"
+# In the data directory: the token that opens the sandbox's /_sandbox/ routes.
+SANDBOX_ADMIN_TOKEN_FILE: Final = "sandbox-admin-token"
 
 
 class StackError(ChildError):
@@ -97,6 +101,10 @@ class StackConfig:
     @property
     def sandbox_dir(self) -> Path:
         return self.data_dir / "sandbox"
+
+    @property
+    def sandbox_admin_token_file(self) -> Path:
+        return self.data_dir / SANDBOX_ADMIN_TOKEN_FILE
 
     @property
     def log_dir(self) -> Path:
@@ -161,15 +169,7 @@ def gateway_token(data_dir: Path) -> str:
     It lives in `<data dir>/gateway-token`, readable by its owner only, so a second run (a
     second `make demo`) keeps the token a user exported; `make clean` makes a new one.
     """
-    path = data_dir / GATEWAY_TOKEN_FILE
-    with contextlib.suppress(FileNotFoundError):
-        token = path.read_text(encoding="utf-8").strip()
-        if token:
-            path.chmod(0o600)
-            return token
-    token = secrets.token_urlsafe(32)
-    write_private(path, token + "\n")
-    return token
+    return private_token(data_dir / GATEWAY_TOKEN_FILE)
 
 
 @dataclass(frozen=True)
@@ -214,10 +214,10 @@ def use_local_temporal(env: MutableMapping[str, str], address: str, namespace: s
 
 
 def use_sandbox_as_tapraise(env: dict[str, str], url: str, account: ServiceAccount) -> None:
-    """Name the sandbox at `url` as an explicit TapRaise, with its demo account's credentials.
+    """Name the sandbox at `url` as the worker's TapRaise, with its demo account's credentials.
 
-    The settings know the sandbox only at its default address; on any other port it is
-    configured as a real TapRaise would be.
+    The worker has no TapRaise of its own: it uses the sandbox only when told so, as it would be
+    told of a real TapRaise.
     """
     env["TAPRAISE_BASE_URL"] = url
     env["TAPRAISE_ACCOUNT_EMAIL"] = account.email
@@ -238,6 +238,8 @@ class Stack:
         self.gateway_auth: GatewayAuth | None = None
         # Settled when the stack starts (its own demo key is kept in the data directory).
         self.keys: StackKeys | None = None
+        # The sandbox's admin token, settled when it starts (kept in the data directory too).
+        self.sandbox_admin_token: str | None = None
         # Where the children run (None: here).
         self.cwd: Path | None = None
         self._client: Client | None = None
@@ -253,7 +255,7 @@ class Stack:
     # ── environment ──────────────────────────────────────────────────────────────────────────
 
     def base_env(self) -> dict[str, str]:
-        """What every Python child gets: our Temporal server and, if used, our sandbox."""
+        """What every Python child gets: our Temporal server."""
         env = dict(os.environ)
         use_local_temporal(env, self.config.temporal_address, self.config.namespace)
         env["PYTHONUNBUFFERED"] = "1"  # lines reach the log as they are written
@@ -261,17 +263,28 @@ class Stack:
         if self.keys.file is not None:
             env.pop("ENCRYPTION_KEYS", None)
             env[KEYS_FILE_VARIABLE] = str(self.keys.file)
-        if self.uses_sandbox:
-            env["TAPRAISE_SANDBOX_DATA_DIR"] = str(self.config.sandbox_dir)
         return env
 
     def worker_env(self) -> dict[str, str]:
-        """The worker's environment (a sandbox off its default port named as a TapRaise)."""
+        """The worker's environment: our sandbox, if used, named as its TapRaise."""
         env = self.base_env()
-        if self.uses_sandbox and self.config.sandbox_port != DEFAULT_SANDBOX_PORT:
+        if self.uses_sandbox:
             account = ServiceAccount.from_file(self.config.sandbox_dir / SANDBOX_ACCOUNT_FILE)
             use_sandbox_as_tapraise(env, self.config.sandbox_url, account)
         return env
+
+    def sandbox_admin_headers(self) -> dict[str, str]:
+        """The headers that open the sandbox's `/_sandbox/` routes."""
+        assert self.sandbox_admin_token is not None, "the sandbox is not started"
+        return {"Authorization": f"Bearer {self.sandbox_admin_token}"}
+
+    def sandbox_command(self, *extra: str) -> list[str]:
+        """The sandbox's command, with the stack's admin token (made on the first run)."""
+        token_file = self.config.sandbox_admin_token_file
+        self.sandbox_admin_token = private_token(token_file)
+        return sandbox_argv(
+            self.config.sandbox_port, self.config.sandbox_dir, *extra, admin_token_file=token_file
+        )
 
     def _child(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
         """Start a child (and, with `--follow`, show its output here)."""
@@ -332,9 +345,8 @@ class Stack:
         codec = self._child("codec", codec_argv, self.base_env())
         waits.append(self._wait_http(codec, f"{self.config.codec_url}/healthz"))
         if self.uses_sandbox:
-            argv = sandbox_argv(self.config.sandbox_port, self.config.sandbox_dir)
-            sandbox = self._child("sandbox", argv, self.base_env())
-            waits.append(self._wait_http(sandbox, f"{self.config.sandbox_url}/_sandbox/health"))
+            sandbox = self._child("sandbox", self.sandbox_command(), self.base_env())
+            waits.append(self._wait_http(sandbox, f"{self.config.sandbox_url}/healthz"))
         await asyncio.gather(*waits)
         worker = self._child("worker", [sys.executable, "-m", "worker"], self.worker_env())
         waits = [self._wait_worker(worker)]

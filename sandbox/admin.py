@@ -1,7 +1,8 @@
-"""The ``/_sandbox/`` routes for tests: inspection, test data, settings and faults.
+"""The ``/_sandbox/`` routes for tests: inspection, test data, settings, faults and the API docs.
 
-They need no token and never see faults. Each area is one router; the app includes them in the
-order of ``ROUTERS``, which is also their order in the OpenAPI schema.
+The app includes them only when it has an admin token, and ``sandbox.guard`` lets through only
+requests that carry it; they never see faults. Each area is one router; the app includes them in
+the order of ``ROUTERS``, which is also their order in the OpenAPI schema.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
 from pydantic import UUID4, AwareDatetime, Field, model_validator
 
 from sandbox import store
@@ -116,11 +119,6 @@ def _found(found: dict[str, Any] | None, missing: str) -> Response:
 # --- inspection -------------------------------------------------------------------------------
 
 inspection = APIRouter()
-
-
-@inspection.get("/_sandbox/health")
-def health() -> dict[str, str]:
-    return {"status": "ok"}
 
 
 @inspection.get("/_sandbox/requests")
@@ -268,5 +266,23 @@ def delete_faults(faults: FaultsDep) -> dict[str, Any]:
     return faults.snapshot()
 
 
-ROUTERS: tuple[APIRouter, ...] = (inspection, test_data, settings_routes, fault_routes)
+# --- the API docs -----------------------------------------------------------------------------
+
+docs_routes = APIRouter()
+
+
+@docs_routes.get("/_sandbox/openapi.json", include_in_schema=False)
+def openapi_schema(request: Request) -> dict[str, Any]:
+    return cast(dict[str, Any], request.app.openapi())
+
+
+@docs_routes.get("/_sandbox/docs", include_in_schema=False)
+def docs(request: Request) -> HTMLResponse:
+    title = f"{request.app.title} - docs"
+    return get_swagger_ui_html(openapi_url="/_sandbox/openapi.json", title=title)
+
+
+ROUTERS: tuple[APIRouter, ...] = (
+    inspection, test_data, settings_routes, fault_routes, docs_routes
+)  # fmt: skip
 """The ``/_sandbox/`` routers, in the order the app includes them."""

@@ -1,9 +1,15 @@
-"""The sandbox's HTTP surface: TapRaise's call endpoints plus ``/_sandbox/`` for tests.
+"""The sandbox's HTTP surface: TapRaise's call endpoints, a health check, and ``/_sandbox/``.
 
 Every ``/api/v1/`` request goes through :meth:`Sandbox.serve`, which injects faults, checks the
 token (refusing every one during a credential outage), runs the endpoint in one transaction and
-appends the request to the log. The ``/_sandbox/`` routes need no token and never see faults;
-``/`` and ``/_sandbox/`` answer an index of them (HTML for a browser, else JSON).
+appends the request to the log. ``/healthz`` answers ``{"status": "ok"}`` to anyone and says
+nothing more. The ``/_sandbox/`` routes (inspection, test data, settings, faults, docs) exist
+only when the app is built with an admin token, and answer only requests that carry it
+(``sandbox.guard``); they never see faults. ``/`` answers an index of what is served (HTML for a
+browser, else JSON), and so does ``/_sandbox/`` when it exists.
+
+The store is its owner's alone: the data directory is made mode 0700 and every file in it 0600,
+whatever the umask (the request log holds donor notes, ``service-account.json`` a private key).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from sandbox import admin, operations, seed, store
 from sandbox.auth import authenticate, authorize, load_or_create_credentials, withdrawn
 from sandbox.faults import Fault, FaultInjector
+from sandbox.guard import AdminGuard
 from sandbox.index import add_index_routes
 from sandbox.operations import ACTION_BODIES, Operation, Settings
 from sandbox.responses import error_response, http_handler, json_response, validation_handler
@@ -151,9 +158,21 @@ def _body_uuid(raw: bytes) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def make_private_dir(data_dir: Path) -> None:
+    """Create ``data_dir`` if needed and leave it (and every file in it) to its owner only.
+
+    A directory or files made by an earlier version, or under a loose umask, are tightened too.
+    """
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data_dir.chmod(0o700)  # mkdir's mode is cut by the umask, and an existing dir keeps its own
+    for entry in data_dir.iterdir():
+        if entry.is_file() and not entry.is_symlink():
+            entry.chmod(0o600)
+
+
 def open_sandbox(data_dir: Path, clock_skew_seconds: float = 300) -> Sandbox:
     """Open (or create and seed) the store in ``data_dir`` and register the demo account key."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(data_dir)
     db = Store(data_dir / DB_FILE)
     pair = load_or_create_credentials(data_dir / CREDENTIALS_FILE, seed.DEMO_ACCOUNT_EMAIL)
     with db.transaction() as conn:
@@ -171,11 +190,22 @@ def open_sandbox(data_dir: Path, clock_skew_seconds: float = 300) -> Sandbox:
     return Sandbox(db, Settings(clock_skew_seconds=clock_skew_seconds), FaultInjector(), data_dir)
 
 
-def create_app(data_dir: Path, clock_skew_seconds: float = 300) -> FastAPI:
-    """Build the sandbox application on the store in ``data_dir``."""
+def create_app(
+    data_dir: Path, clock_skew_seconds: float = 300, *, admin_token: str | None = None
+) -> FastAPI:
+    """Build the sandbox application on the store in ``data_dir``.
+
+    Args:
+        data_dir: Where the store and the demo account's ``service-account.json`` live.
+        clock_skew_seconds: How far in the future the API accepts the times it is sent.
+        admin_token: Serve the ``/_sandbox/`` routes to requests bearing this token; None (the
+            default) serves only the TapRaise API and ``/healthz``.
+    """
     sandbox = open_sandbox(data_dir, clock_skew_seconds)
-    app = FastAPI(title="TapRaise sandbox", version="1", docs_url="/_sandbox/docs",
-                  openapi_url="/_sandbox/openapi.json", redoc_url=None)  # fmt: skip
+    # The docs and the schema are /_sandbox/ routes too (admin.docs_routes), behind the token.
+    app = FastAPI(
+        title="TapRaise sandbox", version="1", docs_url=None, openapi_url=None, redoc_url=None
+    )
     app.state.sandbox = sandbox
     app.add_exception_handler(RequestValidationError, validation_handler)
     app.add_exception_handler(StarletteHTTPException, http_handler)
@@ -201,7 +231,13 @@ def create_app(data_dir: Path, clock_skew_seconds: float = 300) -> FastAPI:
     async def mark_processed(request: Request) -> Response:
         return await sandbox.serve(request, "mark-processed", operations.mark_processed, None)
 
-    for router in admin.ROUTERS:
-        app.include_router(router)
-    add_index_routes(app)
+    @app.get("/healthz")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    if admin_token is not None:
+        for router in admin.ROUTERS:
+            app.include_router(router)
+        app.add_middleware(AdminGuard, token=admin_token)
+    add_index_routes(app, admin=admin_token is not None)
     return app

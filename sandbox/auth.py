@@ -29,7 +29,12 @@ MAX_TOKEN_LIFETIME_SECONDS = 3600
 """Tokens whose ``exp - iat`` exceeds this are refused."""
 
 TOKEN_LEEWAY_SECONDS = 30
-"""Tolerance for ``exp`` and ``iat`` against the sandbox clock."""
+"""Tolerance for ``exp`` against the sandbox clock."""
+
+ISSUED_AT_LEEWAY_SECONDS = 10
+"""How far in the sandbox's future a token's ``iat`` may lie: little, as a strict server allows.
+
+A client whose clock runs ahead backdates ``iat`` to stay within it."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,8 @@ def _verified_claims(token: str, pem: str) -> dict[str, Any]:
             token,
             _public_key(pem),
             algorithms=["RS256"],
-            options={"require": ["exp", "iat", "iss", "email"]},
+            # ``iat`` is judged in ``authenticate`` against its own, smaller leeway.
+            options={"require": ["exp", "iat", "iss", "email"], "verify_iat": False},
             leeway=TOKEN_LEEWAY_SECONDS,
         )
         with _verified_lock:
@@ -166,14 +172,21 @@ def authenticate(conn: sqlite3.Connection, authorization: str | None) -> Account
         raise _unauthorized("Token signature is invalid") from None
     except jwt.PyJWTError as exc:
         raise _unauthorized(f"Invalid token: {exc}") from None
-    if claims["exp"] - claims["iat"] > MAX_TOKEN_LIFETIME_SECONDS:
+    issued_at = claims["iat"]
+    if not isinstance(issued_at, int | float) or isinstance(issued_at, bool):
+        raise _unauthorized("Token iat must be a number (seconds since the epoch)")
+    ahead = issued_at - time.time()
+    if ahead > ISSUED_AT_LEEWAY_SECONDS:
+        raise _unauthorized(
+            f"Token is issued in the future: its iat is {ahead:.0f} s ahead of the server's "
+            f"clock (at most {ISSUED_AT_LEEWAY_SECONDS} s allowed); check the client's clock"
+        )
+    if claims["exp"] - issued_at > MAX_TOKEN_LIFETIME_SECONDS:
         raise _unauthorized(f"Token lifetime exceeds {MAX_TOKEN_LIFETIME_SECONDS} seconds")
     if claims["iss"] != claims["email"]:
         raise _unauthorized("Token iss must equal email")
     if claims["email"] != account.email:
         raise _unauthorized("Token email does not belong to this key")
-    if claims["iat"] > time.time() + TOKEN_LEEWAY_SECONDS:
-        raise _unauthorized("Token is issued in the future")
     return account
 
 

@@ -21,6 +21,9 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from tapraise.errors import ConfigurationError
 
 DEFAULT_TOKEN_LIFETIME = timedelta(minutes=5)
+# ``iat`` is set this far before now: a server refuses a token issued in its future, and our
+# clock may run a little ahead of TapRaise's. ``exp`` still counts the lifetime from now.
+ISSUED_AT_BACKDATE = timedelta(seconds=60)
 # Re-sign while the token still has this much validity left, so that a request in flight
 # (or a slightly fast server clock) never sees an expired token.
 REFRESH_MARGIN = timedelta(seconds=60)
@@ -85,12 +88,14 @@ class TokenSigner:
     """Signs and caches the RS256 JWT for one service account.
 
     The token carries header ``kid`` = private key id and claims ``email`` and ``iss`` (both
-    the account email), ``iat`` and ``exp``. It is reused until less than 60 seconds of
-    validity remain, then signed again.
+    the account email), ``iat`` (60 seconds before now, so that a clock running a little ahead
+    of TapRaise's does not issue tokens in its future) and ``exp`` (``lifetime`` from now). It
+    is reused until less than 60 seconds of validity remain, then signed again.
 
     Args:
         account: The service account whose key signs the tokens.
-        lifetime: Validity of each token (TapRaise's sandbox refuses more than one hour).
+        lifetime: Validity of each token from now (TapRaise's sandbox refuses an ``exp - iat``
+            of more than one hour).
         clock: Returns the current aware datetime; injectable for tests.
 
     Raises:
@@ -132,8 +137,8 @@ class TokenSigner:
         self._expires_at = None
 
     def _sign(self, now: datetime) -> tuple[str, datetime]:
-        issued_at = int(now.timestamp())
-        expires_at = issued_at + int(self._lifetime.total_seconds())
+        issued_at = int((now - ISSUED_AT_BACKDATE).timestamp())
+        expires_at = int((now + self._lifetime).timestamp())
         claims = {
             "email": self._account.email,
             "iss": self._account.email,

@@ -1,23 +1,36 @@
 """TapRaise connection settings from environment variables (and a ``.env`` file).
 
-Without ``TAPRAISE_BASE_URL`` the embedded sandbox is used, with the demo service account it
-writes on first start. With it, the three credentials are required and checked up front.
+``TAPRAISE_BASE_URL`` names the TapRaise to talk to, always: a real one or a stand-in, never
+assumed. It must be ``https`` unless its host is a loopback address, or unless
+``TAPRAISE_ALLOW_HTTP=true`` says that plain HTTP is meant (a stand-in on a private network).
+The three credentials are required with it and checked up front; for a sandbox,
+``TAPRAISE_SANDBOX_DATA_DIR`` may name its data directory instead, whose demo account is used.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
+from typing import Self
 
 import httpx
-from pydantic import Field, HttpUrl, PositiveFloat, PositiveInt, SecretStr
+from pydantic import Field, HttpUrl, PositiveFloat, PositiveInt, SecretStr, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tapraise.auth import ServiceAccount
 from tapraise.client import DEFAULT_MAX_CONNECTIONS, TapRaiseClient
 from tapraise.errors import ConfigurationError
 
-SANDBOX_BASE_URL = "http://127.0.0.1:8081"
 SANDBOX_ACCOUNT_FILE = "service-account.json"
+LOOPBACK_NAMES = frozenset({"localhost"})
+MISSING_BASE_URL = (
+    "TAPRAISE_BASE_URL is not set: set it to your TapRaise API (https://...) together with "
+    "TAPRAISE_ACCOUNT_EMAIL, TAPRAISE_PRIVATE_KEY_ID and TAPRAISE_PRIVATE_KEY (or "
+    "TAPRAISE_PRIVATE_KEY_FILE), or to a running sandbox (e.g. http://127.0.0.1:8081 with "
+    "TAPRAISE_SANDBOX_DATA_DIR=.data/sandbox). `make run` starts a sandbox and names it to "
+    "the worker it starts."
+)
 
 # Values copied from an example file and never filled in; failing on them beats a 401 later.
 _PLACEHOLDERS = {
@@ -38,13 +51,15 @@ class TapRaiseSettings(BaseSettings):
     """Where TapRaise is and how to authenticate.
 
     Attributes:
-        api_base_url: ``TAPRAISE_BASE_URL``; unset means the embedded sandbox.
+        api_base_url: ``TAPRAISE_BASE_URL``; required to make a client (no default TapRaise).
+        allow_http: ``TAPRAISE_ALLOW_HTTP``, accept a plain ``http`` URL on a host that is not
+            a loopback address (a stand-in on a private network); false by default.
         account_email: ``TAPRAISE_ACCOUNT_EMAIL``.
         private_key_id: ``TAPRAISE_PRIVATE_KEY_ID``.
         private_key: ``TAPRAISE_PRIVATE_KEY``, the PEM text.
         private_key_file: ``TAPRAISE_PRIVATE_KEY_FILE``, a file holding the PEM instead.
-        sandbox_data_dir: ``TAPRAISE_SANDBOX_DATA_DIR``, where the sandbox keeps its data and
-            its demo account file.
+        sandbox_data_dir: ``TAPRAISE_SANDBOX_DATA_DIR``, a sandbox's data directory: with no
+            credentials set, its demo account file supplies them.
         timeout_seconds: ``TAPRAISE_TIMEOUT_SECONDS``, one limit for every request phase;
             unset keeps the client's per-phase defaults.
         max_connections: ``TAPRAISE_MAX_CONNECTIONS``, connections kept open to TapRaise.
@@ -59,25 +74,41 @@ class TapRaiseSettings(BaseSettings):
         validate_by_name=True,
     )
 
-    # Named apart from the ``base_url()`` method, which also covers the sandbox default.
+    # Named apart from the ``base_url()`` method, which refuses to go on without it. Optional
+    # here so that the dev stack can read whether one is configured.
     api_base_url: HttpUrl | None = Field(default=None, validation_alias="TAPRAISE_BASE_URL")
+    allow_http: bool = False
     account_email: str | None = None
     private_key_id: str | None = None
     private_key: SecretStr | None = None
     private_key_file: Path | None = None
-    sandbox_data_dir: Path = Path(".data/sandbox")
+    sandbox_data_dir: Path | None = None
     timeout_seconds: PositiveFloat | None = None
     max_connections: PositiveInt = DEFAULT_MAX_CONNECTIONS
 
-    @property
-    def uses_sandbox(self) -> bool:
-        """Whether no TapRaise URL is configured, so the embedded sandbox is used."""
-        return self.api_base_url is None
+    @model_validator(mode="after")
+    def _https_unless_loopback(self) -> Self:
+        # Tokens and donor data must not cross a network in the clear by accident.
+        url = self.api_base_url
+        if url is not None and url.scheme == "http" and not self.allow_http:
+            if not is_loopback(url.host or ""):
+                raise PydanticCustomError(
+                    "insecure_url",
+                    "TAPRAISE_BASE_URL must use https unless its host is a loopback address "
+                    "(127.0.0.0/8, ::1, localhost); {host} is not. For a stand-in on a private "
+                    "network, set TAPRAISE_ALLOW_HTTP=true.",
+                    {"host": url.host},
+                )
+        return self
 
     def base_url(self) -> str:
-        """The TapRaise root URL: the configured one, or the embedded sandbox's."""
+        """The TapRaise root URL.
+
+        Raises:
+            ConfigurationError: When ``TAPRAISE_BASE_URL`` is not set, saying what to set.
+        """
         if self.api_base_url is None:
-            return SANDBOX_BASE_URL
+            raise ConfigurationError(MISSING_BASE_URL)
         return str(self.api_base_url).rstrip("/")
 
     def timeout(self) -> httpx.Timeout | None:
@@ -89,10 +120,12 @@ class TapRaiseSettings(BaseSettings):
 
         Raises:
             ConfigurationError: When a credential is missing, a placeholder, or unreadable,
-                or when the sandbox has not written its demo account yet.
+                or when the sandbox named by ``TAPRAISE_SANDBOX_DATA_DIR`` has not written its
+                demo account yet.
         """
-        if self.api_base_url is None:
-            return self._sandbox_account()
+        given = (self.account_email, self.private_key_id, self.private_key, self.private_key_file)
+        if self.sandbox_data_dir is not None and not any(given):
+            return self._sandbox_account(self.sandbox_data_dir)
         missing = [
             name
             for name, value in (
@@ -105,7 +138,8 @@ class TapRaiseSettings(BaseSettings):
             missing.append("TAPRAISE_PRIVATE_KEY (or TAPRAISE_PRIVATE_KEY_FILE)")
         if missing:
             raise ConfigurationError(
-                f"TAPRAISE_BASE_URL is set, so these are required too: {', '.join(missing)}"
+                f"TapRaise needs these too: {', '.join(missing)} (for a sandbox, "
+                "TAPRAISE_SANDBOX_DATA_DIR may name its data directory instead)"
             )
         if self.private_key is not None and self.private_key_file is not None:
             raise ConfigurationError(
@@ -145,15 +179,14 @@ class TapRaiseSettings(BaseSettings):
             ) from None
         return _reject_placeholder("TAPRAISE_PRIVATE_KEY_FILE", pem)
 
-    def _sandbox_account(self) -> ServiceAccount:
-        path = (self.sandbox_data_dir / SANDBOX_ACCOUNT_FILE).absolute()
+    def _sandbox_account(self, data_dir: Path) -> ServiceAccount:
+        path = (data_dir / SANDBOX_ACCOUNT_FILE).absolute()
         if not path.is_file():
             raise ConfigurationError(
-                f"TAPRAISE_BASE_URL is not set, so the embedded sandbox at {SANDBOX_BASE_URL} is "
-                f"used, but its demo account file {path} does not exist yet. Start the sandbox "
-                "first (python -m sandbox), or set TAPRAISE_BASE_URL, "
-                "TAPRAISE_ACCOUNT_EMAIL, TAPRAISE_PRIVATE_KEY_ID and TAPRAISE_PRIVATE_KEY "
-                "(or TAPRAISE_PRIVATE_KEY_FILE) for a real TapRaise."
+                f"TAPRAISE_SANDBOX_DATA_DIR names a sandbox whose demo account file {path} "
+                "does not exist yet. Start the sandbox first (python -m sandbox --data-dir "
+                f"{data_dir}), or set TAPRAISE_ACCOUNT_EMAIL, TAPRAISE_PRIVATE_KEY_ID and "
+                "TAPRAISE_PRIVATE_KEY (or TAPRAISE_PRIVATE_KEY_FILE)."
             )
         return ServiceAccount.from_file(path)
 
@@ -165,6 +198,17 @@ def make_client(settings: TapRaiseSettings | None = None) -> TapRaiseClient:
         ConfigurationError: When the settings or the private key are not usable.
     """
     return (settings or TapRaiseSettings()).make_client()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name, an IPv4 address or a bracketed IPv6 one) is this machine."""
+    name = host.strip("[]").lower()
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _reject_placeholder(name: str, value: str) -> str:

@@ -1,13 +1,15 @@
 """The ``sandbox`` fixture: a real TapRaise sandbox process on a free loopback port.
 
-One process serves the whole test session; helpers talk to its ``/_sandbox/`` routes so tests
-can inject faults and assert exactly what TapRaise received and applied.
+One process serves the whole test session, as a development stand-in with an admin token;
+helpers talk to its ``/_sandbox/`` routes (with that token) so tests can inject faults and
+assert exactly what TapRaise received and applied.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,14 @@ from typing import Any
 import httpx
 import pytest
 
-from devstack.process import Child, ChildError, free_port, sandbox_argv, wait_ready_blocking
+from devstack.process import (
+    Child,
+    ChildError,
+    free_port,
+    sandbox_argv,
+    wait_ready_blocking,
+    write_private,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_SECONDS = 30.0
@@ -27,33 +36,57 @@ class SandboxServer:
     Attributes:
         base_url: Root URL (the TapRaise API is under ``/api/v1/``).
         data_dir: Where the store and ``service-account.json`` live.
+        admin_token: The bearer token of its ``/_sandbox/`` routes (kept in a file beside the
+            data directory, as a user's would be); None for a sandbox started without them.
         account_email: The demo service account's email.
         private_key_id: The demo account's key id (the JWT ``kid``).
         private_key_pem: The demo account's private key (PKCS#8 PEM).
     """
 
-    def __init__(self, data_dir: Path, port: int) -> None:
+    def __init__(self, data_dir: Path, port: int, *, admin: bool = True) -> None:
         self.data_dir = data_dir
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
+        self.admin_token: str | None = None
+        token_file: Path | None = None
+        if admin:
+            self.admin_token = secrets.token_urlsafe(32)
+            token_file = data_dir.with_name(f"{data_dir.name}-admin-token")
+            write_private(token_file, self.admin_token + "\n")
         self.account_email = ""
         self.private_key_id = ""
         self.private_key_pem = ""
-        env = dict(os.environ)
+        # Admin routes only as asked here, whatever this machine's environment says.
+        env = {k: v for k, v in os.environ.items() if k != "SANDBOX_ADMIN_TOKEN_FILE"}
         # Importable even when the project is not installed into the interpreter.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        argv = sandbox_argv(port, data_dir)
+        argv = sandbox_argv(port, data_dir, admin_token_file=token_file)
         self._child = Child("sandbox", argv, data_dir / "sandbox.log", env, REPO_ROOT)
-        self._admin = httpx.Client(base_url=f"{self.base_url}/_sandbox", timeout=10)
+        self._admin = self._admin_client()
 
     # --- process -------------------------------------------------------------------------------
 
+    def _admin_client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"{self.base_url}/_sandbox", headers=self.admin_headers, timeout=10
+        )
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """The headers that open the ``/_sandbox/`` routes (none without an admin token)."""
+        return {} if self.admin_token is None else {"Authorization": f"Bearer {self.admin_token}"}
+
+    @property
+    def admin(self) -> httpx.Client:
+        """An HTTP client of the ``/_sandbox/`` routes (paths relative to ``/_sandbox``)."""
+        return self._admin
+
     def start(self) -> None:
-        """Start the process and wait until ``/_sandbox/health`` answers."""
+        """Start the process and wait until ``/healthz`` answers."""
         self._child.start()
 
         def healthy() -> bool:
-            return httpx.get(f"{self.base_url}/_sandbox/health", timeout=1).status_code == 200
+            return httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200
 
         try:
             wait_ready_blocking(self._child, healthy, "healthy", STARTUP_TIMEOUT_SECONDS)
@@ -78,7 +111,7 @@ class SandboxServer:
         settings, faults = self.settings(), self.faults()
         self.stop()
         self._admin.close()
-        self._admin = httpx.Client(base_url=f"{self.base_url}/_sandbox", timeout=10)
+        self._admin = self._admin_client()
         self.start()
         self.set_settings(**settings)
         if faults["rules"]:

@@ -481,6 +481,29 @@ async def test_an_expired_token_is_refused(sandbox: SandboxServer) -> None:
     assert raised.value.message == "Token has expired"
 
 
+async def test_a_client_clock_half_a_minute_ahead_of_tapraise_is_accepted(
+    sandbox: SandboxServer,
+) -> None:
+    account = demo_account(sandbox)
+    ahead = TokenSigner(account, clock=lambda: now() + timedelta(seconds=30))
+    async with TapRaiseClient(sandbox.base_url, account, signer=ahead) as client:
+        page = await client.list_calls_page(first=1)
+    assert len(page.calls) <= 1
+
+
+async def test_a_client_clock_ten_minutes_ahead_of_tapraise_is_refused_naming_the_clock(
+    sandbox: SandboxServer,
+) -> None:
+    account = demo_account(sandbox)
+    ahead = TokenSigner(account, clock=lambda: now() + timedelta(minutes=10))
+    async with TapRaiseClient(sandbox.base_url, account, signer=ahead) as client:
+        with pytest.raises(AuthenticationError) as raised:
+            await client.list_calls_page(first=1)
+    assert raised.value.status_code == 401
+    assert "issued in the future" in raised.value.message
+    assert "check the client's clock" in raised.value.message
+
+
 async def test_a_credential_outage_is_an_authentication_error_after_one_resign(
     client: TapRaiseClient, sandbox: SandboxServer
 ) -> None:
@@ -736,7 +759,7 @@ async def test_last_alone_is_the_end_of_the_list_and_first_alone_its_start(
 
 
 def marks(sandbox: SandboxServer) -> list[dict[str, Any]]:
-    response = httpx.get(f"{sandbox.base_url}/_sandbox/marks", timeout=10)
+    response = sandbox.admin.get("/marks")
     response.raise_for_status()
     found: list[dict[str, Any]] = response.json()["marks"]
     return found

@@ -123,7 +123,9 @@ async def test_requests_carry_a_signed_jwt_and_the_standard_headers(
     assert jwt.get_unverified_header(token)["alg"] == "RS256"
     claims = jwt.decode(token, rsa_key.public_key(), algorithms=["RS256"])
     assert claims["email"] == claims["iss"] == "calls@example.org"
-    assert claims["exp"] - claims["iat"] == 300
+    # Valid five minutes from now, issued a minute ago: a server whose clock runs behind ours
+    # does not see a token from its future.
+    assert claims["exp"] - claims["iat"] == 360
 
 
 def test_token_is_cached_and_resigned_when_less_than_a_minute_remains(
@@ -145,7 +147,8 @@ def test_token_is_cached_and_resigned_when_less_than_a_minute_remains(
         algorithms=["RS256"],
         options={"verify_exp": False, "verify_iat": False},
     )
-    assert claims["iat"] == int((T0 + timedelta(minutes=4, seconds=1)).timestamp())
+    assert claims["iat"] == int((T0 + timedelta(minutes=3, seconds=1)).timestamp())
+    assert claims["exp"] == int((T0 + timedelta(minutes=9, seconds=1)).timestamp())
 
 
 def test_invalidate_forces_a_new_signature(account: ServiceAccount) -> None:
@@ -466,6 +469,7 @@ async def test_list_arguments_tapraise_would_refuse_fail_before_sending(
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     for name in (
         "TAPRAISE_BASE_URL",
+        "TAPRAISE_ALLOW_HTTP",
         "TAPRAISE_ACCOUNT_EMAIL",
         "TAPRAISE_PRIVATE_KEY_ID",
         "TAPRAISE_PRIVATE_KEY",
@@ -479,14 +483,61 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]
     yield tmp_path
 
 
-def test_settings_without_url_use_the_sandbox_and_explain_a_missing_account_file(
-    clean_env: Path,
-) -> None:
+def test_settings_without_url_name_no_tapraise_and_say_what_to_set(clean_env: Path) -> None:
     settings = TapRaiseSettings()
 
-    assert settings.base_url() == "http://127.0.0.1:8081"
+    with pytest.raises(errors.ConfigurationError, match="TAPRAISE_BASE_URL is not set") as info:
+        settings.base_url()
+    assert "https://" in str(info.value) and "make run" in str(info.value)
+    with pytest.raises(errors.ConfigurationError, match="TAPRAISE_BASE_URL is not set"):
+        settings.make_client()
+
+
+def test_settings_with_a_sandbox_data_dir_explain_a_missing_account_file(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TAPRAISE_BASE_URL", "http://127.0.0.1:8081")
+    monkeypatch.setenv("TAPRAISE_SANDBOX_DATA_DIR", str(clean_env / "sandbox"))
+
     with pytest.raises(errors.ConfigurationError, match=r"python -m sandbox"):
-        settings.service_account()
+        TapRaiseSettings().service_account()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://api.example.org", "http://127.0.0.1:8081", "http://127.8.9.10/",
+     "http://[::1]:8081", "http://localhost:8081"],
+)  # fmt: skip
+def test_settings_accept_https_and_plain_http_on_loopback(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("TAPRAISE_BASE_URL", url)
+
+    assert TapRaiseSettings().base_url() == url.rstrip("/")
+
+
+@pytest.mark.parametrize(
+    "url", ["http://sandbox:8081", "http://10.0.0.5", "http://api.example.org", "http://[::2]"]
+)
+def test_settings_refuse_plain_http_off_loopback_naming_the_setting(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("TAPRAISE_BASE_URL", url)
+
+    with pytest.raises(ValidationError) as info:
+        TapRaiseSettings()
+    message = errors.describe_validation_error(info.value, "settings")
+    assert "TAPRAISE_BASE_URL must use https" in message
+    assert "TAPRAISE_ALLOW_HTTP=true" in message
+
+
+def test_settings_take_plain_http_off_loopback_when_allowed_explicitly(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TAPRAISE_BASE_URL", "http://sandbox:8081")
+    monkeypatch.setenv("TAPRAISE_ALLOW_HTTP", "true")
+
+    assert TapRaiseSettings().base_url() == "http://sandbox:8081"
 
 
 def test_settings_with_url_require_every_credential(
@@ -548,10 +599,12 @@ async def test_make_client_uses_the_sandbox_account_file_and_timeout(
             }
         )
     )
+    monkeypatch.setenv("TAPRAISE_BASE_URL", "http://127.0.0.1:8081")
     monkeypatch.setenv("TAPRAISE_SANDBOX_DATA_DIR", str(clean_env / "sandbox"))
     monkeypatch.setenv("TAPRAISE_TIMEOUT_SECONDS", "2.5")
 
     assert TapRaiseSettings().timeout() == httpx.Timeout(2.5)
+    assert TapRaiseSettings().service_account() == account
     async with make_client() as client:
         assert client.base_url == "http://127.0.0.1:8081"
 

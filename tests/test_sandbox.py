@@ -120,25 +120,29 @@ BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.
 def test_the_root_and_sandbox_links_answer_an_index_of_the_pages(
     sandbox: SandboxServer, path: str
 ) -> None:
-    as_json = httpx.get(f"{sandbox.base_url}{path}", follow_redirects=False)
+    headers = sandbox.admin_headers if path.startswith("/_sandbox") else {}
+    as_json = httpx.get(f"{sandbox.base_url}{path}", headers=headers, follow_redirects=False)
     assert as_json.status_code == 200, as_json.text
     assert as_json.headers["content-type"].startswith("application/json")
     pages = {(page["method"], page["path"]) for page in as_json.json()["pages"]}
-    wanted = {"/_sandbox/docs", "/_sandbox/health", "/_sandbox/requests", "/_sandbox/stats"}
+    wanted = {"/_sandbox/docs", "/healthz", "/_sandbox/requests", "/_sandbox/stats"}
     assert {("GET", wanted_path) for wanted_path in wanted} <= pages
 
-    as_html = httpx.get(f"{sandbox.base_url}{path}", headers={"Accept": BROWSER_ACCEPT})
+    browser = {**headers, "Accept": BROWSER_ACCEPT}
+    as_html = httpx.get(f"{sandbox.base_url}{path}", headers=browser)
     assert as_html.status_code == 200
     assert as_html.headers["content-type"].startswith("text/html")
-    for wanted_path in wanted:
-        assert f'href="{wanted_path}"' in as_html.text
+    # A browser follows a link without the admin token: only the open pages are linked.
+    assert 'href="/healthz"' in as_html.text
+    for admin_path in wanted - {"/healthz"}:
+        assert f"<code>{admin_path}</code>" in as_html.text
 
 
 def test_the_index_lists_every_sandbox_route_and_each_plain_page_answers(
     sandbox: SandboxServer,
 ) -> None:
-    listed = httpx.get(f"{sandbox.base_url}/_sandbox/").json()["pages"]
-    schema = httpx.get(f"{sandbox.base_url}/_sandbox/openapi.json").json()
+    listed = sandbox.admin.get("/").json()["pages"]
+    schema = sandbox.admin.get("/openapi.json").json()
     routes = {
         (method.upper(), path)
         for path, operations in schema["paths"].items()
@@ -148,7 +152,8 @@ def test_the_index_lists_every_sandbox_route_and_each_plain_page_answers(
     assert routes <= {(page["method"], page["path"]) for page in listed}
     for page in listed:
         if page["method"] == "GET" and "{" not in page["path"]:
-            status = httpx.get(f"{sandbox.base_url}{page['path']}").status_code
+            url = f"{sandbox.base_url}{page['path']}"
+            status = httpx.get(url, headers=sandbox.admin_headers).status_code
             # The API itself asks for a service account's token.
             assert status == (401 if page["path"].startswith("/api/") else 200), page
 
@@ -166,7 +171,7 @@ def test_the_index_follows_the_accept_header() -> None:
 
 
 def test_health(sandbox: SandboxServer) -> None:
-    assert httpx.get(f"{sandbox.base_url}/_sandbox/health").json() == {"status": "ok"}
+    assert httpx.get(f"{sandbox.base_url}/healthz").json() == {"status": "ok"}
 
 
 def test_create_managed_call_returns_the_full_call_object(api: httpx.Client) -> None:
@@ -343,6 +348,25 @@ def test_bad_tokens_are_401(sandbox: SandboxServer, case: str) -> None:
     response = httpx.get(f"{sandbox.base_url}/api/v1/calls", headers=headers)
     assert_error(response, 401)
     assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_a_token_issued_a_few_seconds_ahead_of_the_sandbox_clock_is_accepted(
+    sandbox: SandboxServer,
+) -> None:
+    with client_for(sandbox, sign(sandbox, iat=time.time() + 5)) as client:
+        assert client.get("/calls").status_code == 200
+
+
+@pytest.mark.parametrize("ahead", [20, 600])
+def test_a_token_issued_further_in_the_future_is_401_naming_the_clock(
+    sandbox: SandboxServer, ahead: float
+) -> None:
+    with client_for(sandbox, sign(sandbox, iat=time.time() + ahead)) as client:
+        response = client.get("/calls")
+    assert_error(response, 401)
+    message = response.json()["message"]
+    assert "issued in the future" in message and "clock" in message, message
+    assert f"at most {auth.ISSUED_AT_LEEWAY_SECONDS} s" in message
 
 
 def test_one_hour_token_is_accepted(sandbox: SandboxServer) -> None:
@@ -730,7 +754,7 @@ def test_mark_processed(api: httpx.Client, sandbox: SandboxServer) -> None:
         json={"entries": [{**entry, "entityName": "shift"}]},
     )
     assert_error(bad, 400, "entries.0.entityName")
-    marks = httpx.get(f"{sandbox.base_url}/_sandbox/marks").json()["marks"]
+    marks = sandbox.admin.get("/marks").json()["marks"]
     assert {m["entityUuid"] for m in marks} >= {call["uuid"], pledge["entityUuid"]}
 
 
@@ -805,7 +829,8 @@ def test_fault_shares_with_seed_and_wildcard(
     sandbox.set_faults([{"endpoint": "*", "error500": 1.0}], seed=1)
     assert api.get("/calls").status_code == 500
     assert api.post("/calls", json={}).status_code == 500
-    assert httpx.get(f"{sandbox.base_url}/_sandbox/health").status_code == 200  # never faulted
+    assert httpx.get(f"{sandbox.base_url}/healthz").status_code == 200  # never faulted
+    assert sandbox.admin.get("/stats").status_code == 200
     counters = sandbox.faults()["injected"]
     assert counters["list"]["500"] >= 1 and counters["create"]["500"] >= 1
     sandbox.set_faults([{"endpoint": "list", "error503": 0.5}], seed=42)
@@ -818,11 +843,9 @@ def test_fault_shares_with_seed_and_wildcard(
 
 def test_fault_config_is_validated(sandbox: SandboxServer) -> None:
     rules = [{"endpoint": "list", "error500": 0.7, "error503": 0.7}]
-    response = httpx.put(f"{sandbox.base_url}/_sandbox/faults", json={"rules": rules})
+    response = sandbox.admin.put("/faults", json={"rules": rules})
     assert response.status_code == 400 and response.json()["statusCode"] == 400
-    response = httpx.put(
-        f"{sandbox.base_url}/_sandbox/faults", json={"rules": [{"endpoint": "nope"}]}
-    )
+    response = sandbox.admin.put("/faults", json={"rules": [{"endpoint": "nope"}]})
     assert_error(response, 400, "rules.0.endpoint")
 
 
@@ -856,9 +879,9 @@ def test_unauthenticated_requests_are_logged_too(sandbox: SandboxServer) -> None
 
 
 def test_admin_routes_validate_with_the_400_shape(sandbox: SandboxServer) -> None:
-    response = httpx.post(f"{sandbox.base_url}/_sandbox/persons", json={"firstName": "X"})
+    response = sandbox.admin.post("/persons", json={"firstName": "X"})
     assert_error(response, 400, "owningOrganizationUuid")
-    assert httpx.get(f"{sandbox.base_url}/_sandbox/calls/{uuid.uuid4()}").status_code == 404
+    assert sandbox.admin.get(f"/calls/{uuid.uuid4()}").status_code == 404
 
 
 def test_everything_survives_a_restart(

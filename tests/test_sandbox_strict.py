@@ -464,11 +464,11 @@ def test_an_organizations_maximum_of_attempts_can_be_lowered_at_run_time(
         assert "maximum of 1" in refused.json()["message"]
         sandbox.set_max_call_attempts(tenant.organization_uuid, 2)
         assert put(client, call["uuid"], "add-attempt").json()["attemptsCount"] == 2
-    unknown = httpx.put(f"{sandbox.base_url}/_sandbox/organizations/{uuid.uuid4()}",
-                        json={"maxCallAttempts": 1})  # fmt: skip
+    unknown = sandbox.admin.put(f"/organizations/{uuid.uuid4()}", json={"maxCallAttempts": 1})
     assert_error(unknown, 404)
-    negative = httpx.put(f"{sandbox.base_url}/_sandbox/organizations/{tenant.organization_uuid}",
-                         json={"maxCallAttempts": -1})  # fmt: skip
+    negative = sandbox.admin.put(
+        f"/organizations/{tenant.organization_uuid}", json={"maxCallAttempts": -1}
+    )
     assert_error(negative, 400, "maxCallAttempts")
 
 
@@ -532,7 +532,7 @@ def test_late_apply_is_configured_like_the_other_kinds(
     assert rules[0]["lateApply"] == 0.0 and rules[0]["lateApplyDelaySeconds"] == 3.0
     assert sandbox.faults()["queued"] == {"expire": ["late_apply", "late"]}
     too_much = {"rules": [{"endpoint": "list", "late": 0.6, "lateApply": 0.6}]}
-    assert_error(httpx.put(f"{sandbox.base_url}/_sandbox/faults", json=too_much), 400)
+    assert_error(sandbox.admin.put("/faults", json=too_much), 400)
 
 
 # --- credential outage ----------------------------------------------------------------------------
@@ -601,5 +601,5 @@ def test_the_settings_round_trip_carries_an_outage(
 def test_contradictory_outage_settings_are_400(
     sandbox: SandboxServer, body: dict[str, Any]
 ) -> None:
-    assert_error(httpx.put(f"{sandbox.base_url}/_sandbox/settings", json=body), 400)
+    assert_error(sandbox.admin.put("/settings", json=body), 400)
     assert sandbox.settings()["credentialOutage"] is False

@@ -198,6 +198,7 @@ class FirstRun:
     demo_seconds: float
     health: dict[str, int]
     auth: dict[str, int]
+    sandbox_admin: dict[str, int]
     counts: dict[str, int]
     scan: ClearTextScan
     pids: dict[str, int]
@@ -287,10 +288,9 @@ def first_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirstRun]:
     try:
         ready = stack.wait_for("Ready in", READY_TIMEOUT)
         demo = stack.wait_for("Demo finished:", DEMO_TIMEOUT)
+        sandbox = f"http://127.0.0.1:{stack.sandbox_port}"
         health = {
-            "sandbox": httpx.get(
-                f"http://127.0.0.1:{stack.sandbox_port}/_sandbox/health"
-            ).status_code,
+            "sandbox": httpx.get(f"{sandbox}/healthz").status_code,
             "gateway": httpx.get(f"http://127.0.0.1:{stack.gateway_port}/healthz").status_code,
             "web ui": httpx.get(f"http://127.0.0.1:{stack.ui_port}/").status_code,
         }
@@ -302,6 +302,14 @@ def first_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirstRun]:
             "another token": httpx.get(call, headers={"Authorization": "Bearer x"}).status_code,
             "TOKEN": httpx.get(call, headers=bearer, timeout=10).status_code,
         }
+        admin_token = (stack.data_dir / "sandbox-admin-token").read_text().strip()
+        sandbox_admin = {
+            "no token": httpx.get(f"{sandbox}/_sandbox/stats").status_code,
+            "gateway TOKEN": httpx.get(f"{sandbox}/_sandbox/stats", headers=bearer).status_code,
+            "admin token": httpx.get(
+                f"{sandbox}/_sandbox/stats", headers={"Authorization": f"Bearer {admin_token}"}
+            ).status_code,
+        }
         counts = asyncio.run(_count_by_phase(stack))
         scan = asyncio.run(_scan_for_clear_text(stack))
         # The README's examples, in a second terminal, while the demo runs.
@@ -309,8 +317,9 @@ def first_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirstRun]:
         pids = stack.child_pids()
         code = stack.interrupt()
         yield FirstRun(
-            stack, ready, demo, health, auth, counts, scan, pids, code, stack.output, readme
-        )
+            stack, ready, demo, health, auth, sandbox_admin, counts, scan, pids, code,
+            stack.output, readme,
+        )  # fmt: skip
     finally:
         stack.cleanup()
 
@@ -373,6 +382,21 @@ def test_no_donor_text_is_stored_or_shown_in_clear(first_run: FirstRun) -> None:
     assert {"happy with the newsletter", "confirmed"} <= scan.decrypted, scan.decrypted
     key_file = first_run.stack.data_dir / "encryption-keys"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+
+def test_the_sandbox_admin_routes_ask_for_the_token_the_stack_keeps(first_run: FirstRun) -> None:
+    assert first_run.sandbox_admin == {"no token": 401, "gateway TOKEN": 401, "admin token": 200}
+    data = first_run.stack.data_dir
+    token_file = data / "sandbox-admin-token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = token_file.read_text().strip()
+    # Read from the file by whoever needs it: never printed, never on a command line or in a log.
+    assert token not in first_run.output
+    assert "$(cat .data/sandbox-admin-token)" in first_run.output
+    for log in (data / "logs").glob("*.log"):
+        assert token not in log.read_text(errors="replace"), log
+        assert stat.S_IMODE(log.stat().st_mode) == 0o600, log
+    assert stat.S_IMODE((data / "sandbox").stat().st_mode) == 0o700
 
 
 def test_the_demo_table_shows_one_zone_and_whole_reasons(first_run: FirstRun) -> None:

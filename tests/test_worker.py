@@ -21,14 +21,19 @@ from worker import check_tapraise
 
 pytestmark = pytest.mark.timeout(60)
 
+# A TapRaise named as a deployment would; the worker refuses to start without one.
+TAPRAISE = {"TAPRAISE_BASE_URL": "https://tapraise.example"}
+
 
 async def run_worker(env: dict[str, str], cwd: Path) -> tuple[int, str]:
+    """`python -m worker` in `cwd` with `env` and none of this machine's TapRaise settings."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("TAPRAISE_")}
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "worker",
         cwd=cwd,
-        env={**os.environ, **env},
+        env={**inherited, **env},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -37,7 +42,7 @@ async def run_worker(env: dict[str, str], cwd: Path) -> tuple[int, str]:
 
 
 async def test_worker_without_temporal_exits_naming_the_address(tmp_path: Path) -> None:
-    code, output = await run_worker({"TEMPORAL_ADDRESS": "127.0.0.1:9"}, tmp_path)
+    code, output = await run_worker({"TEMPORAL_ADDRESS": "127.0.0.1:9", **TAPRAISE}, tmp_path)
     assert code == 1
     assert "cannot reach Temporal at 127.0.0.1:9" in output and "TEMPORAL_ADDRESS" in output
 
@@ -48,9 +53,30 @@ async def test_worker_refuses_a_namespace_without_the_search_attributes(tmp_path
     ) as bare:
         assert "CallPhase (Keyword)" in await missing_search_attributes(bare.client)
         target = bare.client.service_client.config.target_host
-        code, output = await run_worker({"TEMPORAL_ADDRESS": target}, tmp_path)
+        code, output = await run_worker({"TEMPORAL_ADDRESS": target, **TAPRAISE}, tmp_path)
     assert code != 0
     assert "lacks the search attributes" in output and "CallPhase" in output
+
+
+async def test_worker_without_a_tapraise_url_exits_saying_what_to_set(tmp_path: Path) -> None:
+    # No sandbox is assumed: a deployment that forgot the setting must not run against one.
+    code, output = await run_worker({"TEMPORAL_ADDRESS": "127.0.0.1:9"}, tmp_path)
+    assert code == 1, output
+    assert "TAPRAISE_BASE_URL is not set" in output, output
+    assert "https://" in output and "TAPRAISE_ACCOUNT_EMAIL" in output
+    assert "cannot reach Temporal" not in output  # refused before connecting to anything
+
+
+async def test_worker_refuses_plain_http_to_a_remote_tapraise_naming_the_settings(
+    tmp_path: Path,
+) -> None:
+    env = {"TEMPORAL_ADDRESS": "127.0.0.1:9", "TAPRAISE_BASE_URL": "http://tapraise.example"}
+    code, output = await run_worker(env, tmp_path)
+    assert code == 1, output
+    assert "TAPRAISE_BASE_URL must use https" in output and "TAPRAISE_ALLOW_HTTP" in output
+    # Allowed explicitly, the worker goes on to Temporal (unreachable here).
+    code, output = await run_worker({**env, "TAPRAISE_ALLOW_HTTP": "true"}, tmp_path)
+    assert code == 1 and "cannot reach Temporal at 127.0.0.1:9" in output, output
 
 
 async def test_unreachable_tapraise_is_reported_but_does_not_stop_the_worker(

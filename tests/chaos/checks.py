@@ -50,9 +50,11 @@ class Findings:
 class Checker:
     """Compares every ledger with what TapRaise and Temporal hold."""
 
-    def __init__(self, client: Client, sandbox_url: str) -> None:
+    def __init__(self, client: Client, sandbox_url: str, admin_headers: dict[str, str]) -> None:
         self.client = client
-        self.admin = httpx.AsyncClient(base_url=f"{sandbox_url}/_sandbox", timeout=30)
+        self.admin = httpx.AsyncClient(
+            base_url=f"{sandbox_url}/_sandbox", headers=admin_headers, timeout=30
+        )
         self.found = Findings()
 
     async def check(self, ledgers: list[Ledger], second_batch_started: list[str]) -> Findings:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import httpx
 from temporalio.service import RPCError
 
-from devstack.process import Child, free_port, temporal_cli
+from devstack.process import Child, free_port, temporal_cli, write_private
 from starter.connect import connect, missing_search_attributes, search_attribute_flags
 from tests.chaos.config import HOST, REPO_ROOT, STARTUP_TIMEOUT_SECONDS, ChaosConfig
 
@@ -28,6 +29,10 @@ class Stack:
         self.sandbox_port = free_port()
         self.address = f"{HOST}:{self.temporal_port}"
         self.sandbox_url = f"http://{HOST}:{self.sandbox_port}"
+        # The sandbox's /_sandbox/ routes (faults, request log) answer this token only.
+        self.admin_token = secrets.token_urlsafe(32)
+        admin_token_file = work / "sandbox-admin-token"
+        write_private(admin_token_file, self.admin_token + "\n")
         base_env = {
             k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "TAPRAISE_"))
         }
@@ -52,7 +57,7 @@ class Stack:
             [
                 sys.executable, "-m", "sandbox", "--host", HOST,
                 "--port", str(self.sandbox_port), "--data-dir", str(work / "sandbox"),
-                "--log-level", "warning",
+                "--log-level", "warning", "--admin-token-file", str(admin_token_file),
             ],
         )  # fmt: skip
         self.workers: list[Child] = []
@@ -60,6 +65,11 @@ class Stack:
         self.worker_exits = 0
         self.restarts = 0
         self._victim = 0
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """The headers that open the sandbox's ``/_sandbox/`` routes."""
+        return {"Authorization": f"Bearer {self.admin_token}"}
 
     def _child(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
         env = self.base_env if env is None else env
@@ -109,7 +119,7 @@ class Stack:
                 if not self.sandbox.alive:
                     raise RuntimeError(f"sandbox exited:\n{self.sandbox.log_tail()}")
                 with contextlib.suppress(httpx.TransportError):
-                    if (await http.get(f"{self.sandbox_url}/_sandbox/health")).status_code == 200:
+                    if (await http.get(f"{self.sandbox_url}/healthz")).status_code == 200:
                         return
                 await asyncio.sleep(0.1)
         raise RuntimeError(f"sandbox not ready in time:\n{self.sandbox.log_tail()}")

@@ -53,7 +53,9 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
 
 async def _run(config: ChaosConfig, stack: Stack) -> ChaosReport:
     began = time.monotonic()
-    async with httpx.AsyncClient(base_url=f"{stack.sandbox_url}/_sandbox", timeout=30) as admin:
+    async with httpx.AsyncClient(
+        base_url=f"{stack.sandbox_url}/_sandbox", headers=stack.admin_headers, timeout=30
+    ) as admin:
         faults = Faults(config, admin, began)
         await faults.start()
         client = await connect(stack.address, "default")
@@ -63,7 +65,7 @@ async def _run(config: ChaosConfig, stack: Stack) -> ChaosReport:
         # The harness's own view must survive a restart too: reconnect if the old client broke.
         client = await connect(stack.address, "default")
         say(config, f"{run.at()} checking {config.calls} calls")
-        checker = Checker(client, stack.sandbox_url)
+        checker = Checker(client, stack.sandbox_url, stack.admin_headers)
         found = await checker.check(agents.ledgers, agents.second_batch_started)
         stats = (await admin.get("/stats")).json()
     return run.report(found, stats)
