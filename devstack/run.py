@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from devstack.options import build_parser
 from devstack.process import ChildError, shown, write_private
 from devstack.stack import Stack, StackConfig, use_local_temporal
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, GatewaySettingsError
 from sandbox.seed import DEMO_PERSON_UUIDS
 from tapraise.settings import TapRaiseSettings
 
@@ -281,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     # gateway's, else the stack makes its own.
     try:
         sandbox = TapRaiseSettings().api_base_url is None
-        tokens = GatewaySettings().tokens
-    except ValidationError as exc:
+        gateway_settings = GatewaySettings()
+        tokens = [entry for entry, _source in gateway_settings.token_entries()]
+    except (ValidationError, GatewaySettingsError) as exc:
         print(f"The settings are not valid (environment or .env):\n{exc}", file=sys.stderr)
         return 2
     if args.demo and not sandbox:
@@ -293,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     config = StackConfig(
         sandbox=sandbox,
         gateway_tokens=tokens,
+        gateway_tokens_file=gateway_settings.tokens_file,
         data_dir=args.data_dir.absolute(),
         gateway=not args.no_gateway,
         **{name: given[name] for name in _AS_GIVEN},

@@ -89,8 +89,10 @@ class StackConfig:
     namespace: str = DEFAULT_NAMESPACE
     gateway: bool = True
     sandbox: bool = True
-    # GATEWAY_TOKENS as configured; none: the stack's own token (see `gateway_token`).
+    # The gateway's tokens as configured; none: the stack's own token (see `gateway_token`).
     gateway_tokens: list[SecretStr] = field(default_factory=list)
+    # GATEWAY_TOKENS_FILE, when the configured tokens come from it.
+    gateway_tokens_file: Path | None = None
     follow: bool = False
     startup_timeout: float = STARTUP_TIMEOUT_SECONDS
 
@@ -369,7 +371,9 @@ class Stack:
         env = self.base_env()
         # Always with tokens, whatever a .env says: the configured ones or the stack's own.
         assert self.gateway_auth is not None
-        env["GATEWAY_TOKENS"] = self.gateway_auth.env_value()
+        if self.config.gateway_tokens_file is None:
+            env["GATEWAY_TOKENS"] = self.gateway_auth.env_value()
+        # else the gateway reads the same file (both settings at once would refuse to start).
         env["GATEWAY_ALLOW_NO_AUTH"] = "false"
         # Loopback only, whatever a .env says: this is the local stack.
         env["GATEWAY_HOST"] = HOST

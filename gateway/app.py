@@ -1,5 +1,6 @@
 """The gateway application: settings checked, one Temporal connection, the routes behind the
-bearer token (all but `/healthz`)."""
+gate (`gateway.gate`: body sizes, bearer tokens and their scopes, rate and concurrency limits,
+and, without tokens, this machine's own requests only)."""
 
 import logging
 from collections.abc import AsyncIterator
@@ -8,24 +9,37 @@ from typing import Any, Final
 
 from fastapi import Depends, FastAPI
 
-from gateway.dependencies import GatewayContext, require_token
+from gateway.dependencies import GatewayContext, bearer
 from gateway.errors import install_error_handlers
+from gateway.gate import Doors, Gate
+from gateway.limits import ConcurrencyLimiter, RateLimiter
 from gateway.models import Problem
 from gateway.routes import actions, calls, health
 from gateway.settings import GatewaySettings
 from gateway.temporal import ClientProvider, TemporalConnection, temporal_client_provider
+from gateway.tokens import Tokens
 from starter.service import CallsError
 
 logger = logging.getLogger(__name__)
 
 # Refusals every protected route may answer with, for the OpenAPI pages.
 _PROBLEMS: Final[dict[int | str, dict[str, Any]]] = {
-    401: {"description": "No valid bearer token."},
+    401: {"model": Problem, "description": "No valid bearer token."},
+    403: {"model": Problem, "description": "The token lacks the route's scope."},
     404: {"model": Problem, "description": "No such call."},
     409: {"model": Problem, "description": "The call refused the action; `detail` says why."},
+    413: {"model": Problem, "description": "The body is larger than the route takes."},
+    415: {"model": Problem, "description": "The body is not `application/json`."},
+    429: {
+        "model": Problem,
+        "description": "Over the token's rate or requests in flight; see `Retry-After`.",
+    },
     502: {"model": Problem, "description": "Temporal failed the request."},
     503: {"model": Problem, "description": "Temporal or a worker did not answer."},
 }
+
+_PROTECTED: Final = (calls.router, actions.router)
+_ROUTERS: Final = (health.router, *_PROTECTED)
 
 
 def create_app(
@@ -36,18 +50,22 @@ def create_app(
     Args:
         client_provider: Makes the Temporal client (default: `connect()` from the environment);
             tests inject their own.
-        settings: Tokens and task queue (default: from the environment and `.env`).
+        settings: Tokens, limits and task queue (default: from the environment and `.env`).
 
     Raises:
-        GatewaySettingsError: when no tokens are configured and `GATEWAY_ALLOW_NO_AUTH` is not
-            set.
+        GatewaySettingsError: when the tokens are malformed or cannot be read, when none are
+            configured and `GATEWAY_ALLOW_NO_AUTH` is not set, or when it is and the bind
+            address is not loopback.
     """
     settings = settings if settings is not None else GatewaySettings()
-    settings.check()
+    grants = settings.check()
     temporal = TemporalConnection(client_provider or temporal_client_provider())
-    context = GatewayContext.of(settings, temporal)
-    if not context.secrets:
-        logger.warning("GATEWAY_ALLOW_NO_AUTH is set: the gateway accepts unauthenticated requests")
+    context = GatewayContext(settings, temporal, grants)
+    if not grants:
+        logger.warning(
+            "GATEWAY_ALLOW_NO_AUTH is set: the gateway answers this machine's requests without "
+            "a token"
+        )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -67,6 +85,16 @@ def create_app(
     app.state.gateway = context
     install_error_handlers(app)
     app.include_router(health.router)
-    for router in (calls.router, actions.router):
-        app.include_router(router, dependencies=[Depends(require_token)], responses=_PROBLEMS)
+    for router in _PROTECTED:
+        app.include_router(router, dependencies=[Depends(bearer)], responses=_PROBLEMS)
+    docs = (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+    routes = [route for router in _ROUTERS for route in router.routes]
+    doors = Doors(routes, [path for path in docs if path])
+    app.add_middleware(
+        Gate,
+        doors=doors,
+        tokens=Tokens(grants),
+        rate=RateLimiter(settings.rate_limit, settings.burst),
+        concurrency=ConcurrencyLimiter(settings.max_concurrent),
+    )
     return app

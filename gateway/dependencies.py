@@ -1,20 +1,22 @@
-"""What the routes depend on: the gateway's context, the bearer token, the calls service, and
-the action options (`signal`, `Idempotency-Key`).
+"""What the routes depend on: the gateway's context, each route's door (its token scope and
+largest body), the calls service, and the action options (`signal`, `Idempotency-Key`).
 
 No `from __future__ import annotations` here or in the routes: FastAPI reads the signatures at
 runtime.
 """
 
-import hmac
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Header, HTTPException, Query, Request
+from fastapi import Depends, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 
+from gateway.gate import Door
+from gateway.limits import BODY_LIMIT
 from gateway.settings import GatewaySettings
 from gateway.temporal import TemporalConnection
+from gateway.tokens import Grant, Scope
 from starter.service import (
     IDEMPOTENCY_KEY_HEADER,
     REQUEST_ID_MAX_LENGTH,
@@ -30,17 +32,12 @@ class GatewayContext:
     Attributes:
         settings: The gateway's settings.
         temporal: The Temporal connection.
-        secrets: The accepted bearer tokens; empty when the gateway runs without auth.
+        grants: The accepted bearer tokens; empty when the gateway runs without auth.
     """
 
     settings: GatewaySettings
     temporal: TemporalConnection
-    secrets: tuple[bytes, ...]
-
-    @classmethod
-    def of(cls, settings: GatewaySettings, temporal: TemporalConnection) -> "GatewayContext":
-        secrets = tuple(token.get_secret_value().encode() for token in settings.tokens)
-        return cls(settings, temporal, secrets)
+    grants: tuple[Grant, ...]
 
 
 def gateway_context(request: Request) -> GatewayContext:
@@ -51,27 +48,15 @@ def gateway_context(request: Request) -> GatewayContext:
 
 Context = Annotated[GatewayContext, Depends(gateway_context)]
 
-bearer = HTTPBearer(auto_error=False, description="A token from GATEWAY_TOKENS.")
+
+# Checked by the gate; declared here so that the OpenAPI pages ask for a token.
+bearer = HTTPBearer(auto_error=False, description="A token from GATEWAY_TOKENS (or its file).")
 
 
-def require_token(
-    context: Context,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> None:
-    """Refuse the request (401) unless it carries one of the configured tokens."""
-    if not context.secrets:
-        return
-    given = credentials.credentials.encode() if credentials else b""
-    matched = False
-    for secret in context.secrets:
-        # Compare against every token, in constant time each: no early exit to time.
-        matched |= hmac.compare_digest(given, secret)
-    if not matched:
-        raise HTTPException(
-            status_code=401,
-            detail="missing or invalid bearer token",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+def door(scope: Scope | None, body_limit: int = BODY_LIMIT) -> Any:
+    """A route's door: the token scope it needs (None: no token, for the health check) and the
+    largest body it takes. The gate enforces both before the body is read."""
+    return Depends(Door(scope, body_limit, public=scope is None))
 
 
 async def call_service(context: Context) -> CallService:

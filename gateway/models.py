@@ -28,12 +28,15 @@ class Health(_Answer):
     """Whether the gateway runs and Temporal answers."""
 
     status: Literal["ok", "degraded"]
-    temporal: str = Field(description="reachable, not serving, or unreachable: <why>")
+    temporal: Literal["reachable", "not serving", "unreachable"] = Field(
+        description="Whether Temporal answers; why not is in the gateway's log."
+    )
 
 
 class Problem(_Answer):
-    """A refusal: the call does not exist (404), refused the action (409), or Temporal did not
-    answer (503) or failed (502)."""
+    """A refusal: no valid token (401), not the token's scope (403), the call does not exist
+    (404), refused the action (409), a body too large (413) or not JSON (415), too many
+    requests (429), or Temporal did not answer (503) or failed (502)."""
 
     detail: str
     kind: str

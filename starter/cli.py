@@ -839,7 +839,14 @@ def list_calls(
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = DEFAULT_LIST_LIMIT,
     query: Annotated[
-        str | None, typer.Option("--query", help="A raw visibility query, ANDed with the filters.")
+        str | None,
+        typer.Option(
+            "--query",
+            help="A visibility query, ANDed with the filters: the call search attributes and "
+            "WorkflowId, RunId, ExecutionStatus, StartTime, CloseTime, ExecutionTime, "
+            "ExecutionDuration, HistoryLength, TaskQueue, with = != < <= > >= IN BETWEEN "
+            "STARTS_WITH IS [NOT] NULL, AND, OR, NOT and parentheses.",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the calls as JSON.")] = False,
 ) -> None:
@@ -897,12 +904,15 @@ def serve(
     from gateway.temporal import temporal_client_provider
 
     conn: Connection = ctx.obj
+    # The options go into the settings, so that the checks see the address actually bound.
+    given: dict[str, Any] = {"host": host, "port": port}
+    given = {name: value for name, value in given.items() if value is not None}
     try:
-        settings = GatewaySettings(task_queue=conn.task_queue)
+        settings = GatewaySettings(task_queue=conn.task_queue, **given)
         app_ = create_app(temporal_client_provider(conn.address, conn.namespace), settings)
     except ValueError as exc:  # the settings' refusal, or a value pydantic refused
         _fail(str(exc), False, kind="configuration")
-    uvicorn.run(app_, host=host or settings.host, port=port or settings.port)
+    uvicorn.run(app_, host=settings.host, port=settings.port)
 
 
 @app.command(

@@ -37,6 +37,7 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from starter.visibility import QueryError, call_query_clause
 from tapraise import CamelModel, validation_problems
 from tapraise.models import CallStatus, CallType, to_millis
 from workflows.errors import ACTION_REJECTED
@@ -375,7 +376,9 @@ class ListFilters:
         person: `PersonUuid`.
         org: `CallingOrganizationUuid`.
         due_before: `NextAttemptAt` strictly before this instant.
-        query: raw visibility query ANDed in as is (for what the filters do not cover).
+        query: a visibility query for what the filters do not cover, in the grammar of
+            `starter.visibility` (the contract's search attributes and a few of Temporal's);
+            it is ANDed in as one parenthesised clause, written back from its parse.
     """
 
     status: CallStatus | None = None
@@ -402,7 +405,7 @@ class ListFilters:
             "person": uuid.UUID,
             "org": uuid.UUID,
             "due_before": _aware_datetime,
-            "query": str,
+            "query": call_query_clause,
         }
         for name, text in raw.items():
             if name not in parsers:
@@ -434,7 +437,12 @@ class ListFilters:
             instant = self.due_before.astimezone(UTC).isoformat().replace("+00:00", "Z")
             clauses.append(f"{sa.NEXT_ATTEMPT_AT.name} < {_quote(instant)}")
         if self.query:
-            clauses.append(f"({self.query})")
+            # Parsed again here, not trusted: filters may be built without `parse`.
+            try:
+                clause = call_query_clause(self.query)
+            except QueryError as exc:
+                raise InvalidInput([f"query: {exc}"]) from None
+            clauses.append(f"({clause})")
         return " AND ".join(clauses)
 
 
@@ -446,6 +454,8 @@ def _aware_datetime(text: str) -> datetime:
 
 
 def _filter_problem(name: str, text: str, exc: ValueError) -> str:
+    if isinstance(exc, QueryError):
+        return str(exc)
     choices = {"status": CallStatus, "phase": CallPhase, "type": CallType}
     if name in choices:
         return f"{text!r} is not one of {', '.join(m.value for m in choices[name])}"

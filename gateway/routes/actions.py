@@ -6,8 +6,9 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from gateway.dependencies import RequestId, Service, Signal
+from gateway.dependencies import RequestId, Service, Signal, door
 from gateway.models import Accepted, Sent
+from gateway.tokens import Scope
 from workflows.messages import (
     ATTEMPT,
     CANCEL,
@@ -53,6 +54,7 @@ def _action(path: str, name: str, body_model: Any, description: str, default: An
         act,
         methods=["POST"],
         name=name,
+        dependencies=[door(Scope.ACT)],
         description=f"{description} 200 accepted, 409 refused, 404 unknown call.",
         **_ANSWERS,
     )

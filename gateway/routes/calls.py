@@ -1,18 +1,18 @@
 """`/calls`: start one call or a batch, look one up, list them."""
 
 import uuid
-from typing import Annotated, Any, Final
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response
 from pydantic import BaseModel, Field
 
-from gateway.dependencies import Service
+from gateway.dependencies import Service, door
+from gateway.limits import BATCH_BODY_LIMIT, MAX_BATCH
 from gateway.models import BatchStarted, CallList, Started
+from gateway.tokens import Scope
 from starter.batch import start_rows, validate_records
 from starter.service import DEFAULT_CONCURRENCY, DEFAULT_LIST_LIMIT, ListFilters, StartStatus
 from workflows.messages import CallInput, CallState
-
-MAX_BATCH: Final = 1_000
 
 router = APIRouter(tags=["calls"])
 
@@ -20,6 +20,7 @@ router = APIRouter(tags=["calls"])
 @router.post(
     "/calls",
     status_code=202,
+    dependencies=[door(Scope.START)],
     response_model=Started,
     response_model_exclude_unset=True,
     responses={
@@ -34,7 +35,12 @@ async def start_call(call: CallInput, response: Response, service: Service) -> S
     return Started.of(result)
 
 
-@router.post("/calls/batch", response_model=BatchStarted, response_model_exclude_unset=True)
+@router.post(
+    "/calls/batch",
+    dependencies=[door(Scope.START, body_limit=BATCH_BODY_LIMIT)],
+    response_model=BatchStarted,
+    response_model_exclude_unset=True,
+)
 async def start_batch(
     items: Annotated[list[dict[str, Any]], Body(max_length=MAX_BATCH)],
     service: Service,
@@ -47,7 +53,7 @@ async def start_batch(
         ),
     ] = None,
 ) -> BatchStarted:
-    """Start many calls; every item is validated and answered on its own (by `index`).
+    """Start many calls (at most 1,000 in 4,096,000 bytes); each is validated and answered alone.
 
     Keys other than the call's fields are the CRM's own and are not sent; one that
     misspells a call field (`personUUID`) makes its item invalid. Statuses: started,
@@ -57,7 +63,7 @@ async def start_batch(
     return BatchStarted.of(await start_rows(service, batch, DEFAULT_CONCURRENCY))
 
 
-@router.get("/calls/{call_uuid}", response_model=CallState)
+@router.get("/calls/{call_uuid}", dependencies=[door(Scope.READ)], response_model=CallState)
 async def call_state(call_uuid: uuid.UUID, service: Service) -> CallState:
     """The call's state (the workflow's `state` query), also after it finished."""
     return await service.state(call_uuid)
@@ -76,7 +82,7 @@ class ListQuery(BaseModel):
     limit: int = Field(default=DEFAULT_LIST_LIMIT, ge=1, le=1_000)
 
 
-@router.get("/calls", response_model=CallList)
+@router.get("/calls", dependencies=[door(Scope.READ)], response_model=CallList)
 async def list_calls(service: Service, params: Annotated[ListQuery, Query()]) -> CallList:
     """Calls by search attributes (eventually consistent: lags a second or so)."""
     filters = ListFilters.parse(**params.model_dump(exclude={"limit"}))
