@@ -56,6 +56,7 @@ def create_app(
         GatewaySettingsError: when the tokens are malformed or cannot be read, when none are
             configured and `GATEWAY_ALLOW_NO_AUTH` is not set, or when it is and the bind
             address is not loopback.
+        KeysError: no payload encryption keys (with the default client provider).
     """
     settings = settings if settings is not None else GatewaySettings()
     grants = settings.check()

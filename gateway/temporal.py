@@ -5,6 +5,7 @@ from collections.abc import Awaitable, Callable
 
 from temporalio.client import Client
 
+from encryption.keys import require_keys
 from starter.connect import connect
 from starter.service import TemporalUnavailable
 
@@ -14,10 +15,18 @@ ClientProvider = Callable[[], Awaitable[Client]]
 def temporal_client_provider(
     address: str | None = None, namespace: str | None = None
 ) -> ClientProvider:
-    """A provider that connects with `starter.connect.connect()` (the one client factory)."""
+    """A provider that connects with `starter.connect.connect()` (the one client factory).
+
+    The payload encryption keys are read now: a gateway without them fails at start, naming the
+    setting, instead of answering 503 to every request.
+
+    Raises:
+        KeysError: no usable encryption keys are configured.
+    """
+    keys = require_keys()
 
     async def provide() -> Client:
-        return await connect(address, namespace)
+        return await connect(address, namespace, keys)
 
     return provide
 

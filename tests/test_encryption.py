@@ -142,6 +142,18 @@ def test_a_process_without_keys_says_how_to_make_one(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "ENCRYPTION_KEYS_FILE" in done.stdout + done.stderr
     assert "python -m encryption new-key" in done.stdout + done.stderr
+    # The gateway fails at start, not with a 503 for every request.
+    gateway = subprocess.run(
+        [sys.executable, "-m", "starter", "serve", "--port", "1"],
+        cwd=tmp_path,
+        env={**env, "GATEWAY_TOKENS": "a-token-of-the-gateway"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert gateway.returncode != 0
+    assert "ENCRYPTION_KEYS_FILE" in gateway.stdout + gateway.stderr
     made = subprocess.run(
         [sys.executable, "-m", "encryption", "new-key", "--id", "k2027"],
         env=env,
