@@ -1,8 +1,8 @@
 # The project's images. The last stage, `production` (the default target), carries what runs in
-# production and nothing else: the worker by default, and the HTTP gateway
-# (`python -m starter serve`). The `sandbox` stage adds the local TapRaise stand-in on top, for
-# the compose file's sandbox service; neither image carries the benchmarks, the tests or the
-# Temporal binaries.
+# production and nothing else: the worker by default, the HTTP gateway (`python -m starter
+# serve`) and the codec server for the Web UI (`tapraise-calls-codec`). The `sandbox` stage is
+# the local TapRaise stand-in, for the compose file's dev profile. Neither image carries the
+# benchmarks, the tests, the development tools or the Temporal binaries (those are extras).
 FROM python:3.11-slim AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -12,29 +12,33 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Metadata first, then the sources: the install layer is rebuilt only when one of them changes.
-COPY pyproject.toml README.md ./
-COPY tapraise ./tapraise
-COPY activities ./activities
-COPY workflows ./workflows
-COPY starter ./starter
-COPY gateway ./gateway
-COPY devstack ./devstack
-COPY worker.py ./
-RUN pip install . \
-    && rm -rf tapraise activities workflows starter gateway devstack worker.py build ./*.egg-info \
+# The dependencies first, exactly as locked (every file checked against its hash): this layer is
+# rebuilt only when the lock changes, not on every source edit.
+COPY requirements/production.txt ./requirements/
+RUN pip install --require-hashes -r requirements/production.txt \
     && useradd --create-home --uid 10001 tapraise \
     && mkdir -p /data/sandbox \
     && chown tapraise /data/sandbox
 
-# The sandbox runs from its source folder (it is not part of the installed package); /data/sandbox
-# is owned by the user, so a fresh named volume mounted there is too.
+# The project as a wheel, built with the locked setuptools (no unpinned build environment is
+# fetched). What the wheel holds is pyproject.toml's list of packages, the one list of what
+# production runs (tests/test_packaging.py checks it). The sources stay in this stage: the
+# images below receive the wheel only.
+FROM base AS wheel
+COPY . ./
+RUN pip wheel --no-deps --no-build-isolation --wheel-dir /dist .
+
+# The sandbox runs from its source folder (it is not part of the installed package) and needs
+# only locked third-party packages; /data/sandbox is owned by the user, so a fresh named volume
+# mounted there is too.
 FROM base AS sandbox
 COPY sandbox ./sandbox
 USER tapraise
 CMD ["python", "-m", "sandbox", "--host", "0.0.0.0", "--port", "8081", "--data-dir", "/data/sandbox"]
 
-# Never root at run time.
+# Never root at run time. The dependencies are in place already: the wheel goes in alone.
 FROM base AS production
+RUN --mount=type=bind,from=wheel,source=/dist,target=/dist \
+    pip install --no-deps /dist/*.whl
 USER tapraise
 CMD ["python", "-m", "worker"]

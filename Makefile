@@ -4,13 +4,23 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-instants lint demo run bench chaos clean
+# The locks: every package at one version, with the hash of each of its files. The development
+# lock holds the `dev` extra (tests, linters, the Temporal binaries) and the build requirement;
+# the production lock holds what the image runs, at the same versions.
+DEV_LOCK  := requirements/dev.txt
+PROD_LOCK := requirements/production.txt
 
-$(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed (found " + sys.version.split()[0] + "); set PYTHON=python3.11"'
+.PHONY: setup test test-instants lint demo run bench chaos clean lock pin-images compose-secrets
+
+CHECK_PYTHON = $(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed (found " + sys.version.split()[0] + "); set PYTHON=python3.11"'
+
+$(STAMP): pyproject.toml $(DEV_LOCK)
+	@$(CHECK_PYTHON)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes -r $(DEV_LOCK)
+	@# The project itself: its dependencies are all in the lock, and setuptools (pinned there
+	@# too) builds it in place, so nothing is fetched unpinned.
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@# The package holds what production runs; the clone's other folders (sandbox, benchmarks,
 	@# tests) are made importable here, from wherever a process starts.
 	@$(PY) -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "tapraise-calls-clone.pth").write_text(str(pathlib.Path.cwd()) + "\n")'
@@ -51,3 +61,55 @@ chaos: $(STAMP)
 
 clean:
 	rm -rf .data .pytest_cache .mypy_cache .ruff_cache
+
+# Regenerate both locks from pyproject.toml (after any change to its dependencies; the suite
+# fails until then). Versions already locked are kept; `make lock LOCK_FLAGS=--upgrade` moves
+# every package to its newest allowed version. The resolver runs from a venv of its own, outside
+# the clone, so that it never enters the project's environment.
+UV_VERSION := 0.13.9
+LOCK_TOOLS ?= $(or $(TMPDIR),/tmp)/tapraise-calls-lock-tools
+UV         := $(LOCK_TOOLS)/bin/uv
+LOCK_FLAGS ?=
+LOCK_OPTIONS = --quiet --generate-hashes --python-version 3.11 --python-platform linux \
+	--custom-compile-command "make lock" $(LOCK_FLAGS)
+# The build requirement (setuptools) is locked too: `make setup` and the image build the project
+# without fetching anything unpinned.
+BUILD_REQUIRES = $(PYTHON) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")'
+
+lock:
+	@$(CHECK_PYTHON)
+	@test -x $(UV) || { $(PYTHON) -m venv $(LOCK_TOOLS) && $(LOCK_TOOLS)/bin/pip install --quiet uv==$(UV_VERSION); }
+	$(BUILD_REQUIRES) | $(UV) pip compile pyproject.toml - --extra dev $(LOCK_OPTIONS) -o $(DEV_LOCK)
+	@# Production: the package's own dependencies, held to the development lock's versions.
+	$(BUILD_REQUIRES) | $(UV) pip compile pyproject.toml - -c $(DEV_LOCK) $(LOCK_OPTIONS) -o $(PROD_LOCK)
+
+# Pin every third-party image of docker-compose.yml and the Dockerfile's base image by digest:
+# each `name:tag` is resolved at its registry and rewritten `name:tag@sha256:…` (the tag stays
+# for the reader; the digest is what is pulled). Needs `docker buildx` and a registry login
+# where one is required. Run it again after changing a tag.
+pin-images:
+	@refs=$$(sed -nE 's/^ *(image:|FROM) +([^ @]+:[^ @]+)(@sha256:[0-9a-f]+)?.*/\2/p' docker-compose.yml Dockerfile \
+	  | grep -v '^tapraise-calls' | sort -u); \
+	for ref in $$refs; do \
+	  digest=$$(docker buildx imagetools inspect "$$ref" --format '{{.Manifest.Digest}}') || exit 1; \
+	  echo "$$ref@$$digest"; \
+	  sed -i -E "s#^( *image:| *FROM) +$$ref(@sha256:[0-9a-f]+)?#\1 $$ref@$$digest#" docker-compose.yml Dockerfile; \
+	done
+
+# The secret files docker-compose.yml mounts, made with random values where missing (an existing
+# file is never overwritten). The folder is the owner's alone; the files are readable by the
+# containers' own non-root users, which a bind-mounted secret keeps from the host.
+SECRETS := secrets
+
+compose-secrets:
+	@mkdir -p $(SECRETS) && chmod 700 $(SECRETS)
+	@random() { head -c 32 /dev/urandom | base64 | tr -d '/+=\n'; }; \
+	for name in postgres-password gateway-tokens codec-tokens; do \
+	  test -s $(SECRETS)/$$name || { random > $(SECRETS)/$$name; echo >> $(SECRETS)/$$name; echo "wrote $(SECRETS)/$$name"; }; \
+	done; \
+	test -s $(SECRETS)/encryption-keys || { \
+	  printf 'key-%s=%s\n' "$$(date -u +%Y%m%d)" "$$(head -c 32 /dev/urandom | base64)" > $(SECRETS)/encryption-keys; \
+	  echo "wrote $(SECRETS)/encryption-keys"; }
+	@chmod 644 $(SECRETS)/*
+	@test -s $(SECRETS)/tapraise-private-key.pem \
+	  || echo "missing: $(SECRETS)/tapraise-private-key.pem, the TapRaise service account's private key (not needed for the dev profile)"
