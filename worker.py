@@ -12,8 +12,9 @@ import logging
 import signal
 import sys
 from collections.abc import Coroutine
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,6 +38,7 @@ from tapraise import (
 from workflows.call import CallWorkflow
 from workflows.messages import TASK_QUEUE
 from workflows.policy import PolicyBook
+from workflows.retries import TAPRAISE_TRY
 
 log = logging.getLogger("tapraise_calls.worker")
 
@@ -132,6 +134,10 @@ def build_worker(
         **options,
     )
 
+
+# On SIGTERM the activities in flight may finish their TapRaise request (one try lasts at most
+# TAPRAISE_TRY); a container's stop grace period must be longer.
+GRACEFUL_SHUTDOWN: Final = TAPRAISE_TRY + timedelta(seconds=5)
 
 # Each cached workflow keeps its sandboxed copy of the workflow modules (about 0.3 MB). Calls
 # wait for hours between messages, so a smaller cache costs only a short replay when one wakes.
@@ -230,7 +236,11 @@ async def run(stop: asyncio.Event | None = None, settings: WorkerSettings | None
     async with settings.tapraise.make_client() as tapraise:
         await check_tapraise(tapraise)
         worker = build_worker(
-            client, tapraise, policy_book=book, max_cached_workflows=settings.max_cached_workflows
+            client,
+            tapraise,
+            policy_book=book,
+            max_cached_workflows=settings.max_cached_workflows,
+            graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         )
         log.info(
             "worker ready: task queue %s on %s (namespace %s), TapRaise at %s",

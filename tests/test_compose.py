@@ -23,6 +23,7 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
+from worker import GRACEFUL_SHUTDOWN
 from workflows.messages import TASK_QUEUE, CallSearchAttributes
 from workflows.retries import TAPRAISE_TRY
 
@@ -394,7 +395,7 @@ def test_the_worker_has_time_to_finish_its_work_when_stopped(
     worker = services["worker"]
     assert worker["init"] is True
     grace = seconds(worker["stop_grace_period"])
-    assert grace > TAPRAISE_TRY.total_seconds() + 10, grace
+    assert grace > GRACEFUL_SHUTDOWN.total_seconds() + 10 > TAPRAISE_TRY.total_seconds(), grace
     assert seconds(services["postgresql"]["stop_grace_period"]) >= grace
 
 
