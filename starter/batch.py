@@ -9,19 +9,26 @@ sent to the workflow, but one that is evidently a misspelt call field (`personUU
 starting — from its `uuid`, derived from an id column (`id_from`), or made at random — so that
 duplicates inside the file are found and a re-run of the same file starts nothing twice (given a
 uuid or an id column).
+
+A file is UTF-8 text (a byte-order mark is fine), read one line at a time and no line further
+than `MAX_LINE_BYTES`: another encoding is refused naming its first bad line, an oversized field
+naming its line and field. The results CSV is written to be opened in a spreadsheet: no cell of
+it can run as a formula.
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
 import io
 import json
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, BinaryIO, Final, TextIO
 
 from starter.service import (
     DEFAULT_CONCURRENCY,
@@ -152,8 +159,9 @@ def detect_format(
 ) -> BatchFormat:
     """The format of a batch file: `explicit`, else from the file name's extension.
 
-    Standard input (`name` '-') has no extension: given its `text`, it is JSONL when the first
-    thing in it is a JSON object, else CSV (a header line never opens with '{').
+    Standard input (`name` '-') has no extension: given its `text` (its first line will do),
+    it is JSONL when the first thing in it is a JSON object, else CSV (a header line never opens
+    with '{').
 
     Raises:
         BatchError: when nothing says (a name without a known extension).
@@ -174,29 +182,159 @@ def detect_format(
 
 
 def read_batch(text: str, fmt: BatchFormat, id_from: str | None = None) -> Batch:
-    """Parse and validate every row of a batch file.
+    """Parse and validate every row of a batch file given as text (see `load_batch`)."""
+    return _read(_Lines(io.BytesIO(text.encode("utf-8", "surrogatepass"))), fmt, id_from)
+
+
+def load_batch(
+    stream: BinaryIO, name: str, fmt: BatchFormat | None = None, id_from: str | None = None
+) -> Batch:
+    """Read, parse and validate every row of a batch file, one line at a time.
 
     Args:
-        text: The file's content.
-        fmt: CSV or JSONL.
+        stream: The file's bytes (UTF-8, with or without a byte-order mark).
+        name: The file's name, '-' for standard input (its format is then told by its first
+            line when `fmt` is None).
+        fmt: CSV or JSONL; None tells it by `name` (see `detect_format`).
         id_from: A column (CSV) or key (JSONL) holding an external id to derive the call uuid
             from; a dotted path reaches into a JSON cell (`externalMetadata.referenceId`).
 
     Returns:
-        Every row with its verdict; bad rows do not stop the others from being validated.
+        Every row with its verdict; bad rows do not stop the others from being validated. A
+        JSONL line longer than `MAX_LINE_BYTES` is a bad row, never read whole.
 
     Raises:
         BatchError: when the file has no rows, its header has a column that misspells a call
-            field, or a CSV header lacks the `id_from` column.
+            field, a CSV header lacks the `id_from` column, a CSV row is longer than
+            `MAX_LINE_BYTES` or is not CSV at all.
+        NotUtf8: naming the first line that is not UTF-8 text.
     """
-    text = text.removeprefix("\ufeff")
+    lines = _Lines(stream)
+    return _read(lines, detect_format(name, fmt, lines.opening()), id_from)
+
+
+def _read(lines: _Lines, fmt: BatchFormat, id_from: str | None) -> Batch:
+    lines.opening()  # passes over the blank lines a file may open with
     if fmt is BatchFormat.CSV:
-        records = _csv_records(text, id_from)
+        records = _csv_records(lines, id_from)
     else:
-        records = [_Record(line, value) for line, value in _jsonl_records(text)]
+        records = _jsonl_records(lines)
     if not records:
         raise BatchError("the file has no rows: nothing to start")
     return _validate(records, id_from)
+
+
+MAX_LINE_BYTES: Final = 1 << 20
+"""The longest line, and the longest CSV row, a batch file may hold (1 MiB, UTF-8 bytes).
+
+A row holds one call: with every field at its limit that is some 35,000 characters (140 KiB
+at four bytes each), so no export comes near. A file is read one bounded line at a time, so
+that one without line breaks (or with an unclosed quote) is refused instead of held whole.
+"""
+CSV_CELL_MAX_LENGTH: Final = 131_072
+"""The longest CSV cell, in characters: the `csv` module's own default limit, which is higher
+than any call field's. Checked here rather than by the module, so that a refusal names the
+column."""
+
+# Byte-order marks of the encodings a spreadsheet saves "Unicode text" in, for a clear refusal.
+_FOREIGN_BOMS: Final = (
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)
+
+
+class NotUtf8(BatchError):
+    """A file (or one of its lines) is not UTF-8 text; the message names the line."""
+
+
+def decode_text(raw: bytes, first_line: int = 1) -> str:
+    """`raw` (the whole of a file, or one of its lines) as UTF-8 text.
+
+    A UTF-8 byte-order mark opening a file is dropped.
+
+    Args:
+        raw: The bytes.
+        first_line: The line `raw` begins on; 1 is the start of the file.
+
+    Raises:
+        NotUtf8: naming the line (and the column) of the first byte that is not UTF-8, or the
+            file's foreign byte-order mark, or a NUL character (what UTF-16 text without a
+            byte-order mark looks like as UTF-8).
+    """
+    save = "save the file as UTF-8"
+    if first_line == 1:
+        for mark, encoding in _FOREIGN_BOMS:
+            if raw.startswith(mark):
+                raise NotUtf8(f"line 1 is not UTF-8: the file is {encoding} text; {save}")
+        raw = raw.removeprefix(codecs.BOM_UTF8)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        begins = raw.rfind(b"\n", 0, exc.start) + 1
+        line = first_line + raw.count(b"\n", 0, exc.start)
+        column = len(raw[begins : exc.start].decode("utf-8")) + 1
+        raise NotUtf8(
+            f"line {line} is not UTF-8: byte 0x{raw[exc.start]:02x} at column {column} "
+            f"({exc.reason}); {save}"
+        ) from None
+    if "\0" in text:
+        line = first_line + text.count("\n", 0, text.index("\0"))
+        raise NotUtf8(f"line {line} is not UTF-8 text: it holds NUL characters; {save}")
+    return text
+
+
+@dataclass(frozen=True)
+class _Line:
+    """One line of a file: its number, its text (with its line break) and its size in bytes; or
+    the first `MAX_LINE_BYTES` of it when it is longer (`too_long`: the rest was skipped)."""
+
+    number: int
+    text: str
+    size: int
+    too_long: bool = False
+
+
+class _Lines:
+    """The lines of a file, read and decoded one at a time, none read further than its bound."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._number = 0
+        self._ahead: _Line | None = None
+
+    def opening(self) -> str:
+        """The first line that is not blank ('' when none), read ahead: it is still to come.
+
+        The blank lines before it are passed over: they hold no row in either format.
+        """
+        if self._ahead is None and self._number == 0:
+            while (line := self._next()) is not None:
+                if line.too_long or line.text.strip():
+                    self._ahead = line
+                    break
+        return self._ahead.text if self._ahead is not None else ""
+
+    def __iter__(self) -> Iterator[_Line]:
+        if self._ahead is not None:
+            ahead, self._ahead = self._ahead, None
+            yield ahead
+        while (line := self._next()) is not None:
+            yield line
+
+    def _next(self) -> _Line | None:
+        raw = self._stream.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return None
+        self._number += 1
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            while (rest := self._stream.readline(64 * 1024)) and not rest.endswith(b"\n"):
+                pass  # skipped: the line is refused, so holding it would only cost memory
+            # Kept as far as it was read, to tell where it ran out of bounds.
+            text = raw[:MAX_LINE_BYTES].decode("utf-8", "ignore")
+            return _Line(self._number, text, MAX_LINE_BYTES, too_long=True)
+        return _Line(self._number, decode_text(raw, self._number), len(raw))
 
 
 @dataclass(frozen=True)
@@ -303,51 +441,139 @@ def _check_header(header: list[str], id_from: str | None) -> None:
         raise BatchError(f"--id-from {id_from}: the header has no such column")
 
 
-def _csv_records(text: str, id_from: str | None) -> list[_Record]:
-    reader = csv.DictReader(io.StringIO(text))
-    header = [name.strip() for name in reader.fieldnames or []]
-    if not header:
-        return []
-    reader.fieldnames = header
-    _check_header(header, id_from)
-    records: list[_Record] = []
-    for row in reader:
-        line = reader.line_num
-        if None in row:
-            records.append(_Record(line, f"more cells than the header's {len(header)} columns"))
-            continue
-        record: dict[str, Any] = {}
-        problems: list[str] = []
-        for name, cell in row.items():
-            value = (cell or "").strip()
-            if not name or not value:
-                continue  # empty cells are absent fields
-            if name in JSON_COLUMNS:
-                try:
-                    record[name] = json.loads(value)
-                except json.JSONDecodeError as exc:
-                    problems.append(f"{name}: not valid JSON ({exc.msg})")
-                    continue
-            else:
-                record[name] = value
-        records.append(_Record(line, record, tuple(problems)))
+@contextlib.contextmanager
+def _csv_field_limit(limit: int) -> Iterator[None]:
+    """The `csv` module's (process-wide) field limit raised while a file is read: rows are
+    bounded by `_RowFeed`, cells by `CSV_CELL_MAX_LENGTH` with a refusal naming the column."""
+    previous = csv.field_size_limit(limit)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+class _RowFeed:
+    """The lines of a CSV file as its reader takes them, each row bounded by `MAX_LINE_BYTES`.
+
+    Knows the line the row being read began on, and refuses a row that grows past the bound
+    (a line without a break, or a quote left open) before it is held whole.
+    """
+
+    def __init__(self, lines: Iterable[_Line]) -> None:
+        self._lines = iter(lines)
+        self.header: list[str] = []
+        self.first = 0  # the line the row being read began on
+        self._row: list[str] = []  # its text so far
+        self._size = 0  # and its size in bytes
+
+    def next_row(self) -> None:
+        """The reader is about to read a new row."""
+        self.first, self._row, self._size = 0, [], 0
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.first = self.first or line.number
+        self._size += line.size
+        if line.too_long or self._size > MAX_LINE_BYTES:
+            # What the bound let in is enough to tell the column (and within the field limit).
+            where = self._column(("".join(self._row) + line.text)[:MAX_LINE_BYTES])
+            if line.number == self.first:
+                raise BatchError(f"line {line.number} is longer than {MAX_LINE_BYTES} bytes{where}")
+            raise BatchError(
+                f"the row from line {self.first} runs on past {MAX_LINE_BYTES} bytes, to line "
+                f"{line.number}{where}: is a quote left open?"
+            )
+        self._row.append(line.text)
+        return line.text
+
+    def _column(self, text: str) -> str:
+        """Where the row's text runs out of bounds: ' (in column <name>)' when known."""
+        with contextlib.suppress(csv.Error, StopIteration):
+            cells = next(csv.reader([text]))
+            if 0 < len(cells) <= len(self.header):
+                return f" (in column {self.header[len(cells) - 1]})"
+        return ""
+
+
+def _csv_records(lines: Iterable[_Line], id_from: str | None) -> list[_Record]:
+    feed = _RowFeed(lines)
+    with _csv_field_limit(MAX_LINE_BYTES):
+        reader = csv.reader(feed)
+        header = [name.strip() for name in _next_row(reader, feed) or []]
+        if not header:
+            return []
+        feed.header = header
+        _check_header(header, id_from)
+        records: list[_Record] = []
+        while (row := _next_row(reader, feed)) is not None:
+            if row:  # a blank line holds no row
+                records.append(_csv_record(feed.first, header, row))
     return records
 
 
-def _jsonl_records(text: str) -> list[tuple[int, dict[str, Any] | str]]:
-    records: list[tuple[int, dict[str, Any] | str]] = []
-    for line, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
+def _next_row(reader: Iterator[list[str]], feed: _RowFeed) -> list[str] | None:
+    feed.next_row()
+    try:
+        return next(reader, None)
+    except csv.Error as exc:
+        raise BatchError(f"line {feed.first} is not valid CSV: {exc}") from None
+
+
+def _csv_record(line: int, header: list[str], row: list[str]) -> _Record:
+    if len(row) > len(header):
+        return _Record(line, f"more cells than the header's {len(header)} columns")
+    record: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, cell in zip(header, row, strict=False):
+        value = cell.strip()
+        if not name or not value:
+            continue  # empty cells are absent fields
+        if len(value) > CSV_CELL_MAX_LENGTH:
+            problems.append(
+                f"{name}: {len(value)} characters, more than a cell may hold "
+                f"({CSV_CELL_MAX_LENGTH})"
+            )
+        elif name in JSON_COLUMNS:
+            try:
+                record[name] = _json(value)
+            except ValueError as exc:
+                problems.append(f"{name}: {exc}")
+        else:
+            record[name] = value
+    return _Record(line, record, tuple(problems))
+
+
+def _json(text: str) -> Any:
+    """A JSON value, or ValueError saying why `text` is none."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg})") from None
+    except RecursionError:  # not a ValueError: it would escape as a crash
+        raise ValueError("not valid JSON (nested too deeply)") from None
+
+
+def _jsonl_records(lines: Iterable[_Line]) -> list[_Record]:
+    records: list[_Record] = []
+    for line in lines:
+        if line.too_long:
+            problem = f"the line is longer than {MAX_LINE_BYTES} bytes: not read"
+            records.append(_Record(line.number, problem))
+            continue
+        if not line.text.strip():
             continue
         try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            records.append((line, f"not valid JSON ({exc.msg})"))
+            value = _json(line.text)
+        except ValueError as exc:
+            records.append(_Record(line.number, str(exc)))
             continue
         if not isinstance(value, dict):
-            records.append((line, "a line must hold one JSON object"))
+            records.append(_Record(line.number, "a line must hold one JSON object"))
             continue
-        records.append((line, value))
+        records.append(_Record(line.number, value))
     return records
 
 
@@ -488,8 +714,24 @@ def summarize(outcomes: Iterable[str]) -> dict[str, int]:
     return counts
 
 
+# What opens a formula in a spreadsheet (OWASP's list for CSV injection): a cell opening with one
+# would be run, not shown, when the results file is opened in Excel, LibreOffice or Sheets.
+_FORMULA_OPENERS: Final = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(value: str) -> str:
+    """`value` as a spreadsheet shows it and never runs it: with a leading `'` when it opens with
+    a formula character (the spreadsheet hides the quote)."""
+    return f"'{value}" if value.startswith(_FORMULA_OPENERS) else value
+
+
 def write_results(target: TextIO, rows: list[dict[str, str]]) -> None:
-    """Write `result_rows` as CSV to `target` (a file opened with `newline=""`, or stdout)."""
-    writer = csv.DictWriter(target, fieldnames=list(rows[0]) if rows else RESULT_COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
+    """Write `result_rows` as CSV to `target` (a file opened with `newline=""`, or stdout).
+
+    Every cell, the header's too, goes through `spreadsheet_cell`: ids and details come from the
+    batch file, and the results file is made to be opened in a spreadsheet.
+    """
+    columns = list(rows[0]) if rows else list(RESULT_COLUMNS)
+    writer = csv.writer(target)
+    writer.writerow([spreadsheet_cell(name) for name in columns])
+    writer.writerows([spreadsheet_cell(row[name]) for name in columns] for row in rows)

@@ -9,6 +9,7 @@ scripts). Exit codes: 0 done, 1 refused or failed, 2 bad usage or input. An acti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
@@ -16,11 +17,11 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Final, NoReturn, TypeVar
+from typing import Annotated, Any, BinaryIO, Final, NoReturn, TypeVar
 
 import typer
 from rich.console import Console, Group, RenderableType
@@ -32,13 +33,15 @@ from rich.text import Text
 from devstack.options import stack_argv, stack_options
 from starter.batch import (
     INVALID,
+    MAX_LINE_BYTES,
     Batch,
     BatchError,
     BatchFormat,
     BatchResults,
+    NotUtf8,
     batch_results,
-    detect_format,
-    read_batch,
+    decode_text,
+    load_batch,
     result_rows,
     start_rows,
     write_results,
@@ -66,8 +69,10 @@ from starter.settings import StarterSettings
 from tapraise.models import format_timestamp
 from workflows.messages import (
     ATTEMPT,
+    CALL_NOTES_MAX_LENGTH,
     CANCEL,
     COMPLETE,
+    NOTE_MAX_LENGTH,
     RESCHEDULE,
     TASK_QUEUE,
     CallInput,
@@ -138,6 +143,18 @@ def _print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
+# Every line for people is a rich `Text`, never a markup string: names and values from files,
+# options and the workflow are shown as they are (a `[/x]` in a batch file would otherwise be
+# read as a closing tag, and a `:smile:` as an emoji code). A plain string is plain text here.
+_Part = str | tuple[str, str]
+"""A piece of a line for people: plain text, or (text, style)."""
+
+
+def _text(*parts: _Part) -> Text:
+    """One line for people from plain text and (text, style) pieces."""
+    return Text.assemble(*parts)
+
+
 def _show(as_json: bool, data: Any, human: RenderableType, soft_wrap: bool = True) -> None:
     """The answer: `data` as JSON for scripts, else `human` for people."""
     if as_json:
@@ -151,14 +168,14 @@ def _fail(message: str, as_json: bool, kind: str = "failed", **extra: Any) -> No
     if as_json:
         _print_json({"error": message, "kind": kind, **extra})
     else:
-        err.print(f"[red]error:[/red] {message}", soft_wrap=True)
+        err.print(_text(("error:", "red"), " ", message), soft_wrap=True)
     raise typer.Exit(EXIT_USAGE if kind == "invalid" else EXIT_FAILED)
 
 
 def _invalid(exc: InvalidInput, as_json: bool) -> NoReturn:
     if not as_json:
         for problem in exc.problems:
-            err.print(f"[red]invalid:[/red] {problem}", soft_wrap=True)
+            err.print(_text(("invalid:", "red"), " ", problem), soft_wrap=True)
         err.print("nothing was sent to Temporal")
         raise typer.Exit(EXIT_USAGE)
     _fail(str(exc), True, kind="invalid", problems=exc.problems)
@@ -187,6 +204,8 @@ def _load_json_object(text: str, what: str) -> dict[str, Any]:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidInput([f"{what}: not valid JSON ({exc.msg} at line {exc.lineno})"]) from None
+    except RecursionError:  # not a ValueError: it would escape as a crash
+        raise InvalidInput([f"{what}: not valid JSON (nested too deeply)"]) from None
     if not isinstance(value, dict):
         raise InvalidInput([f"{what}: must be a JSON object"])
     return value
@@ -230,21 +249,45 @@ def _write_results(name: str, rows: list[dict[str, str]]) -> None:
         write_results(target, rows)
 
 
-def _read_text(name: str) -> str:
-    """A file's text, or standard input's when `name` is '-' (a byte-order mark dropped)."""
+@contextlib.contextmanager
+def _opened(name: str) -> Iterator[BinaryIO]:
+    """A file's bytes, or standard input's when `name` is '-' (left open)."""
     if name == "-":
-        return sys.stdin.read().removeprefix("\ufeff")
-    return Path(name).read_text(encoding="utf-8-sig")
+        yield sys.stdin.buffer
+        return
+    with Path(name).open("rb") as stream:
+        yield stream
+
+
+def _read_call_text(name: str) -> str:
+    """The text of a call's JSON file, or of standard input when `name` is '-'.
+
+    A call is one JSON object: it is read as far as a batch file's longest line, no further.
+
+    Raises:
+        InvalidInput: naming the file and what is wrong with it: too long, or not UTF-8 (naming
+            the line).
+        OSError: when the file cannot be read.
+    """
+    what = "stdin" if name == "-" else name
+    with _opened(name) as stream:
+        raw = stream.read(MAX_LINE_BYTES + 1)
+    if len(raw) > MAX_LINE_BYTES:
+        raise InvalidInput([f"{what}: longer than {MAX_LINE_BYTES} bytes, too long for a call"])
+    try:
+        return decode_text(raw)
+    except NotUtf8 as exc:
+        raise InvalidInput([f"{what}: {exc}"]) from None
 
 
 # ── start ────────────────────────────────────────────────────────────────────────────────────
 
 
-def _start_line(result: StartResult) -> str:
+def _start_line(result: StartResult) -> Text:
     phase = f" (phase {result.phase.value})" if result.phase else ""
     if result.status is StartStatus.STARTED:
-        return f"[green]started[/green] {result.workflow_id}"
-    return f"[yellow]already started[/yellow] {result.workflow_id}{phase}"
+        return _text(("started", "green"), f" {result.workflow_id}")
+    return _text(("already started", "yellow"), f" {result.workflow_id}{phase}")
 
 
 # `start` reads the call as JSON from standard input or a file, or takes it from its options.
@@ -286,7 +329,12 @@ def start(
     requested_by: Annotated[
         str | None, typer.Option("--requested-by", help="requestedByUserUuid.")
     ] = None,
-    notes: Annotated[str | None, typer.Option("--notes", help="Free text for the agent.")] = None,
+    notes: Annotated[
+        str | None,
+        typer.Option(
+            "--notes", help=f"Free text for the agent (at most {CALL_NOTES_MAX_LENGTH} characters)."
+        ),
+    ] = None,
     timezone: Annotated[
         str | None,
         typer.Option("--timezone", help="The donor's IANA time zone (default Europe/Amsterdam)."),
@@ -324,10 +372,9 @@ def _call_from(
         if source == "-" and file is not None:
             raise InvalidInput(["give the call either as '-' or with --file, not both"])
         data: dict[str, Any] = {}
-        if file == "-" or source == "-":
-            data = _load_json_object(sys.stdin.read(), "stdin")
-        elif file is not None:
-            data = _load_json_object(_read_text(file), file)
+        if file is not None or source == "-":
+            name = file or "-"
+            data = _load_json_object(_read_call_text(name), "stdin" if name == "-" else name)
         data.update(fields)
         if policy is not None:
             data["policy"] = _load_json_object(policy, "policy")
@@ -421,12 +468,12 @@ def _check_results_target(results: str | None, as_json: bool) -> None:
 def _load_batch(path: str, fmt: BatchFormat | None, id_from: str | None, as_json: bool) -> Batch:
     """Read and validate the batch file; a file that cannot be used ends the command."""
     try:
-        text = _read_text(path)
-        return read_batch(text, detect_format(path, fmt, text), id_from)
+        with _opened(path) as stream:
+            return load_batch(stream, path, fmt, id_from)
     except OSError as exc:
         _fail(f"cannot read {path}: {exc.strerror}", as_json, kind="invalid")
-    except UnicodeDecodeError as exc:
-        _fail(f"cannot read {path}: not UTF-8 text ({exc.reason})", as_json, kind="invalid")
+    except NotUtf8 as exc:
+        _fail(f"cannot read {path}: {exc}; nothing started", as_json, kind="invalid")
     except BatchError as exc:
         _fail(f"{exc}; nothing started", as_json, kind="invalid")
 
@@ -434,19 +481,22 @@ def _load_batch(path: str, fmt: BatchFormat | None, id_from: str | None, as_json
 def _report_rows(report: Console, batch: Batch) -> None:
     """Each bad and duplicate row, and a warning about rows that got a random uuid."""
     for row in batch.bad:
-        report.print(f"[red]line {row.line}:[/red] {'; '.join(row.problems)}", soft_wrap=True)
+        line = _text((f"line {row.line}:", "red"), " ", "; ".join(row.problems))
+        report.print(line, soft_wrap=True)
     for row in batch.duplicates:
-        report.print(
-            f"[yellow]line {row.line}:[/yellow] duplicate of line {row.duplicate_of} "
+        line = _text(
+            (f"line {row.line}:", "yellow"),
+            f" duplicate of line {row.duplicate_of} "
             f"(call {row.call.uuid if row.call else '?'}): started once",
-            soft_wrap=True,
         )
+        report.print(line, soft_wrap=True)
     if batch.random_uuids:
-        report.print(
-            f"[yellow]note:[/yellow] {batch.random_uuids} row(s) have no uuid and got a random "
-            "one: running this file again would start them again (add a uuid column or --id-from)",
-            soft_wrap=True,
+        note = _text(
+            ("note:", "yellow"),
+            f" {batch.random_uuids} row(s) have no uuid and got a random one: running this file "
+            "again would start them again (add a uuid column or --id-from)",
         )
+        report.print(note, soft_wrap=True)
 
 
 def _refuse_file(batch: Batch, strict: bool, results: str | None, as_json: bool) -> NoReturn:
@@ -494,13 +544,13 @@ def _save_results(
 def _print_batch_report(report: Console, outcome: BatchResults, results: str | None) -> None:
     """The failed starts and how many rows had each outcome, for people."""
     for failed in outcome.failed:
-        report.print(f"[red]failed[/red] {failed.workflow_id}: {failed.detail}")
+        report.print(_text(("failed", "red"), f" {failed.workflow_id}: {failed.detail}"))
     summary = Table(title="start-batch", show_header=False)
     for label, count in outcome.summary.items():
         summary.add_row(label, str(count))
     report.print(summary)
     if results is not None and results != "-":
-        report.print(f"results written to {results}")
+        report.print(_text(f"results written to {results}"))
 
 
 def _unwritable(name: str) -> str | None:
@@ -559,13 +609,15 @@ def _act(
     workflow_id = workflow_id_for(target)
     if signal:
         sent = _run(ctx, lambda service: service.signal(target, name, message), as_json)
-        human = f"[green]sent[/green] signal {name} to {workflow_id}"
+        human = _text(("sent", "green"), f" signal {name} to {workflow_id}")
         _show(as_json, sent.to_json(), human, soft_wrap=False)
         return
     answer = _run(ctx, lambda service: service.act(target, name, message, key), as_json)
     accepted = model_json(answer)
     detail = f": {accepted['detail']}" if accepted.get("detail") else ""
-    human = f"[green]accepted[/green] {name} on {workflow_id}{detail} (phase {accepted['phase']})"
+    human = _text(
+        ("accepted", "green"), f" {name} on {workflow_id}{detail} (phase {accepted['phase']})"
+    )
     _show(as_json, {"workflowId": workflow_id, **accepted}, human)
 
 
@@ -600,7 +652,12 @@ def complete(
     ctx: typer.Context,
     call_uuid: _CallUuid,
     result_code: Annotated[str, typer.Option("--result-code", help="resultCode, e.g. confirmed.")],
-    notes: Annotated[str | None, typer.Option("--notes", help="Notes on the result.")] = None,
+    notes: Annotated[
+        str | None,
+        typer.Option(
+            "--notes", help=f"Notes on the result (at most {NOTE_MAX_LENGTH} characters)."
+        ),
+    ] = None,
     duration: Annotated[
         float | None, typer.Option("--duration", help="Seconds on the phone.")
     ] = None,
@@ -636,7 +693,10 @@ def reschedule(
     call_uuid: _CallUuid,
     at: Annotated[str, typer.Option("--at", help=f"Callback time: {_WHEN}.")],
     notes: Annotated[
-        str | None, typer.Option("--notes", help="Why, or what the donor said.")
+        str | None,
+        typer.Option(
+            "--notes", help=f"Why, or what the donor said (at most {NOTE_MAX_LENGTH} characters)."
+        ),
     ] = None,
     user: _User = None,
     request_id: RequestId = None,
@@ -653,7 +713,10 @@ def cancel(
     ctx: typer.Context,
     call_uuid: _CallUuid,
     reason: Annotated[
-        str | None, typer.Option("--reason", help="Why the call is not wanted.")
+        str | None,
+        typer.Option(
+            "--reason", help=f"Why the call is not wanted (at most {NOTE_MAX_LENGTH} characters)."
+        ),
     ] = None,
     at: Annotated[str | None, typer.Option("--at", help=f"cancelledAt: {_WHEN}.")] = None,
     request_id: RequestId = None,
@@ -677,23 +740,28 @@ def _state_panel(state: CallState) -> Panel:
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()
-    facts.add_row("phase", state.phase.value)
-    facts.add_row("TapRaise status", state.status.value if state.status else "—")
-    facts.add_row("type", state.type.value)
-    facts.add_row("person", str(state.person_uuid))
+
+    def fact(label: str, value: str | Text) -> None:
+        # Values come from the call's messages (notes, reasons, codes): text, never markup.
+        facts.add_row(Text(label), value if isinstance(value, Text) else Text(value))
+
+    fact("phase", state.phase.value)
+    fact("TapRaise status", state.status.value if state.status else "—")
+    fact("type", state.type.value)
+    fact("person", str(state.person_uuid))
     if state.calling_organization_uuid:
-        facts.add_row("organization", str(state.calling_organization_uuid))
-    facts.add_row("requested", local(state.requested_at))
-    facts.add_row("deadline", local(state.deadline))
+        fact("organization", str(state.calling_organization_uuid))
+    fact("requested", local(state.requested_at))
+    fact("deadline", local(state.deadline))
     limit = f" of {state.max_attempts}" if state.max_attempts else ""
-    facts.add_row("attempts", f"{state.attempts_made}{limit} (missed slots {state.missed_slots})")
+    fact("attempts", f"{state.attempts_made}{limit} (missed slots {state.missed_slots})")
     for number, record in enumerate(state.attempts, start=1):
-        facts.add_row(f"  #{number}", f"{local(record.attempt_at)} {record.outcome.value}")
+        fact(f"  #{number}", f"{local(record.attempt_at)} {record.outcome.value}")
     if state.next_slot_at:
         until = f" (due until {local(state.due_until)})" if state.due_until else ""
-        facts.add_row("next slot", f"{local(state.next_slot_at)}{until}")
+        fact("next slot", f"{local(state.next_slot_at)}{until}")
     if state.callback_at:
-        facts.add_row("callback", local(state.callback_at))
+        fact("callback", local(state.callback_at))
     if state.result:
         r = state.result
         extras = [
@@ -701,18 +769,22 @@ def _state_panel(state: CallState) -> Panel:
             f"{r.duration:g} s" if r.duration is not None else "",
             r.notes or "",
         ]
-        facts.add_row("result", " · ".join([r.result_code, *filter(None, extras)]))
+        fact("result", " · ".join([r.result_code, *filter(None, extras)]))
     if state.final_reason:
-        facts.add_row("outcome", state.final_reason)
+        fact("outcome", state.final_reason)
     if state.failure:
-        facts.add_row("failure", Text(state.failure, style="red"))
+        fact("failure", Text(state.failure, style="red"))
     events = Table(title="last events", show_edge=False, title_justify="left")
     events.add_column("at")
     events.add_column("event")
     events.add_column("detail")
     for event in state.events[-8:]:
-        events.add_row(local(event.at), event.kind, event.detail)
-    return Panel(Group(facts, events), title=f"call {state.call_uuid}", subtitle=state.workflow_id)
+        events.add_row(Text(local(event.at)), Text(event.kind), Text(event.detail))
+    return Panel(
+        Group(facts, events),
+        title=Text(f"call {state.call_uuid}"),
+        subtitle=Text(state.workflow_id),
+    )
 
 
 @app.command(epilog="Example: python -m starter status 5d1c…-uuid --json")
@@ -879,7 +951,7 @@ def list_calls(
         out.print(Text(header, style="bold"), soft_wrap=True)
         for line in lines:
             out.print(Text(line), soft_wrap=True)
-    err.print(f"{len(calls)} call(s) · {used}", soft_wrap=True)
+    err.print(_text(f"{len(calls)} call(s) · {used}"), soft_wrap=True)
 
 
 # ── serve and dev ────────────────────────────────────────────────────────────────────────────

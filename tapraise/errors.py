@@ -157,14 +157,24 @@ def make_status_error(response: httpx.Response) -> APIStatusError:
 _PLAIN_WORDING = {"extra_forbidden": "unknown field", "missing": "required"}
 
 
+# A field path names keys as they were sent: an unknown key may be as long as its input.
+_LONGEST_NAME = 64
+
+
+def _name(part: str | int) -> str:
+    text = str(part)
+    return text if len(text) <= _LONGEST_NAME else f"{text[: _LONGEST_NAME - 1]}…"
+
+
 def describe_problem(problem: ErrorDetails, whole: str = "value", *, plain: bool = False) -> str:
     """One pydantic problem as ``field.path: message``; ``whole`` names the value itself when
     the problem is not about one field. ``plain`` words it for people: "unknown field",
-    "required", and a validator's own message without pydantic's "Value error, "."""
+    "required", and a validator's own message without pydantic's "Value error, ". A name longer
+    than 64 characters is cut short (it came from the input)."""
     message = problem["msg"]
     if plain:
         message = _PLAIN_WORDING.get(problem["type"], message.removeprefix("Value error, "))
-    return f"{'.'.join(str(part) for part in problem['loc']) or whole}: {message}"
+    return f"{'.'.join(_name(part) for part in problem['loc']) or whole}: {message}"
 
 
 def describe_validation_error(error: ValidationError, whole: str = "value") -> str:
@@ -206,7 +216,7 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 def _parse_json(response: httpx.Response) -> Any:
     try:
         return json.loads(response.content) if response.content else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # a UnicodeDecodeError is a ValueError
         return None
 
 

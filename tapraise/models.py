@@ -161,6 +161,8 @@ class ExternalMetadata(_Response):
                 value = json.loads(value)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"additionalProperties is not valid JSON: {exc.msg}") from None
+            except RecursionError:  # not a ValueError: it would escape validation as a crash
+                raise ValueError("additionalProperties is nested too deeply") from None
             if not isinstance(value, dict):
                 raise ValueError("additionalProperties must be a JSON object")
         return value

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import string
 import uuid
@@ -45,7 +46,19 @@ from tests.helpers import demo_account, effects, gateway_client
 from tests.sandbox_fixture import SandboxServer
 from tests.temporal_fixture import CallWorker
 from workflows.call import CallWorkflow
-from workflows.messages import CallInput, CallPhase, CallSearchAttributes, CallState
+from workflows.messages import (
+    CALL_NOTES_MAX_LENGTH,
+    EXTERNAL_ID_MAX_LENGTH,
+    JSON_MAX_LENGTH,
+    NOTE_MAX_LENGTH,
+    RESULT_CODE_MAX_LENGTH,
+    STATUS_DESCRIPTION_MAX_LENGTH,
+    CallInput,
+    CallPhase,
+    CallSearchAttributes,
+    CallState,
+)
+from workflows.policy import TIMEZONE_MAX_LENGTH
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -113,6 +126,21 @@ BAD_POLICIES: list[tuple[str, dict[str, Any]]] = [
     ("policy.holidaysEverywhere", {"holidaysEverywhere": True}),
 ]
 
+# One field over its limit (the call is a verification call: it may carry externalMetadata).
+_LONG_JSON: Final = {"crm": "x" * JSON_MAX_LENGTH}
+OVERSIZED_CALL_FIELDS: list[tuple[str, dict[str, Any]]] = [
+    ("timezone", {"timezone": "Europe/" + "x" * TIMEZONE_MAX_LENGTH}),
+    ("externalMetadata.referenceId",
+     {"externalMetadata": {"referenceId": "r" * (EXTERNAL_ID_MAX_LENGTH + 1)}}),
+    ("externalMetadata.statusDescription",
+     {"externalMetadata": {"statusDescription": "s" * (STATUS_DESCRIPTION_MAX_LENGTH + 1)}}),
+    ("externalMetadata.additionalProperties",
+     {"externalMetadata": {"additionalProperties": _LONG_JSON}}),
+    ("externalMetadata.additionalProperties",
+     {"externalMetadata": {"additionalProperties": json.dumps(_LONG_JSON)}}),
+    ("policy", {"policy": {"blackoutDates": ["2030-01-01"] * (JSON_MAX_LENGTH // 10)}}),
+]  # fmt: skip
+
 CALL_FIELDS = set(CallInput.model_json_schema(by_alias=True)["properties"])
 
 
@@ -153,7 +181,7 @@ def bad_calls(
         "timezone": st.text(alphabet=string.ascii_letters + "/_", min_size=1, max_size=20).filter(
             lambda z: not _is_zone(z)
         ),
-        "notes": NOT_A_STRING | st.just("x" * 10_001),
+        "notes": NOT_A_STRING | st.just("x" * (CALL_NOTES_MAX_LENGTH + 1)),
     }
     if not keep_uuid:
         one_field["uuid"] = NOT_A_UUID
@@ -163,6 +191,9 @@ def bad_calls(
     ]
     options.append(
         st.sampled_from(BAD_POLICIES).map(lambda fp: (fp[0], {**valid, "policy": fp[1]}))
+    )
+    options.append(
+        st.sampled_from(OVERSIZED_CALL_FIELDS).map(lambda ff: (ff[0], {**valid, **ff[1]}))
     )
     extra_key = _misspelt_field() if in_batch else _unknown_key(CALL_FIELDS)
     options.append(st.tuples(extra_key, ANY_JSON).map(lambda kv: (kv[0], {**valid, kv[0]: kv[1]})))
@@ -230,6 +261,18 @@ def _bad_fields() -> list[st.SearchStrategy[tuple[str, str, Any]]]:
         _case("reschedule", "notes", NOT_A_STRING.map(lambda v: {"at": _future(), "notes": v})),
         _case("cancel", "cancelledAt", NOT_AN_AWARE_TIME.map(lambda v: {"cancelledAt": v})),
         _case("cancel", "reason", NOT_A_STRING.map(lambda v: {"reason": v})),
+        # One field over its limit.
+        _case(
+            "reschedule",
+            "notes",
+            st.just("n" * (NOTE_MAX_LENGTH + 1)).map(lambda v: {"at": _future(), "notes": v}),
+        ),
+        _case(
+            "complete",
+            "result.notes",
+            st.just({"result": {**_RESULT, "notes": "n" * (NOTE_MAX_LENGTH + 1)}}),
+        ),
+        _case("cancel", "reason", st.just({"reason": "r" * (NOTE_MAX_LENGTH + 1)})),
     ]
 
 
@@ -559,6 +602,86 @@ async def test_raw_bad_update_is_rejected_naming_the_field_and_bad_signal_is_dro
     assert lenient_sandbox.effects(call_uuid) == effects(create=1)
 
 
+def _oversized_actions(callback: datetime) -> list[tuple[str, str, int, dict[str, Any]]]:
+    """(action, field, its limit, a payload over it), as a plain `temporal` client may send.
+
+    Each would be carried out but for the one field (`callback`: a time the call accepts).
+    """
+    note = "n" * (NOTE_MAX_LENGTH + 1)
+    at = callback.isoformat()
+    return [
+        ("reschedule", "notes", NOTE_MAX_LENGTH, {"at": at, "notes": note}),
+        # Half of what Temporal takes in one payload (2 MB).
+        ("reschedule", "notes", NOTE_MAX_LENGTH, {"at": at, "notes": "n" * 1_000_000}),
+        ("complete", "result.notes", NOTE_MAX_LENGTH, {"result": {**_RESULT, "notes": note}}),
+        ("complete", "result.resultCode", RESULT_CODE_MAX_LENGTH,
+         {"result": {"resultCode": "c" * (RESULT_CODE_MAX_LENGTH + 1)}}),
+        ("cancel", "reason", NOTE_MAX_LENGTH, {"reason": note}),
+    ]  # fmt: skip
+
+
+async def _signals_handled(handle: WorkflowHandle[Any, Any]) -> None:
+    """Wait until a workflow task completed after the last signal: every signal was handled."""
+    for _ in range(200):
+        kinds = [event.event_type for event in (await handle.fetch_history()).events]
+        last_signal = max(
+            i for i, kind in enumerate(kinds)
+            if kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+        )  # fmt: skip
+        if EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED in kinds[last_signal:]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the signals were never handled")
+
+
+async def test_oversized_messages_are_refused_or_dropped_and_the_call_lives_on(
+    call_worker: CallWorker, lenient_sandbox: SandboxServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="temporalio.worker._workflow_instance")
+    call_uuid = await _scheduled_call(call_worker)
+    handle: WorkflowHandle[Any, Any] = call_worker.client.get_workflow_handle(f"call-{call_uuid}")
+    before = await _state(call_worker, call_uuid)
+    oversized = _oversized_actions(await call_worker.now(handle) + timedelta(minutes=30))
+    for action, field, limit, payload in oversized:
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await handle.execute_update(action, payload)
+        reasons = " | ".join(_reasons(refused.value.cause))
+        assert field.split(".")[-1] in reasons, reasons
+        assert f"at most {limit} characters" in reasons, reasons
+        await handle.signal(action, payload)
+    await _signals_handled(handle)
+
+    after = await _state(call_worker, call_uuid)
+    assert after == before  # not even an event: the signals never reached the workflow's code
+    history = await handle.fetch_history()
+    failed = [
+        e for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
+    ]
+    assert failed == []
+    # Each dropped signal is one warning line naming the field, never the value it carried.
+    dropped = [
+        r.getMessage() for r in caplog.records
+        if r.getMessage().startswith("Failed deserializing signal")
+    ]  # fmt: skip
+    assert len(dropped) == len(oversized)
+    for message, (_, field, limit, _) in zip(dropped, oversized, strict=True):
+        assert f"{field}: String should have at most {limit} characters" in message, message
+        assert len(message) < 1_000
+    # The call lives on: the next message in bounds is carried out.
+    accepted = await handle.execute_update("cancel", {"reason": "r" * NOTE_MAX_LENGTH})
+    assert accepted["phase"] == "cancelled"
+    assert lenient_sandbox.effects(call_uuid) == effects(create=1, cancel=1)
+
+
+def _reasons(cause: BaseException | None) -> list[str]:
+    """The messages of a failure and of the failures beneath it."""
+    reasons = []
+    while isinstance(cause, ApplicationError):
+        reasons.append(cause.message)
+        cause = cause.cause
+    return reasons
+
+
 @FEW
 @given(case=bad_calls(keep_uuid=True))
 async def test_bare_start_with_bad_json_fails_at_once_naming_the_field(
@@ -644,6 +767,8 @@ def test_sandbox_refuses_bad_action_bodies_with_400_and_changes_nothing(
     action, field, payload = case
     if action == "reschedule":
         return  # TapRaise has no reschedule: the workflow keeps callbacks to itself
+    if field == "result.notes":
+        return  # TapRaise publishes no limit of its notes: the bound is the workflow's own
     endpoint = {"attempt": "add-attempt", "complete": "complete", "cancel": "cancel"}[action]
     if action == "attempt" and isinstance(payload, dict):
         payload = {k: v for k, v in payload.items() if k != "outcome"}  # not a TapRaise field

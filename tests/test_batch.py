@@ -7,13 +7,18 @@ is asserted against Temporal itself, not against what the CLI says.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import csv
 import io
 import json
 import os
+import subprocess
 import sys
+import tracemalloc
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner, Result
@@ -21,10 +26,14 @@ from typer.testing import CliRunner, Result
 from encryption.codec import EncryptionCodec
 from sandbox.seed import DEMO_PERSON_UUIDS
 from starter.batch import (
+    CSV_CELL_MAX_LENGTH,
+    MAX_LINE_BYTES,
     BatchError,
     BatchFormat,
+    NotUtf8,
     batch_results,
     detect_format,
+    load_batch,
     read_batch,
     result_rows,
     write_results,
@@ -34,6 +43,7 @@ from starter.service import derive_call_uuid
 from tests.keys_fixture import RUN_KEYS
 from tests.sandbox_fixture import REPO_ROOT
 from tests.temporal_fixture import CallWorker
+from workflows.messages import CALL_NOTES_MAX_LENGTH, JSON_MAX_LENGTH
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -249,6 +259,241 @@ def test_results_carry_the_id_column_after_line_and_call_bad_rows_invalid() -> N
         BatchFormat.CSV, id_from="externalMetadata.referenceId",
     )  # fmt: skip
     assert result_rows(batch_results(dotted))[0]["externalMetadata.referenceId"] == "R-9"
+
+
+# ── what a file holds: encodings, sizes, spreadsheet formulas (no Temporal) ──────────────────
+
+PERSON = DEMO_PERSON_UUIDS[0]
+# No server listens here: a command that got past validation would fail to connect instead.
+NOWHERE = {"TEMPORAL_ADDRESS": "127.0.0.1:1", "TEMPORAL_NAMESPACE": "default"}
+LATIN_1 = f"personUuid,type,notes\n{PERSON},verification,ok\n{PERSON},verification,Jos\xe9\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (LATIN_1.encode("latin-1"),
+         "line 3 is not UTF-8: byte 0xe9 at column 54 (invalid continuation byte); "
+         "save the file as UTF-8"),
+        (f"personUuid,type\n{PERSON},winback\n".encode("utf-16"),
+         "line 1 is not UTF-8: the file is UTF-16 text; save the file as UTF-8"),
+        (f"personUuid,type\n{PERSON},winback\n".encode("utf-32"),
+         "line 1 is not UTF-8: the file is UTF-32 text; save the file as UTF-8"),
+        (f"personUuid,type\n{PERSON},winback\n".encode("utf-16-le"),
+         "line 1 is not UTF-8 text: it holds NUL characters; save the file as UTF-8"),
+    ],
+    ids=["latin-1", "utf-16", "utf-32", "utf-16 without byte-order mark"],
+)  # fmt: skip
+def test_a_file_in_another_encoding_is_refused_naming_its_first_bad_line(
+    data: bytes, message: str
+) -> None:
+    for name in ("calls.csv", "-"):
+        with pytest.raises(NotUtf8) as refused:
+            load_batch(io.BytesIO(data), name)
+        assert str(refused.value) == message
+
+
+def test_a_utf8_byte_order_mark_is_accepted_in_either_format() -> None:
+    call = {"personUuid": PERSON, "type": "winback"}
+    for text, name in (
+        (f"personUuid,type\n{PERSON},winback\n", "calls.csv"),
+        (json.dumps(call) + "\n", "calls.jsonl"),
+        (json.dumps(call), "-"),
+    ):
+        batch = load_batch(io.BytesIO(codecs.BOM_UTF8 + text.encode()), name)
+        assert [row.line for row in batch.good] == [2 if name.endswith(".csv") else 1]  # fmt: skip
+
+
+def test_an_oversized_field_is_refused_naming_its_line_and_field() -> None:
+    notes = "n" * (CALL_NOTES_MAX_LENGTH + 1)
+    metadata = json.dumps({"referenceId": "r" * 256})
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([
+        ["crmId", "personUuid", "type", "notes", "externalMetadata", "region"],
+        ["C-1", PERSON, "verification", notes, "", "north"],
+        ["C-2", PERSON, "verification", "ok", "", "h" * (CSV_CELL_MAX_LENGTH + 1)],
+        ["C-3", PERSON, "verification", "ok", metadata, "north"],
+        ["C-4", PERSON, "verification", "ok", "", "north"],
+    ])  # fmt: skip
+    text = buffer.getvalue()
+    batch = read_batch(text, BatchFormat.CSV, id_from="crmId")
+    assert [(row.line, row.problems) for row in batch.bad] == [
+        (2, ("notes: String should have at most 10000 characters",)),
+        (3, ("region: 131073 characters, more than a cell may hold (131072)",)),
+        (4, ("externalMetadata.referenceId: String should have at most 255 characters",)),
+    ]
+    assert [(row.line, row.external_id) for row in batch.good] == [(5, "C-4")]
+
+    lines = [
+        {"personUuid": PERSON, "type": "winback", "notes": notes},
+        {
+            "personUuid": PERSON,
+            "type": "verification",
+            "externalMetadata": {"additionalProperties": {"k": "v" * JSON_MAX_LENGTH}},
+        },
+    ]
+    jsonl = read_batch("\n".join(map(json.dumps, lines)), BatchFormat.JSONL)
+    assert [(row.line, row.problems) for row in jsonl.bad] == [
+        (1, ("notes: String should have at most 10000 characters",)),
+        (2, ("externalMetadata.additionalProperties: must be at most 10000 characters as "
+             "compact JSON, not 10008",)),
+    ]  # fmt: skip
+
+
+class _Endless(io.RawIOBase):
+    """`head`, then `size` bytes of 'x' without a line break, then `tail`: made as read."""
+
+    def __init__(self, head: bytes, size: int, tail: bytes) -> None:
+        self._parts = [head, b"", tail]
+        self._left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._parts[0]:
+            chunk, self._parts[0] = self._parts[0][: len(view)], self._parts[0][len(view) :]
+        elif self._left:
+            chunk = b"x" * min(len(view), self._left)
+            self._left -= len(chunk)
+        else:
+            chunk, self._parts[2] = self._parts[2][: len(view)], self._parts[2][len(view) :]
+        view[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def _peak_bytes(work: Callable[[], Any]) -> tuple[Any, int]:
+    """What `work` returns, and the most memory it held at once."""
+    tracemalloc.start()
+    try:
+        return work(), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+ENDLESS = 64 * MAX_LINE_BYTES  # 64 MiB on one line
+
+
+def test_an_endless_jsonl_line_is_a_bad_row_never_held_in_memory() -> None:
+    good = json.dumps({"personUuid": PERSON, "type": "winback"}).encode()
+    stream = io.BufferedReader(_Endless(b'{"notes": "', ENDLESS, b'"}\n' + good + b"\n"))
+    batch, peak = _peak_bytes(lambda: load_batch(stream, "calls.jsonl"))
+    assert [(row.line, row.problems) for row in batch.bad] == [
+        (1, ("the line is longer than 1048576 bytes: not read",))
+    ]
+    assert [row.line for row in batch.good] == [2]
+    assert peak < 4 * MAX_LINE_BYTES
+
+
+def test_an_endless_csv_row_refuses_the_file_naming_its_line_and_column() -> None:
+    head = f"personUuid,type,notes,region\n{PERSON},winback,".encode()
+    stream = io.BufferedReader(_Endless(head, ENDLESS, b",north\n"))
+    with pytest.raises(BatchError) as refused:
+        _peak_bytes(lambda: load_batch(stream, "calls.csv"))
+    assert str(refused.value) == "line 2 is longer than 1048576 bytes (in column notes)"
+
+    unclosed = f'personUuid,type,notes\n{PERSON},winback,"open\n' + ("m" * 999 + "\n") * 1100
+    with pytest.raises(BatchError) as open_quote:
+        read_batch(unclosed, BatchFormat.CSV)
+    assert str(open_quote.value).startswith(
+        "the row from line 2 runs on past 1048576 bytes, to line "
+    )
+    assert str(open_quote.value).endswith("(in column notes): is a quote left open?")
+
+
+def test_results_csv_defuses_cells_a_spreadsheet_would_run_and_json_stays_exact() -> None:
+    ids = ['=HYPERLINK("http://example.com")', "+1", "-2", "@SUM(A1)", "\tx", "\rx", "plain",
+           "a=b"]  # fmt: skip
+    text = "\n".join(
+        json.dumps({"=crm": crm_id, "personUuid": PERSON, "type": "winback"}) for crm_id in ids
+    )
+    rows = result_rows(batch_results(read_batch(text, BatchFormat.JSONL, id_from="=crm")))
+    assert [row["=crm"] for row in rows] == ids  # as `--json` and the gateway give them
+    buffer = io.StringIO()
+    write_results(buffer, rows)
+    written = list(csv.reader(io.StringIO(buffer.getvalue())))
+    assert written[0][:3] == ["line", "'=crm", "callUuid"]
+    assert [row[1] for row in written[1:]] == [
+        "'=HYPERLINK(\"http://example.com\")", "'+1", "'-2", "'@SUM(A1)", "'\tx", "'\rx",
+        "plain", "a=b",
+    ]  # fmt: skip
+
+
+def test_start_batch_prints_names_and_values_from_the_file_as_text(tmp_path: Path) -> None:
+    path = tmp_path / "calls.jsonl"
+    lines = [
+        {"personUuid": PERSON, "type": "verification", "timezone": "[/x]"},
+        {"personUuid": PERSON, "type": "verification", "policy": {"[/x]": 1, "[bold]b": 2}},
+        {"personUuid": PERSON, "type": "verification", "timezone": "Europe/:smile:"},
+    ]
+    path.write_text("\n".join(map(json.dumps, lines)) + "\n")
+    result = runner.invoke(app, ["start-batch", str(path)], env=NOWHERE)
+    assert result.exit_code == 2, result.output
+    assert "line 1: timezone: unknown IANA time zone '[/x]'" in result.stdout
+    assert "line 2: policy.[/x]: unknown field; policy.[bold]b: unknown field" in result.stdout
+    assert "line 3: timezone: unknown IANA time zone 'Europe/:smile:'" in result.stdout
+    assert "refused the whole file: 3 invalid row(s)" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (LATIN_1.encode("latin-1"), "line 3 is not UTF-8: byte 0xe9 at column 54"),
+        (f"personUuid,type\n{PERSON},winback\n".encode("utf-16"),
+         "line 1 is not UTF-8: the file is UTF-16 text"),
+        (f"personUuid,type,region\n{PERSON},winback,{'h' * (CSV_CELL_MAX_LENGTH + 1)}\n".encode(),
+         "line 2: region: 131073 characters, more than a cell may hold (131072)"),
+    ],
+    ids=["latin-1", "utf-16", "oversized cell"],
+)  # fmt: skip
+def test_start_batch_refuses_what_it_cannot_read_naming_the_line(
+    tmp_path: Path, data: bytes, message: str
+) -> None:
+    path = tmp_path / "calls.csv"
+    path.write_bytes(data)
+    result = runner.invoke(app, ["start-batch", str(path)], env=NOWHERE)
+    assert result.exit_code == 2, result.output
+    assert message in result.output + result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_start_file_in_another_encoding_is_refused_naming_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "call.json"
+    path.write_bytes(f'{{"personUuid": "{PERSON}",\n "notes": "Jos\xe9"}}'.encode("latin-1"))
+    result = runner.invoke(app, ["start", "--file", str(path), "--type", "winback"], env=NOWHERE)
+    assert result.exit_code == 2, result.output
+    assert f"invalid: {path}: line 2 is not UTF-8: byte 0xe9 at column 15" in result.stderr
+    assert "nothing was sent to Temporal" in result.stderr
+
+
+def test_start_batch_in_a_real_process_reports_encoding_and_writes_defused_results(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, **NOWHERE, "PYTHONPATH": str(REPO_ROOT)}
+    starter = [sys.executable, "-m", "starter", "start-batch", "-", "--format", "csv"]
+    latin = subprocess.run(
+        [*starter, "--json"], input=LATIN_1.encode("latin-1"), capture_output=True, env=env,
+        cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert latin.returncode == 2, latin.stderr
+    answer = json.loads(latin.stdout)
+    assert answer["kind"] == "invalid"
+    assert answer["error"] == (
+        "cannot read -: line 3 is not UTF-8: byte 0xe9 at column 54 (invalid continuation "
+        "byte); save the file as UTF-8; nothing started"
+    )
+    # Every row bad: nothing starts, and the results say why, row by row.
+    text = "crmId,personUuid,type\n=1+1,not-a-uuid,winback\n"
+    refused = subprocess.run(
+        [*starter, "--id-from", "crmId", "--results", "out.csv"], input=text.encode(),
+        capture_output=True, env=env, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stderr
+    assert b"Traceback" not in refused.stderr
+    with (tmp_path / "out.csv").open(newline="") as file:
+        [row] = list(csv.DictReader(file))
+    assert row["crmId"] == "'=1+1" and row["outcome"] == "invalid"
 
 
 # ── start-batch against Temporal ─────────────────────────────────────────────────────────────

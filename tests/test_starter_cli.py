@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import typer
+from rich.console import Console
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 from typer.testing import CliRunner, Result
@@ -27,9 +28,16 @@ import starter.cli
 from sandbox.seed import DEMO_ORGANIZATION_UUID, DEMO_PERSON_UUIDS, FOREIGN_PERSON_UUID
 from starter.cli import LIST_TSV_COLUMNS, _calls_lines, _calls_tsv, app
 from starter.service import CallSummary
+from tapraise.models import CallResult, CallType
 from tests.sandbox_fixture import REPO_ROOT, SandboxServer
 from tests.temporal_fixture import CallWorker
-from workflows.messages import CallPhase, CallSearchAttributes, workflow_id_for
+from workflows.messages import (
+    CallEvent,
+    CallPhase,
+    CallSearchAttributes,
+    CallState,
+    workflow_id_for,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -643,6 +651,22 @@ def test_the_calls_table_fits_the_terminal_and_keeps_the_workflow_id_whole(width
     if width == 80:
         assert headers.split() == ["workflow", "id", "phase", "type", "next", "(UTC)"]
         assert lines[1].endswith("11-30 10:00")
+
+
+def test_status_shows_what_the_call_was_told_as_text_never_as_markup() -> None:
+    now = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
+    told = "[/x] [bold]loud[/bold] :smile:"
+    state = CallState(
+        call_uuid=uuid.uuid4(), requested_at=now, workflow_id="call-x", type=CallType.WINBACK,
+        person_uuid=uuid.UUID(PERSON), phase=CallPhase.CANCELLED,
+        final_reason=f"cancelled: {told}", result=CallResult(result_code=told, notes=told),
+        events=[CallEvent(at=now, kind="ignored", detail=f"reschedule: {told}")],
+    )  # fmt: skip
+    console = Console(record=True, width=200)
+    console.print(starter.cli._state_panel(state))
+    shown = console.export_text()
+    assert f"cancelled: {told}" in shown and f"reschedule: {told}" in shown
+    assert f"{told} · {told}" in shown
 
 
 def test_piped_calls_are_tab_separated_in_full() -> None:

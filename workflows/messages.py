@@ -8,6 +8,7 @@ wire every field is camelCase (TapRaise's own names), so a plain
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final, Literal, TypeAlias
@@ -18,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    field_validator,
     model_validator,
 )
 from temporalio.common import SearchAttributeKey
@@ -35,6 +37,28 @@ COMPLETE: Final = "complete"
 RESCHEDULE: Final = "reschedule"
 CANCEL: Final = "cancel"
 STATE: Final = "state"
+
+# How long the free text of a call and of its messages may be. Every message is written into the
+# call's workflow history (and one still pending travels into a continued run), so one unbounded
+# field would let a single message grow a history towards Temporal's limits (2 MB a payload,
+# 50 MB a history). Each limit is far above what a CRM or an agent writes, and never looser than
+# TapRaise's own where its documentation gives one. A limit applies to what is sent from now on:
+# a history that holds a longer value from before it would no longer decode on replay, so a limit
+# is never lowered, and the recorded histories (the replay tests) all stay within them.
+CALL_NOTES_MAX_LENGTH: Final = 10_000
+"""The call's notes for the agent: a CRM may paste a donor's story (as it could before)."""
+NOTE_MAX_LENGTH: Final = 2_000
+"""An agent's note: a result's notes, a callback's notes, a cancellation's reason."""
+RESULT_CODE_MAX_LENGTH: Final = 64
+"""TapRaise's own limit of a result code (tapraise-api.md §4.1)."""
+EXTERNAL_ID_MAX_LENGTH: Final = 255
+"""An external system's names and ids (application, reference, agent, status code): a key of
+another system's database, whose key columns are rarely wider."""
+STATUS_DESCRIPTION_MAX_LENGTH: Final = 2_000
+"""The external status's description: a sentence or two, as a note."""
+JSON_MAX_LENGTH: Final = 10_000
+"""An object given as JSON (`policy`, `externalMetadata.additionalProperties`), as compact JSON
+text: a full policy override with a year of blackout dates is half of it."""
 
 
 def workflow_id_for(call_uuid: UUID | str) -> str:
@@ -167,6 +191,64 @@ class CallResume(CallProgress):
     pending: list[PendingMessage] = Field(default_factory=list)
 
 
+def _json_length(value: Any) -> int:
+    """The length of `value` as compact JSON text (a model as it would be sent).
+
+    Raises:
+        ValueError: when `value` is nested too deeply to be written at all.
+    """
+    if isinstance(value, BaseModel):
+        return len(value.model_dump_json())
+    try:
+        return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str))
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _revalidated(value: Any, model: type[BaseModel], bounded: type[BaseModel]) -> Any:
+    """TapRaise's own `model` (as Python callers build it) as data, to be checked as `bounded`."""
+    if isinstance(value, model) and not isinstance(value, bounded):
+        return value.model_dump(exclude_unset=True)
+    return value
+
+
+def _check_json_length(value: Any) -> None:
+    """Refuse an object (or the JSON string holding one) longer than `JSON_MAX_LENGTH`.
+
+    Measured before the value is parsed or validated, so that an oversized one costs no more
+    than its measuring.
+    """
+    length = len(value) if isinstance(value, str) else _json_length(value)
+    if length > JSON_MAX_LENGTH:
+        raise ValueError(
+            f"must be at most {JSON_MAX_LENGTH} characters as compact JSON, not {length}"
+        )
+
+
+class ResultInput(CallResult):
+    """A call's result as the agent's tooling reports it: TapRaise's result object, bounded."""
+
+    result_code: str = Field(min_length=1, max_length=RESULT_CODE_MAX_LENGTH)
+    notes: str | None = Field(default=None, max_length=NOTE_MAX_LENGTH)
+
+
+class ExternalMetadataInput(ExternalMetadata):
+    """The external system of a call as the CRM gives it: TapRaise's object, bounded."""
+
+    application_name: str | None = Field(default=None, max_length=EXTERNAL_ID_MAX_LENGTH)
+    reference_id: str | None = Field(default=None, max_length=EXTERNAL_ID_MAX_LENGTH)
+    agent_reference_id: str | None = Field(default=None, max_length=EXTERNAL_ID_MAX_LENGTH)
+    status_code: str | None = Field(default=None, max_length=EXTERNAL_ID_MAX_LENGTH)
+    status_description: str | None = Field(default=None, max_length=STATUS_DESCRIPTION_MAX_LENGTH)
+
+    @field_validator("additional_properties", mode="before")
+    @classmethod
+    def _bounded_properties(cls, value: Any) -> Any:
+        # Runs before the inherited validator that parses a JSON string.
+        _check_json_length(value)
+        return value
+
+
 class CallInput(_Message):
     """The workflow's input: one call as the CRM asked for it (TapRaise's field names)."""
 
@@ -177,12 +259,24 @@ class CallInput(_Message):
     related_case_uuid: UUID | None = None
     calling_organization_uuid: UUID | None = None
     requested_by_user_uuid: UUID | None = None
-    notes: str | None = Field(default=None, max_length=10_000)
-    external_metadata: ExternalMetadata | None = None
+    notes: str | None = Field(default=None, max_length=CALL_NOTES_MAX_LENGTH)
+    external_metadata: ExternalMetadataInput | None = None
     timezone: TimeZoneName | None = None
     policy: PolicyOverrides | None = None
     # Set only by the workflow itself when it continues as new: a first run refuses it.
     resume: CallResume | None = None
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _bounded_policy(cls, value: Any) -> Any:
+        # One bound for every list and string a policy override holds.
+        _check_json_length(value)
+        return value
+
+    @field_validator("external_metadata", mode="before")
+    @classmethod
+    def _bounded_metadata(cls, value: Any) -> Any:
+        return _revalidated(value, ExternalMetadata, ExternalMetadataInput)
 
     @model_validator(mode="after")
     def _external_calls_are_verifications(self) -> CallInput:
@@ -206,8 +300,13 @@ class AttemptSignal(_Message):
 class CompleteSignal(_Message):
     """The call reached the donor; carries TapRaise's result object."""
 
-    result: CallResult
+    result: ResultInput
     user_uuid: UUID | None = None
+
+    @field_validator("result", mode="before")
+    @classmethod
+    def _bounded_result(cls, value: Any) -> Any:
+        return _revalidated(value, CallResult, ResultInput)
 
 
 class RescheduleSignal(_Message):
@@ -215,14 +314,14 @@ class RescheduleSignal(_Message):
 
     at: AwareDatetime
     user_uuid: UUID | None = None
-    notes: str | None = None
+    notes: str | None = Field(default=None, max_length=NOTE_MAX_LENGTH)
 
 
 class CancelSignal(_Message):
     """The call is no longer wanted."""
 
     cancelled_at: AwareDatetime | None = None
-    reason: str | None = Field(default=None, max_length=2_000)
+    reason: str | None = Field(default=None, max_length=NOTE_MAX_LENGTH)
 
 
 Message: TypeAlias = AttemptSignal | CompleteSignal | RescheduleSignal | CancelSignal

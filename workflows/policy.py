@@ -199,7 +199,10 @@ def valid_timezone(value: str | None) -> str | None:
     return value
 
 
-TimeZoneName = Annotated[str, AfterValidator(valid_timezone)]
+# The longest IANA name is 32 characters ("America/Argentina/ComodRivadavia"): the bound leaves
+# room for new ones and keeps a refusal, which quotes the name, short.
+TIMEZONE_MAX_LENGTH: Final = 64
+TimeZoneName = Annotated[str, Field(max_length=TIMEZONE_MAX_LENGTH), AfterValidator(valid_timezone)]
 ResultCode = Annotated[str, Field(min_length=1, max_length=64)]
 
 _OFFICE_HOURS: Final = [TimeWindow(start="09:00", end="21:00")]
