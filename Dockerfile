@@ -3,7 +3,7 @@
 # serve`) and the codec server for the Web UI (`tapraise-calls-codec`). The `sandbox` stage is
 # the local TapRaise stand-in, for the compose file's dev profile. Neither image carries the
 # benchmarks, the tests, the development tools or the Temporal binaries (those are extras).
-FROM python:3.11-slim AS base
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7 AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

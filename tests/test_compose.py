@@ -413,6 +413,9 @@ def test_images_are_pinned(services: dict[str, dict[str, Any]]) -> None:
     assert services["temporal-schema"]["image"].startswith("temporalio/admin-tools:")
     assert services["temporal-setup"]["image"] == services["temporal-schema"]["image"]
     assert re.search(r"^pin-images:", (ROOT / "Makefile").read_text(), flags=re.MULTILINE)
+    bases = re.findall(r"^FROM (\S+)", (ROOT / "Dockerfile").read_text(), flags=re.MULTILINE)
+    outside = [base for base in bases if ":" in base]  # not one of the Dockerfile's own stages
+    assert outside and all(DIGEST.match(base) for base in outside), outside
 
 
 def test_app_services_run_the_projects_image_and_entry_points(
