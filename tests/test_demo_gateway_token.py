@@ -17,7 +17,14 @@ from pydantic import SecretStr
 from devstack.demo import hand_call_uuid
 from devstack.process import HOST, Child
 from devstack.run import guide, paste_lines, write_env_file
-from devstack.stack import GATEWAY_TOKEN_FILE, GatewayAuth, Stack, StackConfig, gateway_token
+from devstack.stack import (
+    GATEWAY_TOKEN_FILE,
+    GatewayAuth,
+    Stack,
+    StackConfig,
+    StackKeys,
+    gateway_token,
+)
 from sandbox.seed import DEMO_PERSON_UUIDS
 
 CONFIGURED = "a-token-the-user-configured-0123456789"
@@ -31,6 +38,7 @@ def stack_for(config: StackConfig) -> Stack:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     stack = Stack(config, asyncio.Event())
     stack.gateway_auth = GatewayAuth.for_stack(config)
+    stack.keys = StackKeys.for_stack(config)
     return stack
 
 
@@ -64,9 +72,12 @@ def test_the_guide_shows_lines_to_paste_and_writes_them_for_source(tmp_path: Pat
     token = gateway_token(config.data_dir)
     call = str(hand_call_uuid())
     text = guide(config, stack, call)
+    assert stack.keys is not None
     wanted = [
         f"export TEMPORAL_ADDRESS={config.temporal_address}",
         "export TEMPORAL_NAMESPACE=default",
+        f"export TEMPORAL_CODEC_ENDPOINT={config.codec_url}",
+        f"export ENCRYPTION_KEYS_FILE={stack.keys.file}",
         f"export GATEWAY={config.gateway_url}",
         f"export TOKEN={token}",
         f"export PERSON={DEMO_PERSON_UUIDS[0]}",
