@@ -94,6 +94,7 @@ async def test_payloads_written_before_encryption_pass_through() -> None:
         ("k=" + base64.b64encode(bytes(16)).decode(), "is 16 bytes; AES-256 needs 32"),
         (f"{NEW}\n{NEW}", "appears twice"),
     ],
+    ids=["empty", "comment", "no-equals", "bad-id", "not-base64", "short", "twice"],
 )
 def test_unusable_keys_are_refused_without_showing_a_key(text: str, problem: str) -> None:
     with pytest.raises(KeysError, match=problem) as refused:
