@@ -28,8 +28,12 @@ $(STAMP): pyproject.toml $(DEV_LOCK)
 
 setup: $(STAMP)
 
+# Two test processes, a module to each at a time (modules share their servers): most tests wait
+# on servers, so two of them keep two cores busy. `make test PARALLEL=` runs them in one.
+PARALLEL ?= -n 2 --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PARALLEL)
 
 # The call workflow tests once per kind of instant a call can start at (`make test` runs them at
 # the default kind, 03:00 on a working day); see tests/temporal_fixture.py for the kinds.
@@ -38,7 +42,7 @@ START_KINDS := weekday-morning weekday-2059 saturday-afternoon sunday holiday ds
 test-instants: $(STAMP)
 	@failed=""; for kind in $(START_KINDS); do \
 	  echo "calls starting at: $$kind"; \
-	  CALL_TESTS_START=$$kind $(PY) -m pytest -q tests/test_call_workflow.py tests/test_call_faults.py || failed="$$failed $$kind"; \
+	  CALL_TESTS_START=$$kind $(PY) -m pytest -q $(PARALLEL) tests/test_call_workflow.py tests/test_call_faults.py || failed="$$failed $$kind"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "failed for:$$failed"; exit 1; fi
 

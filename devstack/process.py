@@ -96,6 +96,9 @@ def _ephemeral_low() -> int:
 
 
 _handed_out: set[int] = set()
+# Which share of the ports this process picks from, (index, count): processes that pick at the
+# same time (test runs in parallel) take disjoint shares, so none hands out another's port.
+port_share: tuple[int, int] = (0, 1)
 
 
 def free_port() -> int:
@@ -106,9 +109,11 @@ def free_port() -> int:
     does, for its own listeners) or opens a connection.
     """
     pick = random.SystemRandom()
-    low = max(1024, _ephemeral_low() - 12000)
+    index, count = port_share
+    width = 12000 // count
+    low = max(1024, _ephemeral_low() - 12000) + index * width
     for _ in range(100):
-        port = pick.randrange(low, low + 12000)
+        port = pick.randrange(low, low + width)
         if port in _handed_out:
             continue
         with socket.socket() as sock:

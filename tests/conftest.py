@@ -1,9 +1,12 @@
 """Fixtures shared by every test module."""
 
 import dataclasses
+import os
 from datetime import timedelta
 
 import pytest
+
+import devstack.process
 
 # First: every process started below reads the run's encryption key from the environment.
 from tests.keys_fixture import RUN_KEYS  # noqa: F401
@@ -27,6 +30,17 @@ __all__ = [
     "tapraise_client",
     "temporal_env",
 ]
+
+
+def _share_ports_between_parallel_runs() -> None:
+    # Under pytest-xdist each worker process picks free ports from a share of its own.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker.startswith("gw") and count > 1:
+        devstack.process.port_share = (int(worker[2:]) % count, count)
+
+
+_share_ports_between_parallel_runs()
 
 
 def pytest_configure(config: pytest.Config) -> None:
