@@ -1,4 +1,5 @@
-"""The ``/_sandbox/`` routes for tests: inspection, test data, settings, faults and the API docs.
+"""The ``/_sandbox/`` routes for tests: inspection, test data, the TapRaise app
+(``sandbox.in_app``), settings, faults and the API docs.
 
 The app includes them only when it has an admin token, and ``sandbox.guard`` lets through only
 requests that carry it; they never see faults. Each area is one router; the app includes them in
@@ -16,7 +17,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from pydantic import UUID4, AwareDatetime, Field, model_validator
 
-from sandbox import store
+from sandbox import in_app, store
 from sandbox.auth import credentials, generate_key_pair
 from sandbox.faults import FaultConfig, FaultInjector
 from sandbox.operations import Settings
@@ -152,9 +153,15 @@ def stats(db: StoreDep) -> dict[str, Any]:
 
 
 @inspection.get("/_sandbox/marks")
-def marks(db: StoreDep) -> dict[str, Any]:
+def marks(
+    db: StoreDep,
+    entity_name: Annotated[str | None, Query(alias="entityName")] = None,
+    entity_uuid: Annotated[str | None, Query(alias="entityUuid")] = None,
+) -> dict[str, Any]:
+    # Each mark names the account that made it and its consumerIdentifier: which consumer
+    # processed which call, and under which id of its own.
     with db.transaction() as conn:
-        return {"marks": store.marks(conn)}
+        return {"marks": store.marks(conn, entity_name, entity_uuid)}
 
 
 # --- test data --------------------------------------------------------------------------------
@@ -283,6 +290,6 @@ def docs(request: Request) -> HTMLResponse:
 
 
 ROUTERS: tuple[APIRouter, ...] = (
-    inspection, test_data, settings_routes, fault_routes, docs_routes
+    inspection, test_data, in_app.router, settings_routes, fault_routes, docs_routes
 )  # fmt: skip
 """The ``/_sandbox/`` routers, in the order the app includes them."""

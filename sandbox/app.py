@@ -3,10 +3,12 @@
 Every ``/api/v1/`` request goes through :meth:`Sandbox.serve`, which injects faults, checks the
 token (refusing every one during a credential outage), runs the endpoint in one transaction and
 appends the request to the log. ``/healthz`` answers ``{"status": "ok"}`` to anyone and says
-nothing more. The ``/_sandbox/`` routes (inspection, test data, settings, faults, docs) exist
-only when the app is built with an admin token, and answer only requests that carry it
-(``sandbox.guard``); they never see faults. ``/`` answers an index of what is served (HTML for a
-browser, else JSON), and so does ``/_sandbox/`` when it exists.
+nothing more. The ``/_sandbox/`` routes (inspection, test data, the TapRaise app, settings,
+faults, docs) exist only when the app is built with an admin token, and answer only requests that
+carry it (``sandbox.guard``); they never see faults. Among them, ``/_sandbox/app/`` changes calls
+as a user of the TapRaise app does (``sandbox.in_app``), logged as ``app:<action>``. ``/``
+answers an index of what is served (HTML for a browser, else JSON), and so does ``/_sandbox/``
+when it exists.
 
 The store is its owner's alone: the data directory is made mode 0700 and every file in it 0600,
 whatever the umask (the request log holds donor notes, ``service-account.json`` a private key).
@@ -32,7 +34,7 @@ from sandbox.auth import authenticate, authorize, load_or_create_credentials, wi
 from sandbox.faults import Fault, FaultInjector
 from sandbox.guard import AdminGuard
 from sandbox.index import add_index_routes
-from sandbox.operations import ACTION_BODIES, Operation, Settings
+from sandbox.operations import ACTION_BODIES, AppOperation, Operation, Settings
 from sandbox.responses import error_response, http_handler, json_response, validation_handler
 from sandbox.store import Account, Store
 from sandbox.validation import ApiError, iso
@@ -55,11 +57,10 @@ CREDENTIAL_OUTAGE = "credential_outage"
 
 @dataclass(frozen=True)
 class _Job:
-    """One API request as received: what it asks for and the operation that carries it out."""
+    """One request as received: what it asks for, as the request log names it."""
 
     request: Request
     endpoint: str
-    operation: Operation
     call_uuid: str | None
     raw: bytes
     received: datetime
@@ -82,29 +83,29 @@ class Sandbox:
     ) -> Response:
         """Answer one TapRaise API request (faults, auth, the operation, the log)."""
         received = datetime.now(UTC)
-        job = _Job(request, endpoint, operation, call_uuid, await request.body(), received)
+        job = _Job(request, endpoint, call_uuid, await request.body(), received)
         fault = self.faults.decide(endpoint)
         if fault is not None and fault.latency > 0:
             await asyncio.sleep(fault.latency)
         if fault is not None and fault.kind == "late_apply":
-            held = asyncio.ensure_future(self._apply_later(job, fault))
+            held = asyncio.ensure_future(self._apply_later(job, operation, fault))
             self.held.add(held)
             held.add_done_callback(self.held.discard)
             # Shielded: a client that gives up must not stop the change from being applied.
             answer = await asyncio.shield(held)
         else:
-            answer = self._answer(job, fault)
+            answer = self._answer(job, operation, fault)
         if fault is not None and fault.kind == "late":
             # The change is applied and logged; only the answer is held back.
             await asyncio.sleep(fault.late_delay)
         return json_response(*answer)
 
-    async def _apply_later(self, job: _Job, fault: Fault) -> _Answer:
+    async def _apply_later(self, job: _Job, operation: Operation, fault: Fault) -> _Answer:
         # Nothing is looked at before the delay: a look-up meanwhile sees the state before.
         await asyncio.sleep(fault.late_apply_delay)
-        return self._answer(job, fault)
+        return self._answer(job, operation, fault)
 
-    def _answer(self, job: _Job, fault: Fault | None) -> _Answer:
+    def _answer(self, job: _Job, operation: Operation, fault: Fault | None) -> _Answer:
         """Run the request (unless a fault refuses it) and log it."""
         request, endpoint, call_uuid, raw = job.request, job.endpoint, job.call_uuid, job.raw
         account_email: str | None = None
@@ -122,7 +123,7 @@ class Sandbox:
                 account = authenticate(conn, request.headers.get("authorization"))
                 account_email = account.email
                 authorize(account, endpoint)
-                status, body, call_uuid = job.operation(conn, account, raw, datetime.now(UTC))
+                status, body, call_uuid = operation(conn, account, raw, datetime.now(UTC))
         except ApiError as exc:
             status, body, headers = exc.status, exc.body(), exc.headers
         except Exception:
@@ -130,6 +131,43 @@ class Sandbox:
             status, body = 500, ApiError(500, "Internal server error").body()
         if call_uuid is None and endpoint == "create":
             call_uuid = _body_uuid(raw)
+        self._log(job, call_uuid, status, label, account_email)
+        return status, body, headers
+
+    async def perform_in_app(
+        self, request: Request, action: str, operation: AppOperation, call_uuid: str | None
+    ) -> Response:
+        """Make a change as a user of the TapRaise app, and log it as the app's.
+
+        No fault, no service account, no credential outage: the app is not a client of the API.
+        The log names the endpoint ``app:<action>`` and no account email.
+        """
+        endpoint = f"{store.APP_ENDPOINT_PREFIX}{action}"
+        job = _Job(request, endpoint, call_uuid, await request.body(), datetime.now(UTC))
+        headers: dict[str, str] = {}
+        try:
+            with self.store.transaction() as conn:
+                status, body, call_uuid = operation(conn, job.raw, datetime.now(UTC))
+        except ApiError as exc:
+            status, body, headers = exc.status, exc.body(), exc.headers
+        except Exception:
+            logger.exception("unexpected error on %s %s", request.method, request.url.path)
+            status, body = 500, ApiError(500, "Internal server error").body()
+        if call_uuid is None:
+            call_uuid = _body_uuid(job.raw)
+        self._log(job, call_uuid, status, None, None)
+        return json_response(status, body, headers)
+
+    def _log(
+        self,
+        job: _Job,
+        call_uuid: str | None,
+        status: int,
+        fault: str | None,
+        account_email: str | None,
+    ) -> None:
+        """Append a received request and how it was answered to the request log."""
+        request, raw = job.request, job.raw
         with self.store.transaction() as conn:
             store.log_request(
                 conn,
@@ -138,15 +176,14 @@ class Sandbox:
                     "method": request.method,
                     "path": request.url.path,
                     "query": request.url.query,
-                    "endpoint": endpoint,
+                    "endpoint": job.endpoint,
                     "callUuid": call_uuid,
                     "status": status,
                     "requestBody": raw.decode("utf-8", "replace") if raw else None,
-                    "fault": label,
+                    "fault": fault,
                     "accountEmail": account_email,
                 },
             )
-        return status, body, headers
 
 
 def _body_uuid(raw: bytes) -> str | None:

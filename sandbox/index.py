@@ -43,11 +43,18 @@ PAGES: Final[tuple[Page, ...]] = (
     Page("GET", "/_sandbox/requests", "the request log (?callUuid=, ?endpoint=, ?limit=)"),
     Page("GET", "/_sandbox/calls/{call_uuid}", "one call as stored"),
     Page("GET", "/_sandbox/calls/{call_uuid}/effects", "the changes applied to one call"),
-    Page("GET", "/_sandbox/marks", "entities marked processed"),
+    Page(
+        "GET", "/_sandbox/marks", "entities marked processed, by whom (?entityName=, ?entityUuid=)"
+    ),
     Page("GET", "/_sandbox/organizations/{org_uuid}", "one organization"),
     Page("PUT", "/_sandbox/organizations/{org_uuid}", "change its name or maxCallAttempts"),
     Page("POST", "/_sandbox/organizations", "add an organization"),
     Page("POST", "/_sandbox/persons", "add a person"),
+    Page("POST", "/_sandbox/app/calls", "request a call as a user of the TapRaise app"),
+    *(
+        Page("PUT", f"/_sandbox/app/calls/{{call_uuid}}/{action}", f"{action} a call in the app")
+        for action in ("add-attempt", "complete", "cancel", "expire")
+    ),
     Page("POST", "/_sandbox/service-accounts", "add a service account (answers its key)"),
     Page("GET", "/_sandbox/settings", "clock skew, result codes, credential outage"),
     Page("PUT", "/_sandbox/settings", "change them"),

@@ -1,8 +1,14 @@
 """The TapRaise operations: what each API endpoint does to the store, with TapRaise's rules
-and status codes.
+and status codes, and the same changes made by a user in the TapRaise app.
 
 Every operation runs inside one store transaction and either answers or raises an
 :class:`ApiError`; nothing is written when it raises.
+
+Every change of a call, its creation included, sets ``lastUpdatedAt``: the time of the request
+in milliseconds, or one millisecond after the latest ``lastUpdatedAt`` already given out when
+that is later. Changes are made one at a time (one transaction each), so no two share a
+``lastUpdatedAt``, and a change committed after a page of ``GET /api/v1/calls`` was answered is
+later than every ``lastUpdatedAt`` on that page, even within the same millisecond.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sandbox import store
@@ -20,6 +26,9 @@ from sandbox.validation import (
     FINAL_STATUSES,
     AddAttemptIn,
     ApiError,
+    AppCallIn,
+    AppCancelIn,
+    AppExpireIn,
     CancelIn,
     CompleteIn,
     CreateCallIn,
@@ -40,12 +49,23 @@ ACTION_BODIES: dict[str, type[AddAttemptIn | CompleteIn | CancelIn | ExpireIn]] 
     "cancel": CancelIn,
     "expire": ExpireIn,
 }
+APP_ACTION_BODIES: dict[str, type[AddAttemptIn | CompleteIn | CancelIn | ExpireIn]] = {
+    "add-attempt": AddAttemptIn,
+    "complete": CompleteIn,
+    "cancel": AppCancelIn,
+    "expire": AppExpireIn,
+}
+"""The changes a user can make to a call in the TapRaise app: the API's actions, whose bodies
+the app's cancel and expire extend with the ``userUuid`` of the user."""
+_MILLISECOND = timedelta(milliseconds=1)
 
 # What an endpoint answers: (status, JSON body or None, the call's uuid when it names one).
 Outcome = tuple[int, Any, str | None]
 # An endpoint's work, given (connection, account, raw body, now); the app binds what it takes
 # before these (settings, the path's parts, the query).
 Operation = Callable[[sqlite3.Connection, Account, bytes, datetime], Outcome]
+# A change made in the TapRaise app, given (connection, raw body, now): no service account.
+AppOperation = Callable[[sqlite3.Connection, bytes, datetime], Outcome]
 
 
 @dataclass
@@ -123,6 +143,16 @@ def _text(value: uuid.UUID | None) -> str | None:
     return None if value is None else str(value)
 
 
+def _update_stamp(conn: sqlite3.Connection, now: datetime) -> str:
+    """The ``lastUpdatedAt`` of a change made at ``now`` (see the module's docstring)."""
+    moment = to_ms(now)
+    latest = store.latest_update(conn)
+    if latest is not None:
+        # Two changes in one millisecond, or a clock set back, still come out in order.
+        moment = max(moment, parse_iso(latest) + _MILLISECOND)
+    return iso(moment)
+
+
 def create(
     settings: Settings, conn: sqlite3.Connection, account: Account, raw: bytes, now: datetime
 ) -> Outcome:
@@ -136,7 +166,7 @@ def create(
     call_uuid = str(body.uuid or uuid.uuid4())
     if store.get_call(conn, call_uuid) is not None:
         raise ApiError(409, "Call already exists")
-    doc = _new_call_doc(body, call_uuid, now)
+    doc = _new_call_doc(body, call_uuid, now, _update_stamp(conn, now))
     external = body.external_metadata is not None
     requested_by = _text(body.requested_by_user_uuid)
     store.insert_call(conn, doc, organization_uuid, external, requested_by)
@@ -181,7 +211,9 @@ def _creator_scope(conn: sqlite3.Connection, account: Account, body: CreateCallI
     return organization_uuid
 
 
-def _new_call_doc(body: CreateCallIn, call_uuid: str, now: datetime) -> dict[str, Any]:
+def _new_call_doc(
+    body: CreateCallIn, call_uuid: str, now: datetime, updated_at: str
+) -> dict[str, Any]:
     """The document of a new call, with TapRaise's defaults filled in."""
     status = body.status or "requested"
     attempts = [
@@ -205,7 +237,7 @@ def _new_call_doc(body: CreateCallIn, call_uuid: str, now: datetime) -> dict[str
         "attempts": attempts,
         "attemptsCount": len(attempts),
         "result": result,
-        "lastUpdatedAt": iso(now),
+        "lastUpdatedAt": updated_at,
         "cancelledAt": iso(cancelled_at),
         "completedAt": iso(completed_at),
         "expiredAt": iso(now if status == "expired" else None),
@@ -268,10 +300,84 @@ def act(
     """``PUT /api/v1/calls/{uuid}/actions/{action}``, for an action in ``ACTION_BODIES``: change
     a call's state."""
     body = parse_body(ACTION_BODIES[action], raw, empty_ok=True)
+    checked = _path_uuid(call_uuid)
+    call = _in_scope(conn, account, checked)
+    doc = _change(conn, settings, call, body, now)
+    store.count_effect(conn, checked, action)
+    return 200, doc, checked
+
+
+def act_in_app(
+    settings: Settings,
+    action: str,
+    call_uuid: str,
+    conn: sqlite3.Connection,
+    raw: bytes,
+    now: datetime,
+) -> Outcome:
+    """Change a call's state as a user of the TapRaise app does, for an action in
+    ``APP_ACTION_BODIES``.
+
+    The API's rules apply (transitions, times, the maximum of attempts, result codes, the same
+    status codes), but no service account's scope: the app's user sees every call. A call
+    managed externally cannot be changed in the app (400). The change is not counted among the
+    API's effects.
+    """
+    body = parse_body(APP_ACTION_BODIES[action], raw, empty_ok=True)
+    checked = _path_uuid(call_uuid)
+    call = store.get_call(conn, checked)
+    if call is None:
+        raise ApiError(404, "Call is not found")
+    if call.managed_externally:
+        raise ApiError(400, "Call is managed externally; it cannot be changed in the app")
+    return 200, _change(conn, settings, call, body, now), checked
+
+
+def request_in_app(conn: sqlite3.Connection, raw: bytes, now: datetime) -> Outcome:
+    """Create a call as a user of the TapRaise app requests one: managed in TapRaise.
+
+    The call is ``requested``, has no external metadata and is held to the domain rules, as one
+    the API creates without ``externalMetadata``. The person must exist (400), and so must the
+    calling organization when one is named (400); a uuid already taken is a 409. Not counted
+    among the API's effects.
+    """
+    body = parse_body(AppCallIn, raw)
+    person = store.get_person(conn, str(body.person_uuid))
+    if person is None:
+        raise ApiError.invalid([("personUuid", "Person does not exist")])
+    calling = body.calling_organization_uuid
+    if calling is not None and store.get_organization(conn, str(calling)) is None:
+        raise ApiError.invalid([("callingOrganizationUuid", "Organization does not exist")])
+    call_uuid = str(body.uuid or uuid.uuid4())
+    if store.get_call(conn, call_uuid) is not None:
+        raise ApiError(409, "Call already exists")
+    # The API's create body of the same call, so that both make their documents alike.
+    as_created = CreateCallIn.model_validate(
+        {**body.model_dump(by_alias=True), "requestedAt": body.requested_at or to_ms(now)}
+    )
+    doc = _new_call_doc(as_created, call_uuid, now, _update_stamp(conn, now))
+    requested_by = str(body.requested_by_user_uuid)
+    store.insert_call(conn, doc, person["owningOrganizationUuid"], False, requested_by)
+    return 201, doc, call_uuid
+
+
+def _path_uuid(call_uuid: str) -> str:
+    """The call uuid of an action's path, once it is a version-4 UUID (else 400)."""
     checked = _uuid4_or_none(call_uuid)
     if checked is None:
         raise ApiError.invalid([("uuid", "Must be a version-4 UUID")])
-    call = _in_scope(conn, account, checked)
+    return checked
+
+
+def _change(
+    conn: sqlite3.Connection,
+    settings: Settings,
+    call: StoredCall,
+    body: AddAttemptIn | CompleteIn | CancelIn | ExpireIn,
+    now: datetime,
+) -> dict[str, Any]:
+    """Apply an action's body to a call under TapRaise's rules, store it and return its
+    document."""
     doc = call.doc
     completed_by: str | None = None
     if isinstance(body, AddAttemptIn):
@@ -293,10 +399,9 @@ def act(
         _transition(call, "expired")
         expired_at = _check_time(call, "expiredAt", body.expired_at, settings, now)
         doc.update(status="expired", expiredAt=iso(expired_at))
-    doc["lastUpdatedAt"] = iso(now)
+    doc["lastUpdatedAt"] = _update_stamp(conn, now)
     store.update_call(conn, doc, completed_by)
-    store.count_effect(conn, checked, action)
-    return 200, doc, checked
+    return doc
 
 
 def _uuid4_or_none(text: str) -> str | None:
@@ -379,7 +484,11 @@ def call_filter(account: Account, query: dict[str, str]) -> CallFilter:
         try:
             moment = datetime.fromisoformat(raw)
         except ValueError:
-            problems.append((name, "Must be an ISO-8601 datetime"))
+            message = "Must be an ISO-8601 datetime"
+            if " " in raw:
+                # A "+" left unescaped in a query string arrives as a space.
+                message += "; a '+' in a query string is sent as %2B"
+            problems.append((name, message))
             continue
         if moment.tzinfo is None or moment.utcoffset() is None:
             problems.append((name, "Must include a time zone"))

@@ -90,6 +90,9 @@ CREATE INDEX IF NOT EXISTS requests_call ON requests (call_uuid);
 """
 
 EFFECT_ACTIONS: tuple[str, ...] = ("create", "add-attempt", "complete", "cancel", "expire")
+APP_ENDPOINT_PREFIX = "app:"
+"""Marks a request-log entry as a change made in the TapRaise app (``app:complete``), not an API
+request of a service account."""
 
 
 @dataclass(frozen=True)
@@ -291,8 +294,16 @@ def update_call(
     )
 
 
+def latest_update(conn: sqlite3.Connection) -> str | None:
+    """The greatest ``lastUpdatedAt`` any call has been given, or None before the first call."""
+    row = conn.execute("SELECT MAX(last_updated_at) FROM calls").fetchone()
+    latest: str | None = row[0]
+    return latest
+
+
 def count_effect(conn: sqlite3.Connection, call_uuid: str, action: str) -> None:
-    """Count one applied state change of ``action`` on a call."""
+    """Count one state change of ``action`` a service account applied to a call through the
+    API (changes made in the app are not counted: tests assert the API's exactly-once effects)."""
     conn.execute(
         "INSERT INTO effects VALUES (?, ?, 1)"
         " ON CONFLICT (call_uuid, action) DO UPDATE SET count = count + 1",
@@ -306,7 +317,7 @@ def _counted(keys: Iterable[str], rows: Iterable[sqlite3.Row]) -> dict[str, int]
 
 
 def effects(conn: sqlite3.Connection, call_uuid: str) -> dict[str, int]:
-    """Return how many state changes of each action were applied to a call."""
+    """Return how many state changes of each action the API applied to a call."""
     rows = conn.execute("SELECT action, count FROM effects WHERE call_uuid = ?", (call_uuid,))
     return _counted(EFFECT_ACTIONS, rows)
 
@@ -430,9 +441,13 @@ def put_mark(
     _insert(conn, "marks", row, "INSERT OR REPLACE")
 
 
-def marks(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    """Return every mark, oldest first."""
-    return [_json(r) for r in conn.execute("SELECT * FROM marks ORDER BY marked_at, rowid")]
+def marks(
+    conn: sqlite3.Connection, entity_name: str | None = None, entity_uuid: str | None = None
+) -> list[dict[str, Any]]:
+    """Return the marks (every one, or those of one entity name and/or uuid), oldest first."""
+    clauses, params = _equal((("entity_name", entity_name), ("entity_uuid", entity_uuid)))
+    rows = conn.execute(f"SELECT * FROM marks {clauses} ORDER BY marked_at, rowid", params)
+    return [_json(r) for r in rows]
 
 
 # --- request log ------------------------------------------------------------------------------
@@ -452,17 +467,19 @@ def _body(text: str | None) -> Any:
         return text
 
 
+def _equal(pairs: Iterable[tuple[str, str | None]]) -> tuple[str, list[Any]]:
+    """A ``WHERE`` clause (or nothing) asking each column given a value to equal it."""
+    given = [(column, value) for column, value in pairs if value is not None]
+    if not given:
+        return "", []
+    return "WHERE " + " AND ".join(f"{column} = ?" for column, _ in given), [v for _, v in given]
+
+
 def requests(
     conn: sqlite3.Connection, call_uuid: str | None, endpoint: str | None, limit: int
 ) -> list[dict[str, Any]]:
     """Return the most recent ``limit`` logged requests matching the filters, oldest first."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    for column, value in (("call_uuid", call_uuid), ("endpoint", endpoint)):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    where, params = _equal((("call_uuid", call_uuid), ("endpoint", endpoint)))
     rows = conn.execute(
         f"SELECT * FROM requests {where} ORDER BY id DESC LIMIT ?", [*params, limit]
     ).fetchall()
@@ -470,14 +487,19 @@ def requests(
 
 
 def stats(conn: sqlite3.Connection) -> dict[str, Any]:
-    """Return totals over calls, requests, injected faults and applied effects."""
+    """Return totals over calls, API requests, changes made in the app, injected faults and
+    applied effects."""
     statuses = conn.execute("SELECT status, COUNT(*) FROM calls GROUP BY status")
     by_status = _counted(("requested", "completed", "cancelled", "expired"), statuses)
+    # The app's changes are counted apart: "requests" are what service accounts sent.
     per_endpoint: dict[str, dict[str, int]] = {}
+    per_app_action: dict[str, dict[str, int]] = {}
     for row in conn.execute(
         "SELECT endpoint, status, COUNT(*) AS n FROM requests GROUP BY endpoint, status"
     ):
-        per_endpoint.setdefault(row["endpoint"], {})[str(row["status"])] = row["n"]
+        endpoint: str = row["endpoint"]
+        counts = per_app_action if endpoint.startswith(APP_ENDPOINT_PREFIX) else per_endpoint
+        counts.setdefault(endpoint, {})[str(row["status"])] = row["n"]
     faults = {
         row["fault"]: row["n"]
         for row in conn.execute(
@@ -490,6 +512,10 @@ def stats(conn: sqlite3.Connection) -> dict[str, Any]:
         "requests": {
             "total": sum(sum(v.values()) for v in per_endpoint.values()),
             "byEndpoint": per_endpoint,
+        },
+        "appActions": {
+            "total": sum(sum(v.values()) for v in per_app_action.values()),
+            "byEndpoint": per_app_action,
         },
         "faults": faults,
         "effects": _counted(EFFECT_ACTIONS, applied),

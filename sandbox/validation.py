@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, overload
 
 from pydantic import (
     UUID4,
@@ -153,6 +153,12 @@ def to_ms(moment: datetime) -> datetime:
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
+@overload
+def iso(moment: datetime) -> str: ...
+@overload
+def iso(moment: None) -> None: ...
+@overload
+def iso(moment: datetime | None) -> str | None: ...
 def iso(moment: datetime | None) -> str | None:
     """Format a datetime the way TapRaise does: ``2023-05-01T00:00:00.000Z``.
 
@@ -262,6 +268,37 @@ class ExpireIn(_Body):
     """Body of ``PUT …/actions/expire``."""
 
     expired_at: Moment | None = None
+
+
+class AppCallIn(_Body):
+    """Body of ``POST /_sandbox/app/calls``: a call requested by a user in the TapRaise app.
+
+    A call requested in the app is managed in TapRaise: it has a type and no external metadata,
+    and the app knows who asked for it. ``requestedAt`` defaults to the time of the request.
+    """
+
+    uuid: UUID4 | None = None
+    person_uuid: UUID4
+    type: CallType
+    requested_by_user_uuid: UUID4
+    calling_organization_uuid: UUID4 | None = None
+    related_case_uuid: UUID4 | None = None
+    notes: str | None = None
+    requested_at: Moment | None = None
+
+
+class AppCancelIn(CancelIn):
+    """Body of ``PUT /_sandbox/app/calls/{uuid}/cancel``: the API's, and the app user who
+    cancelled (kept in the request log; the call object has no field for it)."""
+
+    user_uuid: UUID4 | None = None
+
+
+class AppExpireIn(ExpireIn):
+    """Body of ``PUT /_sandbox/app/calls/{uuid}/expire``: the API's, and the app user who
+    expired the call (kept in the request log)."""
+
+    user_uuid: UUID4 | None = None
 
 
 class MarkEntryIn(_Body):

@@ -250,9 +250,44 @@ class SandboxServer:
         return result
 
     def stats(self) -> dict[str, Any]:
-        """Return totals: calls per status, requests per endpoint and status, faults, effects."""
+        """Return totals: calls per status, API requests and changes made in the app per
+        endpoint and status, faults, effects."""
         result: dict[str, Any] = self._json(self._admin.get("/stats"))
         return result
+
+    def marks(
+        self, entity_name: str | None = None, entity_uuid: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Return the marks of processed entities (all, or those of one entity), oldest first.
+
+        Each names the ``accountEmail`` that marked it and its ``consumerIdentifier``.
+        """
+        params = {"entityName": entity_name, "entityUuid": entity_uuid}
+        given = {name: value for name, value in params.items() if value is not None}
+        result: list[dict[str, Any]] = self._json(self._admin.get("/marks", params=given))["marks"]
+        return result
+
+    # --- the TapRaise app -----------------------------------------------------------------------
+
+    def request_call_in_app(
+        self, person_uuid: str, call_type: str, requested_by_user_uuid: str, **fields: Any
+    ) -> dict[str, Any]:
+        """Request a call as a user of the TapRaise app; returns the call.
+
+        ``fields``: the optional camelCase fields (``uuid``, ``requestedAt``, ``notes``,
+        ``callingOrganizationUuid``, ``relatedCaseUuid``).
+        """
+        body = {"personUuid": person_uuid, "type": call_type,
+                "requestedByUserUuid": requested_by_user_uuid, **fields}  # fmt: skip
+        result: dict[str, Any] = self._json(self._admin.post("/app/calls", json=body))
+        return result
+
+    def change_in_app(
+        self, call_uuid: str, action: str, body: dict[str, Any] | None = None
+    ) -> httpx.Response:
+        """Change a call in the TapRaise app: ``action`` is ``add-attempt``, ``complete``,
+        ``cancel`` or ``expire``, ``body`` the API action's (plus ``userUuid``)."""
+        return self._admin.put(f"/app/calls/{call_uuid}/{action}", json=body or {})
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,8 @@ from tests.test_sandbox import BROWSER_ACCEPT, assert_error, client_for, sign
 
 pytestmark = pytest.mark.timeout(60)
 
-# A sample of the /_sandbox/ routes: inspection, test data, settings, faults, docs, the index.
+# A sample of the /_sandbox/ routes: inspection, test data, the app, settings, faults, docs,
+# the index.
 ADMIN_ROUTES = [
     ("GET", "/_sandbox/requests"),
     ("GET", "/_sandbox/stats"),
@@ -31,6 +32,8 @@ ADMIN_ROUTES = [
     ("PUT", "/_sandbox/faults"),
     ("POST", "/_sandbox/service-accounts"),
     ("POST", "/_sandbox/persons"),
+    ("POST", "/_sandbox/app/calls"),
+    ("PUT", "/_sandbox/app/calls/0b6f8c1e-3f4a-4c51-9d0e-2a7b5c9e8f10/complete"),
     ("GET", "/_sandbox/docs"),
     ("GET", "/_sandbox/openapi.json"),
     ("GET", "/_sandbox/health"),
