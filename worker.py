@@ -23,9 +23,11 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.actions import TapRaiseActivities
+from activities.follow import FollowerActivities
 from activities.policy import PolicyActivities
 from activities.turn import answer_turn
 from starter.connect import connect, load_env_file, missing_search_attributes
+from starter.follow import TemporalDispatcher, consumer_identifier
 from tapraise import (
     APIConnectionError,
     APIStatusError,
@@ -36,6 +38,7 @@ from tapraise import (
     describe_validation_error,
 )
 from workflows.call import CallWorkflow
+from workflows.follower import FollowerWorkflow
 from workflows.messages import TASK_QUEUE
 from workflows.policy import PolicyBook
 from workflows.retries import TAPRAISE_TRY
@@ -55,6 +58,7 @@ def sandbox_runner() -> SandboxedWorkflowRunner:
         "workflows.errors",
         "workflows.messages",
         "workflows.inbox",
+        "workflows.following",
         "workflows.retries",
         "workflows.policy",
         "workflows.schedule",
@@ -125,11 +129,12 @@ def build_worker(
     quiet_malformed_signals()
     calls = TapRaiseActivities(tapraise)
     policies = PolicyActivities(policy_book or PolicyBook.load())
+    follower = FollowerActivities(tapraise, TemporalDispatcher(client), consumer_identifier)
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[CallWorkflow],
-        activities=[*calls.all(), policies.resolve_policy, answer_turn],
+        workflows=[CallWorkflow, FollowerWorkflow],
+        activities=[*calls.all(), policies.resolve_policy, answer_turn, follower.follow_once],
         workflow_runner=sandbox_runner(),
         **options,
     )

@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import Annotated, Any, BinaryIO, Final, NoReturn, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
+from temporalio.client import Client
 
 from devstack.options import stack_argv, stack_options
 from starter.batch import (
@@ -47,6 +49,7 @@ from starter.batch import (
     write_results,
 )
 from starter.connect import connect, load_env_file
+from starter.follow import FollowerService
 from starter.service import (
     DEFAULT_CONCURRENCY,
     DEFAULT_LIST_LIMIT,
@@ -66,7 +69,15 @@ from starter.service import (
     parse_request_id,
 )
 from starter.settings import StarterSettings
-from tapraise.models import format_timestamp
+from tapraise.models import CallType, format_timestamp
+from workflows.following import (
+    DEFAULT_INTERVAL,
+    PAUSE,
+    RESUME,
+    RUN_NOW,
+    FollowerStatus,
+    FollowScope,
+)
 from workflows.messages import (
     ATTEMPT,
     CALL_NOTES_MAX_LENGTH,
@@ -184,10 +195,15 @@ def _invalid(exc: InvalidInput, as_json: bool) -> NoReturn:
 def _run(ctx: typer.Context, work: Callable[[CallService], Awaitable[T]], as_json: bool) -> T:
     """Connect, run `work` against the calls service, and turn failures into exit codes."""
     conn: Connection = ctx.obj
+    return _connected(ctx, lambda client: work(CallService(client, conn.task_queue)), as_json)
+
+
+def _connected(ctx: typer.Context, work: Callable[[Client], Awaitable[T]], as_json: bool) -> T:
+    """Connect, run `work` with the client, and turn failures into exit codes."""
+    conn: Connection = ctx.obj
 
     async def go() -> T:
-        client = await connect(conn.address, conn.namespace)
-        return await work(CallService(client, conn.task_queue))
+        return await work(await connect(conn.address, conn.namespace))
 
     try:
         return asyncio.run(go())
@@ -1030,3 +1046,113 @@ def _exit(code: int | str | None) -> NoReturn:
             pass
     logging.shutdown()
     os._exit(code or 0)
+
+
+# ── following TapRaise ───────────────────────────────────────────────────────────────────────
+
+sync_app = typer.Typer(
+    name="sync",
+    help="Follow TapRaise: adopt the calls requested there, and tell calls what changed there.",
+    no_args_is_help=True,
+)
+app.add_typer(sync_app)
+
+
+def _follower(
+    ctx: typer.Context, work: Callable[[FollowerService], Awaitable[T]], as_json: bool
+) -> T:
+    conn: Connection = ctx.obj
+    return _connected(ctx, lambda client: work(FollowerService(client, conn.task_queue)), as_json)
+
+
+def _show_follower(status: FollowerStatus, as_json: bool, lead: str) -> None:
+    watermark = status.watermark.isoformat() if status.watermark else "none yet"
+    last = status.last_round_at.isoformat(timespec="seconds") if status.last_round_at else "none"
+    lines = [
+        _text(lead),
+        _text(
+            f"  every {status.interval.total_seconds():g} s", " (paused)" if status.paused else ""
+        ),
+        _text(f"  watermark  {watermark}"),
+        _text(f"  last round {last}  (rounds {status.rounds}, failed {status.failed_rounds})"),
+        _text(
+            f"  adopted {status.adopted}  delivered {status.delivered}  ignored {status.ignored}"
+            f"  TapRaise requests {status.requests}"
+        ),
+    ]
+    if status.last_error:
+        lines.append(_text(("  last error ", "yellow"), status.last_error))
+    _show(as_json, status.model_dump(mode="json", by_alias=True), Text("\n").join(lines))
+
+
+@sync_app.command(
+    "start",
+    epilog="Example: python -m starter sync start --interval 30 --type verification",
+)
+def sync_start(
+    ctx: typer.Context,
+    interval: Annotated[
+        float, typer.Option("--interval", help="Seconds between rounds (at least 1).")
+    ] = DEFAULT_INTERVAL.total_seconds(),
+    call_types: Annotated[
+        list[CallType] | None,
+        typer.Option("--type", help="Adopt only calls of this type (repeatable; default: all)."),
+    ] = None,
+    organizations: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--org",
+            help="Adopt only calls of this calling organization (repeatable; default: all).",
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since", help=f"Follow changes after this time ({_WHEN}; default: from now on)."
+        ),
+    ] = None,
+    as_json: _AnswerJson = False,
+) -> None:
+    """Switch following on (once: a second start changes nothing)."""
+    try:
+        scope = FollowScope.model_validate(
+            {"callTypes": call_types or [], "organizationUuids": organizations or []}
+        )
+        moment = _moment(since)
+        start_at = datetime.fromisoformat(moment) if moment else datetime.now(UTC)
+        if start_at.tzinfo is None:
+            raise ValueError("--since needs an offset (e.g. Z)")
+    except (ValidationError, ValueError) as exc:
+        _invalid(InvalidInput([f"{' '.join(str(exc).split())}"]), as_json)
+
+    async def work(service: FollowerService) -> tuple[bool, FollowerStatus]:
+        return await service.start(timedelta(seconds=interval), scope, start_at)
+
+    started, status = _follower(ctx, work, as_json)
+    lead = "following TapRaise: started" if started else "following TapRaise already: unchanged"
+    _show_follower(status, as_json, lead)
+
+
+@sync_app.command("status", epilog="Example: python -m starter sync status --json")
+def sync_status(ctx: typer.Context, as_json: _AnswerJson = False) -> None:
+    """How following stands: watermark, last round, calls adopted, changes delivered, errors."""
+    _show_follower(_follower(ctx, lambda s: s.status(), as_json), as_json, "following TapRaise")
+
+
+@sync_app.command("run-now")
+def sync_run_now(ctx: typer.Context, as_json: _AnswerJson = False) -> None:
+    """Run a round now, and show what it found."""
+    status = _follower(ctx, lambda s: s.act(RUN_NOW), as_json)
+    _show_follower(status, as_json, "round done")
+
+
+@sync_app.command("pause")
+def sync_pause(ctx: typer.Context, as_json: _AnswerJson = False) -> None:
+    """Stop running rounds; what changes meanwhile is found after `resume`."""
+    _show_follower(_follower(ctx, lambda s: s.act(PAUSE), as_json), as_json, "paused")
+
+
+@sync_app.command("resume")
+def sync_resume(ctx: typer.Context, as_json: _AnswerJson = False) -> None:
+    """Run rounds again, the first one now."""
+    _show_follower(_follower(ctx, lambda s: s.act(RESUME), as_json), as_json, "resumed")

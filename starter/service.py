@@ -548,10 +548,11 @@ def initial_search_attributes(call: CallInput) -> TypedSearchAttributes:
     return TypedSearchAttributes(pairs)
 
 
-def _was_started(handle: WorkflowHandle[Any, Any]) -> bool:
-    """Whether a start with USE_EXISTING made a new run rather than returning the running one.
+def was_started(handle: WorkflowHandle[Any, Any]) -> bool:
+    """Whether a start with USE_EXISTING (or a signal-with-start) made a new run rather than
+    using the running one.
 
-    The server says so in `StartWorkflowExecutionResponse.started`; temporalio 1.35 keeps that
+    The server says so in the response's `started`; temporalio 1.35 keeps that
     response on the handle without a public accessor (the handle's `first_execution_run_id` is
     the same either way, so it cannot tell). Without the response, assume a new run.
     """
@@ -608,7 +609,7 @@ class CallService:
             return StartResult(call.uuid, StartStatus.ALREADY_STARTED, phase, "call is closed")
         except RPCError as exc:
             raise _rpc_problem(exc) from exc
-        if _was_started(handle):
+        if was_started(handle):
             return StartResult(call.uuid, StartStatus.STARTED, CallPhase.CREATING)
         phase = await self.phase(call.uuid)
         return StartResult(call.uuid, StartStatus.ALREADY_STARTED, phase)

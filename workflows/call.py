@@ -57,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
         MESSAGE_MODELS,
         RESCHEDULE,
         STATE,
+        SYNC,
         WORKFLOW_TYPE,
         ActionAccepted,
         AttemptRecord,
@@ -72,6 +73,7 @@ with workflow.unsafe.imports_passed_through():
         CompleteSignal,
         PendingMessage,
         RescheduleSignal,
+        SyncSignal,
         call_uuid_from_workflow_id,
         to_json,
     )
@@ -118,6 +120,9 @@ class CallWorkflow:
         complete    {"result": {"resultCode", …}, "userUuid"?}
         reschedule  {"at", "userUuid"?, "notes"?}             the donor asked for a callback
         cancel      {"cancelledAt"?, "reason"?}
+    Signal only:
+        sync        the call as TapRaise holds it now (from the follower): a call made final in
+                    TapRaise closes in that phase, attempts added there are counted
     Query:
         state       the whole `CallState` snapshot
     """
@@ -372,8 +377,31 @@ class CallWorkflow:
             self._reschedule(action, msg)
         elif isinstance(msg, CompleteSignal):
             await self._complete(action, msg)
+        elif isinstance(msg, SyncSignal):
+            self._sync(action, msg)
         else:
             await self._cancel(action, msg)
+
+    def _sync(self, action: Action, call: SyncSignal) -> None:
+        """Take what TapRaise holds: attempts added there, and a final state set there.
+
+        Nothing is sent to TapRaise: it holds this already. Attempts are merged by identity,
+        so an attempt this call recorded itself, or a change told twice, counts once.
+        """
+        before = len(self._record.attempts)
+        self._adopt_unrecorded_attempts(call)
+        if len(self._record.attempts) > before:
+            self._slot = None  # the next slot follows the newest attempt, and the count
+            self._record.missed_slot_at = None
+            self._enter(CallPhase.SCHEDULED)
+        if call.status in _STATUS_PHASE:
+            self._record.status = call.status
+            if call.result is not None:
+                self._result = call.result
+            self._final_reason = f"{call.status.value} in TapRaise"
+            self._log("synced", f"{call.status.value} in TapRaise: closed without a final action")
+            self._enter(_STATUS_PHASE[call.status])
+        action.detail = f"synced with TapRaise ({call.status.value})"
 
     async def _record_attempt(self, action: Action, msg: AttemptSignal) -> None:
         attempt_at = to_millis(msg.attempt_at or action.received_at)
@@ -783,6 +811,15 @@ class CallWorkflow:
     @workflow.signal(name=CANCEL)
     def cancel_signal(self, msg: CancelSignal) -> None:
         self._accept(CANCEL, msg)
+
+    @workflow.signal(name=SYNC)
+    def sync_signal(self, msg: SyncSignal) -> None:
+        if msg.uuid != self._record.call_uuid:
+            workflow.logger.warning("sync ignored: it is about another call")
+            return
+        if self._phase.is_final:
+            return  # told late what this call knows already
+        self._accept(SYNC, msg)
 
     @workflow.update(name=ATTEMPT)
     async def attempt_update(self, msg: AttemptSignal) -> ActionAccepted:

@@ -15,6 +15,7 @@ from workflows.messages import (
     CancelSignal,
     CompleteSignal,
     RescheduleSignal,
+    SyncSignal,
 )
 
 
@@ -23,7 +24,7 @@ class Action:
     """A message accepted by a handler, waiting for the main loop to carry it out."""
 
     kind: str
-    message: AttemptSignal | CompleteSignal | RescheduleSignal | CancelSignal
+    message: AttemptSignal | CompleteSignal | RescheduleSignal | CancelSignal | SyncSignal
     received_at: datetime
     done: bool = False
     detail: str = ""

@@ -24,7 +24,14 @@ from pydantic import (
 )
 from temporalio.common import SearchAttributeKey
 
-from tapraise.models import CallResult, CallStatus, CallType, CamelModel, ExternalMetadata
+from tapraise.models import (
+    Call,
+    CallResult,
+    CallStatus,
+    CallType,
+    CamelModel,
+    ExternalMetadata,
+)
 from workflows.policy import AttemptOutcome, CallPolicy, PolicyOverrides, TimeZoneName
 
 TASK_QUEUE: Final = "tapraise-calls"
@@ -36,6 +43,8 @@ ATTEMPT: Final = "attempt"
 COMPLETE: Final = "complete"
 RESCHEDULE: Final = "reschedule"
 CANCEL: Final = "cancel"
+# What TapRaise holds now, told by the follower (signal only): the call as TapRaise returns it.
+SYNC: Final = "sync"
 STATE: Final = "state"
 
 # How long the free text of a call and of its messages may be. Every message is written into the
@@ -324,14 +333,25 @@ class CancelSignal(_Message):
     reason: str | None = Field(default=None, max_length=NOTE_MAX_LENGTH)
 
 
-Message: TypeAlias = AttemptSignal | CompleteSignal | RescheduleSignal | CancelSignal
-"""Any message an agent's tooling sends (the same payload serves its signal and its update)."""
+class SyncSignal(Call):
+    """The call as TapRaise returns it now (`sync`): changed in TapRaise, e.g. in its app.
+
+    A call completed, cancelled or expired there closes in that phase without a final action;
+    attempts added there count towards the maximum and move the next slot; a result entered
+    there is kept.
+    """
+
+
+Message: TypeAlias = AttemptSignal | CompleteSignal | RescheduleSignal | CancelSignal | SyncSignal
+"""Any message the call takes (the same payload serves a signal and its update; `sync` is a
+signal only)."""
 
 MESSAGE_MODELS: Final[dict[str, type[Message]]] = {
     ATTEMPT: AttemptSignal,
     COMPLETE: CompleteSignal,
     RESCHEDULE: RescheduleSignal,
     CANCEL: CancelSignal,
+    SYNC: SyncSignal,
 }
 
 

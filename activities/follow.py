@@ -1,0 +1,245 @@
+"""The follower's round: what changed in TapRaise, handed to the call workflows.
+
+`FollowerActivities.follow_once` pages `GET /api/v1/calls?updatedAfter=…` and gives each changed
+call to a `CallDispatcher`, which knows Temporal (the worker wires `starter.follow`'s): a call
+requested in TapRaise in the follower's scope is started (or, when its workflow runs, told what
+TapRaise holds) by one signal-with-start; any other call's running workflow is told; a call
+whose workflow has ended, or that another system manages (`externalMetadata`), is left alone.
+Calls adopted are marked processed, with the workflow id as the consumer's identifier.
+
+Idempotency: a round may be run again (a retry, a crashed worker, an overlap): starting an
+existing call's workflow reuses it, and a call applies what TapRaise holds however often it is
+told (`sync` merges by attempt identity). Only the counts can come out higher than the effects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Final, Protocol
+from uuid import UUID
+
+from pydantic import AwareDatetime, Field
+from temporalio import activity
+
+from tapraise import TapRaiseClient
+from tapraise.errors import BadRequestError, TapRaiseError
+from tapraise.models import (
+    Call,
+    CallStatus,
+    CallType,
+    CamelModel,
+    EntityName,
+    MarkProcessedEntry,
+    MarkProcessedErrors,
+)
+
+PAGE_SIZE: Final = 100
+OVERLAP: Final = timedelta(seconds=5)
+"""How far before its watermark a round asks again: a change TapRaise records with a time a
+little older than one already seen (another server's clock, a transaction committed late) is
+still found. What the overlap finds again is recognised and not delivered twice."""
+MAX_ERRORS: Final = 10
+"""Errors a round reports (the follower keeps as many)."""
+
+
+class _Message(CamelModel):
+    """Base of the round's messages: camelCase on the wire."""
+
+
+class FollowScope(_Message):
+    """Which calls requested in TapRaise the follower adopts (empty: every one).
+
+    Calls with `externalMetadata` are managed by another system and never adopted.
+    """
+
+    call_types: list[CallType] = Field(default_factory=list, max_length=10)
+    organization_uuids: list[UUID] = Field(default_factory=list, max_length=1_000)
+
+    def covers(self, call_type: CallType, organization_uuid: UUID | None) -> bool:
+        """Whether a TapRaise-managed call of this type and organization is adopted."""
+        if self.call_types and call_type not in self.call_types:
+            return False
+        return not self.organization_uuids or organization_uuid in self.organization_uuids
+
+
+class Seen(_Message):
+    """One change a round delivered: the call and the `lastUpdatedAt` it was delivered at."""
+
+    call_uuid: UUID
+    last_updated_at: AwareDatetime
+
+
+class FollowRequest(_Message):
+    """What one round of following asks the activity to do."""
+
+    updated_after: AwareDatetime | None
+    scope: FollowScope
+    recent: list[Seen] = Field(default_factory=list)
+    unmarked: list[UUID] = Field(default_factory=list)
+    task_queue: str
+
+
+class FollowOutcome(_Message):
+    """What one round found and did (the activity's answer)."""
+
+    newest: AwareDatetime | None = None
+    recent: list[Seen] = Field(default_factory=list)
+    listed: int = 0
+    adopted: int = 0
+    delivered: int = 0
+    ignored: int = 0
+    marked: int = 0
+    unmarked: list[UUID] = Field(default_factory=list)
+    requests: int = 0
+    errors: list[str] = Field(default_factory=list)
+
+
+class Delivery(StrEnum):
+    """What became of one changed call."""
+
+    STARTED = "started"  # no workflow ran it: one was started, adopting the call
+    DELIVERED = "delivered"  # its running workflow was told what TapRaise holds
+    NOT_RUNNING = "not_running"  # no workflow runs it, and none is to be started
+
+
+class CallDispatcher(Protocol):
+    """Hands a changed call to its workflow (the worker wires one that knows Temporal)."""
+
+    async def dispatch(self, call: Call, adopt: bool, task_queue: str) -> Delivery:
+        """Tell the call's running workflow what TapRaise holds; with `adopt`, start one first
+        when none runs (the start request our own tools send)."""
+        ...
+
+
+ConsumerId = Callable[[UUID], str]
+
+
+class FollowerActivities:
+    """The follower's activities: a TapRaise client, and the dispatcher to Temporal."""
+
+    def __init__(
+        self,
+        tapraise: TapRaiseClient,
+        dispatcher: CallDispatcher,
+        consumer_id: ConsumerId,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._tapraise = tapraise
+        self._dispatcher = dispatcher
+        self._consumer_id = consumer_id
+        self._clock = clock or (lambda: datetime.now(UTC))
+
+    @activity.defn(name="follow_once")
+    async def follow_once(self, request: FollowRequest) -> FollowOutcome:
+        """One round: `GET /api/v1/calls?updatedAfter=…` until the last page, every change given
+        to its workflow, adopted calls marked processed (`POST …/mark-processed`).
+
+        A transient TapRaise or Temporal failure fails the round; the next one asks again from
+        the same watermark, and what this one did already changes nothing the second time.
+        """
+        outcome = FollowOutcome(newest=request.updated_after)
+        began = self._clock()
+        calls = await self._changed(request, outcome)
+        # The list is ordered by `requestedAt`: a call changed again behind the cursor while
+        # the pages were read is not on them, and its new time may be older than the newest
+        # seen. The next round starts no later than this one began (less the overlap).
+        if outcome.newest is not None and outcome.newest > began:
+            outcome.newest = began
+        recent = {(seen.call_uuid, seen.last_updated_at) for seen in request.recent}
+        marks = list(request.unmarked)
+        for call in calls:
+            changed_at = call.last_updated_at
+            if changed_at is not None and (call.uuid, changed_at) in recent:
+                continue  # found again in the overlap: delivered in an earlier round
+            delivery = await self._dispatch(call, request)
+            if delivery is Delivery.STARTED:
+                outcome.adopted += 1
+                marks.append(call.uuid)
+            elif delivery is Delivery.DELIVERED:
+                outcome.delivered += 1
+            else:
+                outcome.ignored += 1
+            activity.heartbeat()
+        newest = outcome.newest
+        outcome.recent = [
+            Seen(call_uuid=call.uuid, last_updated_at=call.last_updated_at)
+            for call in calls
+            if call.last_updated_at is not None
+            and newest is not None
+            and call.last_updated_at >= newest - OVERLAP
+        ]
+        await self._mark(marks, outcome)
+        return outcome
+
+    async def _changed(self, request: FollowRequest, outcome: FollowOutcome) -> list[Call]:
+        """Every call changed after the request's time, and the newest change among them."""
+        calls: list[Call] = []
+        after: str | None = None
+        while True:
+            page = await self._tapraise.list_calls_page(
+                updated_after=request.updated_after, first=PAGE_SIZE, after=after
+            )
+            outcome.requests += 1
+            calls.extend(page.calls)
+            activity.heartbeat()
+            if not page.page_info.has_next_page or page.page_info.end_cursor is None:
+                break
+            after = page.page_info.end_cursor
+        outcome.listed = len(calls)
+        for call in calls:
+            changed_at = call.last_updated_at
+            if changed_at is not None and (outcome.newest is None or changed_at > outcome.newest):
+                outcome.newest = changed_at
+        return calls
+
+    async def _dispatch(self, call: Call, request: FollowRequest) -> Delivery:
+        if call.external_metadata is not None:
+            return Delivery.NOT_RUNNING  # another system's call
+        adopt = call.status is CallStatus.REQUESTED and request.scope.covers(
+            call.type, call.calling_organization_uuid
+        )
+        return await self._dispatcher.dispatch(call, adopt, request.task_queue)
+
+    async def _mark(self, marks: list[UUID], outcome: FollowOutcome) -> None:
+        """Mark adopted calls processed; entries TapRaise refuses are kept to retry."""
+        if not marks:
+            return
+        now = self._clock()
+        entries = [
+            MarkProcessedEntry(
+                entity_name=EntityName.CALL,
+                entity_uuid=call_uuid,
+                processed_at=now,
+                consumer_identifier=self._consumer_id(call_uuid),
+            )
+            for call_uuid in dict.fromkeys(marks)
+        ]
+        try:
+            outcome.requests += 1
+            await self._tapraise.mark_processed(entries)
+        except BadRequestError as err:
+            failed = _failed_marks(err)
+            outcome.unmarked = failed
+            outcome.marked = len(entries) - len(failed)
+            _note(outcome, f"TapRaise refused to mark {len(failed)} call(s) processed")
+            return
+        except TapRaiseError as err:
+            # The calls run; the mark is retried next round.
+            outcome.unmarked = [entry.entity_uuid for entry in entries]
+            _note(outcome, f"could not mark calls processed: {err}")
+            return
+        outcome.marked = len(entries)
+
+
+def _failed_marks(err: BadRequestError) -> list[UUID]:
+    try:
+        failures = MarkProcessedErrors.model_validate(err.body).errors
+        return [UUID(failure.entity_uuid) for failure in failures]
+    except ValueError:
+        return []
+
+
+def _note(outcome: FollowOutcome, error: str) -> None:
+    outcome.errors = [*outcome.errors, error][-MAX_ERRORS:]
