@@ -104,8 +104,19 @@ class Delivery(StrEnum):
     NOT_RUNNING = "not_running"  # no workflow runs it, and none is to be started
 
 
+class Known(_Message):
+    """What a running call workflow shows of itself (its search attributes)."""
+
+    status: CallStatus
+    attempts: int
+
+
 class CallDispatcher(Protocol):
     """Hands a changed call to its workflow (the worker wires one that knows Temporal)."""
+
+    async def known(self, call_uuids: list[UUID]) -> dict[UUID, Known]:
+        """What the running workflows of these calls show (none for a call with none)."""
+        ...
 
     async def dispatch(self, call: Call, adopt: bool, task_queue: str) -> Delivery:
         """Tell the call's running workflow what TapRaise holds; with `adopt`, start one first
@@ -148,11 +159,23 @@ class FollowerActivities:
         if outcome.newest is not None and outcome.newest > began:
             outcome.newest = began
         recent = {(seen.call_uuid, seen.last_updated_at) for seen in request.recent}
+        fresh = [
+            call
+            for call in calls
+            # Found again in the overlap: delivered in an earlier round.
+            if call.last_updated_at is None or (call.uuid, call.last_updated_at) not in recent
+        ]
+        known = await self._dispatcher.known([call.uuid for call in fresh])
         marks = list(request.unmarked)
-        for call in calls:
-            changed_at = call.last_updated_at
-            if changed_at is not None and (call.uuid, changed_at) in recent:
-                continue  # found again in the overlap: delivered in an earlier round
+        for call in fresh:
+            shown = known.get(call.uuid)
+            if shown is not None and (shown.status, shown.attempts) == (
+                call.status,
+                len(call.attempts),
+            ):
+                # Its workflow shows this already: most changes are the workflow's own.
+                outcome.ignored += 1
+                continue
             delivery = await self._dispatch(call, request)
             if delivery is Delivery.STARTED:
                 outcome.adopted += 1

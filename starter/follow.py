@@ -8,7 +8,7 @@ sync …` does: start the follower (once), ask how it stands, pause, resume, run
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 from uuid import UUID
 
 from temporalio.client import Client, WorkflowHandle
@@ -16,7 +16,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.follow import Delivery
+from activities.follow import Delivery, Known
 from starter.service import (
     ActionRejected,
     CallsError,
@@ -25,7 +25,7 @@ from starter.service import (
     start_options,
     was_started,
 )
-from tapraise.models import Call
+from tapraise.models import Call, CallStatus
 from workflows.following import (
     FOLLOWER_WORKFLOW_ID,
     FOLLOWER_WORKFLOW_TYPE,
@@ -38,7 +38,16 @@ from workflows.following import (
     FollowerStatus,
     FollowScope,
 )
-from workflows.messages import SYNC, CallInput, SyncSignal, workflow_id_for
+from workflows.messages import (
+    SYNC,
+    CallInput,
+    CallSearchAttributes,
+    SyncSignal,
+    call_uuid_from_workflow_id,
+    workflow_id_for,
+)
+
+VISIBILITY_BATCH: Final = 100
 
 
 def call_input_of(call: Call) -> CallInput:
@@ -61,6 +70,28 @@ class TemporalDispatcher:
 
     def __init__(self, client: Client) -> None:
         self._client = client
+
+    async def known(self, call_uuids: list[UUID]) -> dict[UUID, Known]:
+        """What the running workflows of these calls show in their search attributes.
+
+        Visibility trails a workflow by a second or so: a call that changed just now may show
+        its state before, and is then told what it knows (which changes nothing).
+        """
+        shown: dict[UUID, Known] = {}
+        for first in range(0, len(call_uuids), VISIBILITY_BATCH):
+            batch = call_uuids[first : first + VISIBILITY_BATCH]
+            ids = ", ".join(f"'{workflow_id_for(call_uuid)}'" for call_uuid in batch)
+            query = f"WorkflowId IN ({ids}) AND ExecutionStatus = 'Running'"
+            async for execution in self._client.list_workflows(query):
+                attributes = execution.typed_search_attributes
+                status = attributes.get(CallSearchAttributes.CALL_STATUS)
+                attempts = attributes.get(CallSearchAttributes.CALL_ATTEMPTS)
+                if status is None or attempts is None:
+                    continue
+                shown[call_uuid_from_workflow_id(execution.id)] = Known(
+                    status=CallStatus(status), attempts=attempts
+                )
+        return shown
 
     async def dispatch(self, call: Call, adopt: bool, task_queue: str) -> Delivery:
         """Tell the call's running workflow what TapRaise holds (`sync`); with `adopt`, start

@@ -205,3 +205,31 @@ async def test_calls_outside_the_scope_or_managed_elsewhere_are_not_adopted(
     await follower.act(RUN_NOW)
     with pytest.raises(RPCError):
         await call_worker.client.get_workflow_handle(workflow_id_for(elsewhere)).describe()
+
+
+async def test_a_change_the_call_made_itself_is_not_told_back_to_it(
+    call_worker: CallWorker, lenient_sandbox: SandboxServer, follower: FollowerService
+) -> None:
+    call_uuid = str(uuid.uuid4())
+    handle = await call_worker.client.start_workflow(
+        "CallWorkflow",
+        {
+            "uuid": call_uuid,
+            "personUuid": PERSON,
+            "type": "winback",
+            "callingOrganizationUuid": DEMO_ORGANIZATION_UUID,
+        },
+        id=workflow_id_for(call_uuid),
+        task_queue=call_worker.task_queue,
+    )
+    await wait_for_phase(handle, CallPhase.SCHEDULED, CallPhase.DUE)
+    await asyncio.sleep(2)  # visibility shows the call's own state
+    before = await follower.act(RUN_NOW)
+    history = await handle.fetch_history()
+    signals = [
+        event.workflow_execution_signaled_event_attributes.signal_name
+        for event in history.events
+        if event.HasField("workflow_execution_signaled_event_attributes")
+    ]
+    assert signals == [], signals
+    assert before.ignored >= 1 and before.delivered == 0, before
