@@ -25,12 +25,14 @@ from typing import IO, Any, Final, TypeVar
 
 from pydantic import ValidationError
 
+from devstack.follow_demo import DEMO_INTERVAL, start_following
 from devstack.options import build_parser
 from devstack.process import ChildError, shown, write_private
 from devstack.stack import Stack, StackConfig, use_local_temporal
 from gateway.settings import GatewaySettings, GatewaySettingsError
 from sandbox.seed import DEMO_PERSON_UUIDS
 from tapraise.settings import TapRaiseSettings
+from workflows.following import DEFAULT_INTERVAL
 
 T = TypeVar("T")
 Say = Callable[[str], None]
@@ -222,6 +224,10 @@ async def _serve(stack: Stack, say: Say, *, demo: bool, exit_after_demo: bool) -
     say(f"Starting the stack (data in {shown(config.data_dir)}) ...")
     started = time.monotonic()
     await _until_stopped(stack.stop_requested, stack.start())
+    interval = DEMO_INTERVAL if demo else DEFAULT_INTERVAL
+    _, following = await _until_stopped(
+        stack.stop_requested, start_following(stack.client, interval)
+    )
     call: str | None = None
     if demo:
         from devstack.demo import hand_call_uuid
@@ -229,6 +235,7 @@ async def _serve(stack: Stack, say: Say, *, demo: bool, exit_after_demo: bool) -
         call = str(hand_call_uuid())
     write_env_file(config, paste_lines(config, stack, call))
     say(guide(config, stack, call))
+    say(following)
     say(f"\nReady in {time.monotonic() - started:.1f} s.")
     code = 0
     if demo:
@@ -244,6 +251,7 @@ async def _serve(stack: Stack, say: Say, *, demo: bool, exit_after_demo: bool) -
 async def _demo(stack: Stack, say: Say, call: str | None) -> int:
     """Run the demo on the started stack and say how it went; its exit code."""
     from devstack.demo import run_demo
+    from devstack.follow_demo import run_follow_demo
 
     config = stack.config
     say("\nDemo: starting calls and playing agents through them ...")
@@ -257,6 +265,22 @@ async def _demo(stack: Stack, say: Say, call: str | None) -> int:
         say(f"\nThe demo failed: {type(exc).__name__}: {exc}")
         return 1
     say("\n" + report.table())
+    say("\nFollowing TapRaise: a call requested in its app, then completed there ...")
+    try:
+        followed = await _until_stopped(
+            stack.stop_requested,
+            run_follow_demo(
+                stack.client,
+                config.sandbox_url,
+                stack.sandbox_admin_headers(),
+                lambda line: say(f"  {line}"),
+            ),
+        )
+    except Interrupted:
+        raise
+    except Exception as exc:  # the stack stays up for a look at what went wrong
+        say(f"\nThe follow demo failed: {type(exc).__name__}: {exc}")
+        return 1
     say(f"\nDemo finished: {report.summary()}. Look at them in {config.ui_url}.")
     open_call = report.open_call()
     if open_call is None:
@@ -270,7 +294,7 @@ async def _demo(stack: Stack, say: Say, call: str | None) -> int:
             write_env_file(config, paste_lines(config, stack, call))
         lead = "\nTo drive a call by hand, in another terminal"
         say("\n".join(paste_block(config, stack, call, lead)))
-    return 0 if report.ok else 1
+    return 0 if report.ok and followed.ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,9 +84,10 @@ class TemporalDispatcher:
             query = f"WorkflowId IN ({ids}) AND ExecutionStatus = 'Running'"
             async for execution in self._client.list_workflows(query):
                 attributes = execution.typed_search_attributes
-                status = attributes.get(CallSearchAttributes.CALL_STATUS)
+                # No status yet: the call is being created, which is a change of its own.
+                status = attributes.get(CallSearchAttributes.CALL_STATUS) or CallStatus.REQUESTED
                 attempts = attributes.get(CallSearchAttributes.CALL_ATTEMPTS)
-                if status is None or attempts is None:
+                if attempts is None:
                     continue
                 shown[call_uuid_from_workflow_id(execution.id)] = Known(
                     status=CallStatus(status), attempts=attempts

@@ -409,6 +409,15 @@ def test_the_demo_table_shows_one_zone_and_whole_reasons(first_run: FirstRun) ->
     assert "Service account may not create calls for this person" in " ".join(table.split())
 
 
+def test_the_demo_shows_a_call_requested_and_completed_in_the_tapraise_app(
+    first_run: FirstRun,
+) -> None:
+    out = first_run.output
+    assert "Following TapRaise: switched on (every 5 s" in out, out
+    assert re.search(r"requests call \S+ in the app \.\.\.\n\s+\.\.\. picked up after \d", out), out
+    assert re.search(r"its workflow completed after \d+\.\d s", out), out
+
+
 def test_demo_drives_calls_into_every_phase_within_the_time_budget(first_run: FirstRun) -> None:
     phases = table_phases(first_run.output)
     assert phases == {s.label: (s.expect.value, False) for s in SCENARIOS}, first_run.output
@@ -421,6 +430,7 @@ def test_demo_drives_calls_into_every_phase_within_the_time_budget(first_run: Fi
 def test_phases_reach_the_search_attributes_the_web_ui_filters_on(first_run: FirstRun) -> None:
     # Each call's *final* phase is in visibility; the open ones may move between scheduled/due.
     expected = {p.value: sum(s.expect == p for s in SCENARIOS) for p in CallPhase if p.is_final}
+    expected["completed"] += 1  # the call requested, then completed, in the TapRaise app
     assert {p: first_run.counts[p] for p in expected} == expected
     open_calls = sum(first_run.counts[p] for p in ("scheduled", "due"))
     assert open_calls == sum(not s.expect.is_final for s in SCENARIOS)
