@@ -49,7 +49,7 @@ test-instants: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy tapraise sandbox workflows activities starter gateway devstack encryption bench worker.py tests
+	$(VENV)/bin/mypy tapraise sandbox workflows activities starter gateway devstack encryption telemetry bench worker.py tests
 
 demo: $(STAMP)
 	$(PY) -m starter dev --demo

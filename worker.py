@@ -1,17 +1,19 @@
 """The worker: settings → Temporal client → TapRaise client → activities → Worker.
 
 Run it with `python worker.py` (or the `tapraise-calls-worker` script). It stops cleanly on
-SIGINT/SIGTERM, finishing the activities in flight.
+SIGINT/SIGTERM, finishing the activities in flight. It serves its metrics at
+`WORKER_METRICS_ADDRESS` (see `telemetry`), and traces when a collector is named.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -19,11 +21,13 @@ from typing import Any, Final
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.actions import TapRaiseActivities
 from activities.follow import FollowerActivities
+from activities.metrics import DURATION_BUCKETS, REQUEST_DURATION, TapRaiseMetrics
 from activities.policy import PolicyActivities
 from activities.turn import answer_turn
 from starter.connect import connect, load_env_file, missing_search_attributes
@@ -37,6 +41,11 @@ from tapraise import (
     TapRaiseSettings,
     describe_validation_error,
 )
+from telemetry.logs import configure_logging
+from telemetry.phases import PhaseGauge
+from telemetry.runtime import temporal_runtime
+from telemetry.settings import TelemetrySettings
+from telemetry.tracing import Tracing
 from workflows.call import CallWorkflow
 from workflows.follower import FollowerWorkflow
 from workflows.messages import TASK_QUEUE
@@ -59,6 +68,7 @@ def sandbox_runner() -> SandboxedWorkflowRunner:
         "workflows.messages",
         "workflows.inbox",
         "workflows.following",
+        "workflows.metrics",
         "workflows.retries",
         "workflows.policy",
         "workflows.schedule",
@@ -123,11 +133,16 @@ def build_worker(
     *,
     policy_book: PolicyBook | None = None,
     task_queue: str = TASK_QUEUE,
+    metrics: TapRaiseMetrics | None = None,
     **options: Any,
 ) -> Worker:
-    """The worker for the call workflow and its activities (used by tests and benchmarks too)."""
+    """The worker for the call workflow and its activities (used by tests and benchmarks too).
+
+    `metrics` counts the TapRaise activities' retried tries (the client's own observers count
+    its requests).
+    """
     quiet_malformed_signals()
-    calls = TapRaiseActivities(tapraise)
+    calls = TapRaiseActivities(tapraise, metrics)
     policies = PolicyActivities(policy_book or PolicyBook.load())
     follower = FollowerActivities(tapraise, TemporalDispatcher(client), consumer_identifier)
     return Worker(
@@ -156,8 +171,9 @@ class WorkerSettings(BaseSettings):
         policy_file: `CALL_POLICY_FILE`, the call policies (TOML); unset means the packaged
             `workflows/policies.toml`.
         max_cached_workflows: `WORKER_MAX_CACHED_WORKFLOWS`, workflows kept in memory.
-        log_level: `LOG_LEVEL`.
         tapraise: where TapRaise is and how to authenticate (`TAPRAISE_*`).
+        telemetry: metrics listener, phase count and log lines (`WORKER_METRICS_ADDRESS`,
+            `WORKER_PHASE_COUNT_SECONDS`, `LOG_FORMAT`, `LOG_LEVEL`).
 
     The Temporal connection is read by `connect()` from Temporal's own variables.
     """
@@ -170,8 +186,8 @@ class WorkerSettings(BaseSettings):
     max_cached_workflows: int = Field(
         default=DEFAULT_CACHED_WORKFLOWS, ge=1, validation_alias="WORKER_MAX_CACHED_WORKFLOWS"
     )
-    log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
     tapraise: TapRaiseSettings = Field(default_factory=TapRaiseSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
 
 def load_settings() -> WorkerSettings:
@@ -225,7 +241,28 @@ async def run(stop: asyncio.Event | None = None, settings: WorkerSettings | None
     """Connect, check the namespace, and run until `stop` is set (or a signal arrives)."""
     settings = settings or load_settings()
     book = PolicyBook.load(settings.policy_file)
-    client = await connect()
+    observability = settings.telemetry
+    runtime = temporal_runtime(
+        observability.worker_metrics_address,
+        observability.log_format,
+        histogram_buckets={REQUEST_DURATION: DURATION_BUCKETS},
+    )
+    tracing = Tracing.from_env("tapraise-calls-worker")
+    try:
+        await _serve(settings, book, runtime, tracing, stop)
+    finally:
+        tracing.shutdown()  # the spans still buffered go out before the process ends
+
+
+async def _serve(
+    settings: WorkerSettings,
+    book: PolicyBook,
+    runtime: Runtime,
+    tracing: Tracing,
+    stop: asyncio.Event | None,
+) -> None:
+    """Run the worker on `runtime`'s client until `stop` is set (or a signal arrives)."""
+    client = await connect(runtime=runtime, tracing=tracing)
     missing = await missing_search_attributes(client)
     if missing:
         raise SystemExit(
@@ -238,12 +275,15 @@ async def run(stop: asyncio.Event | None = None, settings: WorkerSettings | None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with settings.tapraise.make_client() as tapraise:
+    metrics = TapRaiseMetrics(runtime.metric_meter)
+    observers = [metrics, *tracing.tapraise_observers()]
+    async with settings.tapraise.make_client(observers) as tapraise:
         await check_tapraise(tapraise)
         worker = build_worker(
             client,
             tapraise,
             policy_book=book,
+            metrics=metrics,
             max_cached_workflows=settings.max_cached_workflows,
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         )
@@ -254,9 +294,30 @@ async def run(stop: asyncio.Event | None = None, settings: WorkerSettings | None
             client.namespace,
             settings.tapraise.base_url(),
         )
-        async with worker:
+        address = settings.telemetry.worker_metrics_address
+        if address is not None:
+            log.info("metrics at %s", address.url)
+        async with worker, _phase_counts(client, runtime, settings.telemetry):
             await stop.wait()
             log.info("stopping: finishing the activities in flight")
+
+
+@contextlib.asynccontextmanager
+async def _phase_counts(
+    client: Client, runtime: Runtime, telemetry: TelemetrySettings
+) -> AsyncIterator[None]:
+    """Count the calls per phase while the worker runs (when it serves metrics)."""
+    if telemetry.worker_metrics_address is None or not telemetry.phase_count_seconds:
+        yield
+        return
+    gauge = PhaseGauge(client, runtime.metric_meter, telemetry.phase_count_seconds)
+    task = asyncio.create_task(gauge.run(), name="phase-counts")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -273,10 +334,7 @@ def main() -> None:
     load_env_file()
     try:
         settings = load_settings()
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        configure_logging(settings.telemetry.log_level, settings.telemetry.log_format)
         run_event_loop(run(settings=settings))
     except (RuntimeError, ValueError) as exc:  # unreachable or misconfigured: say what to do
         print(f"worker: {exc}", file=sys.stderr)

@@ -19,6 +19,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.metrics import TapRaiseMetrics
 from tapraise import (
     APIConnectionError,
     APIStatusError,
@@ -31,6 +32,7 @@ from tapraise import (
     CompleteCallRequest,
     ConflictError,
     CreateCallRequest,
+    Endpoint,
     ExpireCallRequest,
     NotFoundError,
     PermissionDeniedError,
@@ -148,10 +150,16 @@ def _raise(exc: TapRaiseError, action: str, *, forbidden_is_final: bool = False)
 
 
 class TapRaiseActivities:
-    """The TapRaise actions of a call, bound to one client (and its credentials)."""
+    """The TapRaise actions of a call, bound to one client (and its credentials).
 
-    def __init__(self, client: TapRaiseClient) -> None:
+    Args:
+        client: The TapRaise client.
+        metrics: Where each retried try is counted (see `activities.metrics`).
+    """
+
+    def __init__(self, client: TapRaiseClient, metrics: TapRaiseMetrics | None = None) -> None:
         self._client = client
+        self._metrics = metrics or TapRaiseMetrics()
         # Attempts whose request timed out, with the moment it can no longer be in flight.
         self._unsettled: dict[tuple[uuid.UUID, datetime], float] = {}
 
@@ -172,9 +180,14 @@ class TapRaiseActivities:
             )
         return call
 
+    def _count_retry(self, endpoint: Endpoint) -> None:
+        if activity.info().attempt > 1:
+            self._metrics.retried(endpoint)
+
     @activity.defn(name="find_call")
     async def find_call(self, ref: CallRef) -> Call | None:
         """Look a call up (`GET /api/v1/calls`, paged). Read-only, so any retry is safe."""
+        self._count_retry(Endpoint.LIST)
         return await self._find(ref)
 
     @activity.defn(name="create_call")
@@ -185,6 +198,7 @@ class TapRaiseActivities:
         lost answer gets 409 "Call already exists" instead of a second call; the existing call is
         then looked up and returned, so the workflow adopts whatever state TapRaise holds.
         """
+        self._count_retry(Endpoint.CREATE)
         if request.uuid is None:
             raise ApplicationError(
                 "create_call needs the call's uuid (it makes the create idempotent)",
@@ -227,6 +241,7 @@ class TapRaiseActivities:
         on a call still requested (TapRaise's own maximum of attempts) fails as a final bad
         request whose details carry how many attempts TapRaise holds.
         """
+        self._count_retry(Endpoint.ADD_ATTEMPT)
         action = f"add attempt to call {data.call_uuid}"
         key = (data.call_uuid, data.attempt_at)
         await self._settle(key)
@@ -297,6 +312,7 @@ class TapRaiseActivities:
         Retry safety: a retry after a lost answer gets 409 (already completed), which is success.
         A call already cancelled or expired fails with `CallInOtherFinalState`, never retried.
         """
+        self._count_retry(Endpoint.COMPLETE)
         return await self._finish(
             data,
             f"complete call {data.call_uuid}",
@@ -310,6 +326,7 @@ class TapRaiseActivities:
 
         Retry safety: 409 "Call already cancelled" is success; completed/expired is final.
         """
+        self._count_retry(Endpoint.CANCEL)
         return await self._finish(
             data,
             f"cancel call {data.call_uuid}",
@@ -323,6 +340,7 @@ class TapRaiseActivities:
 
         Retry safety: 409 (already expired) is success; completed/cancelled is final.
         """
+        self._count_retry(Endpoint.EXPIRE)
         return await self._finish(
             data,
             f"expire call {data.call_uuid}",

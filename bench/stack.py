@@ -182,6 +182,9 @@ class Stack(devstack.Stack):
         env = self.python_env()
         devstack.use_sandbox_as_tapraise(env, self.config.sandbox_url, self.account)
         env["LOG_LEVEL"] = "WARNING"
+        # No metrics listener: the benchmark's worker must not contend for a port with a stack
+        # running on the same machine.
+        env["WORKER_METRICS_ADDRESS"] = ""
         return env
 
     async def start_worker(self) -> Child:

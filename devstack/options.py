@@ -22,6 +22,8 @@ DEFAULT_UI_PORT: Final = 8233
 DEFAULT_SANDBOX_PORT: Final = 8081
 DEFAULT_GATEWAY_PORT: Final = 8080
 DEFAULT_CODEC_PORT: Final = 8082
+DEFAULT_METRICS_PORT: Final = 9464
+DEFAULT_GATEWAY_METRICS_PORT: Final = 9465
 DEFAULT_NAMESPACE: Final = "default"
 # The dev server creates its SQLite schema on first start, which takes a few seconds on a slow
 # disk; the Python processes are up in one or two.
@@ -76,6 +78,16 @@ OPTIONS: Final = (
         ("--codec-port",),
         "the codec server's port (the Web UI decrypts payloads through it)",
         DEFAULT_CODEC_PORT,
+    ),
+    Option(
+        ("--metrics-port",),
+        "the worker's metrics port (Prometheus, /metrics on 127.0.0.1)",
+        DEFAULT_METRICS_PORT,
+    ),
+    Option(
+        ("--gateway-metrics-port",),
+        "the gateway's metrics port (Prometheus, /metrics on 127.0.0.1)",
+        DEFAULT_GATEWAY_METRICS_PORT,
     ),
     Option(("--namespace",), "the Temporal namespace", DEFAULT_NAMESPACE),
     Option(("--no-gateway",), "do not start the HTTP gateway"),

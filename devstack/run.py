@@ -40,8 +40,8 @@ Say = Callable[[str], None]
 SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 # The options that are StackConfig fields of the same name and value.
 _AS_GIVEN: Final = (
-    "temporal_port", "ui_port", "sandbox_port", "gateway_port", "codec_port", "namespace",
-    "follow", "startup_timeout",
+    "temporal_port", "ui_port", "sandbox_port", "gateway_port", "codec_port", "metrics_port",
+    "gateway_metrics_port", "namespace", "follow", "startup_timeout",
 )  # fmt: skip
 
 # The person the pasted `PERSON` names: the first of the sandbox's demo persons.
@@ -132,6 +132,9 @@ def guide(config: StackConfig, stack: Stack, call: str | None = None) -> str:
         lines.append(f"  Sandbox       {config.sandbox_url} ({where})")
     else:
         lines.append("  TapRaise      TAPRAISE_BASE_URL (no sandbox started)")
+    lines.append(f"  Metrics       {config.metrics_url} (worker: Temporal's and the calls')")
+    if config.gateway:
+        lines.append(f"                {config.gateway_metrics_url} (gateway: its requests)")
     lines += [
         "",
         "Processes (logs follow the pointers):",

@@ -36,7 +36,9 @@ from temporalio.client import Client
 from devstack.options import (
     DEFAULT_CODEC_PORT,
     DEFAULT_DATA_DIR,
+    DEFAULT_GATEWAY_METRICS_PORT,
     DEFAULT_GATEWAY_PORT,
+    DEFAULT_METRICS_PORT,
     DEFAULT_NAMESPACE,
     DEFAULT_SANDBOX_PORT,
     DEFAULT_TEMPORAL_PORT,
@@ -86,6 +88,8 @@ class StackConfig:
     sandbox_port: int = DEFAULT_SANDBOX_PORT
     gateway_port: int = DEFAULT_GATEWAY_PORT
     codec_port: int = DEFAULT_CODEC_PORT
+    metrics_port: int = DEFAULT_METRICS_PORT
+    gateway_metrics_port: int = DEFAULT_GATEWAY_METRICS_PORT
     namespace: str = DEFAULT_NAMESPACE
     gateway: bool = True
     sandbox: bool = True
@@ -131,6 +135,15 @@ class StackConfig:
     @property
     def codec_url(self) -> str:
         return f"http://{HOST}:{self.codec_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Where the worker serves its metrics (the SDK's and the calls')."""
+        return f"http://{HOST}:{self.metrics_port}/metrics"
+
+    @property
+    def gateway_metrics_url(self) -> str:
+        return f"http://{HOST}:{self.gateway_metrics_port}/metrics"
 
     @property
     def ui_origins(self) -> list[str]:
@@ -268,8 +281,10 @@ class Stack:
         return env
 
     def worker_env(self) -> dict[str, str]:
-        """The worker's environment: our sandbox, if used, named as its TapRaise."""
+        """The worker's environment: our sandbox, if used, named as its TapRaise; its metrics
+        on the stack's port, on loopback."""
         env = self.base_env()
+        env["WORKER_METRICS_ADDRESS"] = f"{HOST}:{self.config.metrics_port}"
         if self.uses_sandbox:
             account = ServiceAccount.from_file(self.config.sandbox_dir / SANDBOX_ACCOUNT_FILE)
             use_sandbox_as_tapraise(env, self.config.sandbox_url, account)
@@ -316,10 +331,13 @@ class Stack:
         wanted = [("Temporal", "--temporal-port", self.config.temporal_port)]
         wanted.append(("the Web UI", "--ui-port", self.config.ui_port))
         wanted.append(("the codec server", "--codec-port", self.config.codec_port))
+        wanted.append(("the worker's metrics", "--metrics-port", self.config.metrics_port))
         if self.uses_sandbox:
             wanted.append(("the sandbox", "--sandbox-port", self.config.sandbox_port))
         if self.config.gateway:
             wanted.append(("the gateway", "--gateway-port", self.config.gateway_port))
+            port = self.config.gateway_metrics_port
+            wanted.append(("the gateway's metrics", "--gateway-metrics-port", port))
         for what, option, port in wanted:
             if not port_is_free(port):
                 raise StackError(
@@ -377,6 +395,7 @@ class Stack:
         env["GATEWAY_ALLOW_NO_AUTH"] = "false"
         # Loopback only, whatever a .env says: this is the local stack.
         env["GATEWAY_HOST"] = HOST
+        env["GATEWAY_METRICS_ADDRESS"] = f"{HOST}:{self.config.gateway_metrics_port}"
         argv = [sys.executable, "-m", "starter", "serve", "--port", str(self.config.gateway_port)]
         return self._child("gateway", argv, env)
 

@@ -1,6 +1,7 @@
 """The gateway application: settings checked, one Temporal connection, the routes behind the
 gate (`gateway.gate`: body sizes, bearer tokens and their scopes, rate and concurrency limits,
-and, without tokens, this machine's own requests only)."""
+and, without tokens, this machine's own requests only), and in front of all, every request
+counted, timed and traced (`gateway.telemetry`)."""
 
 import logging
 from collections.abc import AsyncIterator
@@ -8,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 
 from fastapi import Depends, FastAPI
+from starlette.routing import Route
 
 from gateway.dependencies import GatewayContext, bearer
 from gateway.errors import install_error_handlers
@@ -16,9 +18,11 @@ from gateway.limits import ConcurrencyLimiter, RateLimiter
 from gateway.models import Problem
 from gateway.routes import actions, calls, health
 from gateway.settings import GatewaySettings
+from gateway.telemetry import GatewayMetrics, RequestTelemetry
 from gateway.temporal import ClientProvider, TemporalConnection, temporal_client_provider
 from gateway.tokens import Tokens
 from starter.service import CallsError
+from telemetry.tracing import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +47,11 @@ _ROUTERS: Final = (health.router, *_PROTECTED)
 
 
 def create_app(
-    client_provider: ClientProvider | None = None, settings: GatewaySettings | None = None
+    client_provider: ClientProvider | None = None,
+    settings: GatewaySettings | None = None,
+    *,
+    metrics: GatewayMetrics | None = None,
+    tracing: Tracing | None = None,
 ) -> FastAPI:
     """The gateway application.
 
@@ -51,6 +59,10 @@ def create_app(
         client_provider: Makes the Temporal client (default: `connect()` from the environment);
             tests inject their own.
         settings: Tokens, limits and task queue (default: from the environment and `.env`).
+        metrics: Where requests are counted (default: a registry of the application's own);
+            `python -m starter serve` serves it on its own listener.
+        tracing: When on, a server span per request (the Temporal client's tracing is the
+            client provider's).
 
     Raises:
         GatewaySettingsError: when the tokens are malformed or cannot be read, when none are
@@ -97,5 +109,15 @@ def create_app(
         tokens=Tokens(grants),
         rate=RateLimiter(settings.rate_limit, settings.burst),
         concurrency=ConcurrencyLimiter(settings.max_concurrent),
+    )
+    # Added last, so outermost: the gate's refusals are counted and traced too. The routes are
+    # named from the routers' own (the application holds each router as one route) and the
+    # OpenAPI pages.
+    pages = [route for route in app.router.routes if isinstance(route, Route)]
+    app.add_middleware(
+        RequestTelemetry,
+        routes=[*pages, *routes],
+        metrics=metrics or GatewayMetrics(),
+        tracer=tracing.tracer if tracing is not None and tracing.enabled else None,
     )
     return app

@@ -4,18 +4,25 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 
 from encryption.keys import require_keys
 from starter.connect import connect
 from starter.service import TemporalUnavailable
+from telemetry.tracing import Tracing
 
 ClientProvider = Callable[[], Awaitable[Client]]
 
 
 def temporal_client_provider(
-    address: str | None = None, namespace: str | None = None
+    address: str | None = None,
+    namespace: str | None = None,
+    *,
+    runtime: Runtime | None = None,
+    tracing: Tracing | None = None,
 ) -> ClientProvider:
-    """A provider that connects with `starter.connect.connect()` (the one client factory).
+    """A provider that connects with `starter.connect.connect()` (the one client factory),
+    on `runtime` (default: the SDK's) and with `tracing`'s interceptor when it is on.
 
     The payload encryption keys are read now: a gateway without them fails at start, naming the
     setting, instead of answering 503 to every request.
@@ -26,7 +33,7 @@ def temporal_client_provider(
     keys = require_keys()
 
     async def provide() -> Client:
-        return await connect(address, namespace, keys)
+        return await connect(address, namespace, keys, runtime=runtime, tracing=tracing)
 
     return provide
 

@@ -984,12 +984,20 @@ def serve(
         int | None, typer.Option("--port", help="Port (GATEWAY_PORT, default 8080).")
     ] = None,
 ) -> None:
-    """Run the HTTP gateway (webhooks for the CRM and the agent's tooling)."""
+    """Run the HTTP gateway (webhooks for the CRM and the agent's tooling).
+
+    Its metrics are served apart, at GATEWAY_METRICS_ADDRESS (loopback by default).
+    """
     import uvicorn
 
     from gateway.app import create_app
     from gateway.settings import GatewaySettings
+    from gateway.telemetry import GatewayMetrics, MetricsListener
     from gateway.temporal import temporal_client_provider
+    from telemetry.logs import configure_logging
+    from telemetry.runtime import temporal_runtime
+    from telemetry.settings import LogFormat, TelemetrySettings
+    from telemetry.tracing import Tracing
 
     conn: Connection = ctx.obj
     # The options go into the settings, so that the checks see the address actually bound.
@@ -997,10 +1005,36 @@ def serve(
     given = {name: value for name, value in given.items() if value is not None}
     try:
         settings = GatewaySettings(task_queue=conn.task_queue, **given)
-        app_ = create_app(temporal_client_provider(conn.address, conn.namespace), settings)
-    except ValueError as exc:  # the settings' refusal, or a value pydantic refused
+        telemetry = TelemetrySettings()
+        configure_logging(telemetry.log_level, telemetry.log_format)
+        # With JSON lines, the Temporal core's own lines go through Python's logging too.
+        json_lines = telemetry.log_format is LogFormat.JSON
+        runtime = temporal_runtime(None, telemetry.log_format) if json_lines else None
+        tracing = Tracing.from_env("tapraise-calls-gateway")
+        metrics = GatewayMetrics()
+        provider = temporal_client_provider(
+            conn.address, conn.namespace, runtime=runtime, tracing=tracing
+        )
+        app_ = create_app(provider, settings, metrics=metrics, tracing=tracing)
+        address = telemetry.gateway_metrics_address
+        if address is not None and address.port == settings.port:
+            raise ValueError(
+                f"GATEWAY_METRICS_ADDRESS={address} is the gateway's own port: the metrics are "
+                "served apart, never on the public port"
+            )
+        listener = MetricsListener(address, metrics) if address is not None else None
+    except (ValueError, RuntimeError) as exc:  # a setting refused, or a port taken
         _fail(str(exc), False, kind="configuration")
-    uvicorn.run(app_, host=settings.host, port=settings.port)
+    if listener is not None:
+        logging.getLogger("gateway").info("metrics at %s", listener.url)
+    try:
+        # Logging is configured above (text or JSON); the access lines are the gateway's own,
+        # which name the route's template, never a path that holds a uuid.
+        uvicorn.run(app_, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    finally:
+        if listener is not None:
+            listener.close()
+        tracing.shutdown()
 
 
 @app.command(

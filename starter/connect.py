@@ -16,9 +16,11 @@ from typing import Any
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.envconfig import ClientConfig
+from temporalio.runtime import Runtime
 
 from encryption.codec import encrypted_data_converter
 from encryption.keys import KeyRing, KeysError, require_keys
+from telemetry.tracing import Tracing
 from workflows.messages import CallSearchAttributes
 
 DEFAULT_ADDRESS = "localhost:7233"
@@ -46,7 +48,12 @@ def connect_config(address: str | None = None, namespace: str | None = None) -> 
 
 
 async def connect(
-    address: str | None = None, namespace: str | None = None, keys: KeyRing | None = None
+    address: str | None = None,
+    namespace: str | None = None,
+    keys: KeyRing | None = None,
+    *,
+    runtime: Runtime | None = None,
+    tracing: Tracing | None = None,
 ) -> Client:
     """A Temporal client with the project's data converter, encrypting every payload.
 
@@ -54,6 +61,9 @@ async def connect(
         address: The server (default: Temporal's environment configuration, else localhost).
         namespace: The namespace (default: likewise, else `default`).
         keys: The payload encryption keys (default: from the environment, see `encryption.keys`).
+        runtime: The Temporal runtime (the worker's serves its metrics; default: the SDK's).
+        tracing: When on, the SDK's tracing interceptor: spans for starts, signals and updates
+            sent, and, on a worker using this client, for workflows and activities run.
 
     Raises:
         RuntimeError: with what to do, when no encryption key is configured or the server cannot
@@ -64,6 +74,10 @@ async def connect(
     except KeysError as exc:
         raise RuntimeError(str(exc)) from None
     config = connect_config(address, namespace)
+    if runtime is not None:
+        config["runtime"] = runtime
+    if tracing is not None and tracing.enabled:
+        config["interceptors"] = [*config.get("interceptors", ()), *tracing.interceptors()]
     try:
         return await Client.connect(data_converter=encrypted_data_converter(keys), **config)
     except RuntimeError as exc:

@@ -1,7 +1,13 @@
 """The TapRaise API as Python: pydantic models, an async httpx client and typed errors."""
 
 from tapraise.auth import ServiceAccount, TokenSigner
-from tapraise.client import DEFAULT_TIMEOUT, TapRaiseClient
+from tapraise.client import (
+    DEFAULT_TIMEOUT,
+    Endpoint,
+    ObservedRequest,
+    RequestObserver,
+    TapRaiseClient,
+)
 from tapraise.errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -68,6 +74,7 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "CreateCallRequest",
+    "Endpoint",
     "EntityName",
     "ExpireCallRequest",
     "ExternalMetadata",
@@ -77,9 +84,11 @@ __all__ = [
     "MarkProcessedFailure",
     "MarkProcessedRequest",
     "NotFoundError",
+    "ObservedRequest",
     "PageInfo",
     "PermissionDeniedError",
     "RateLimitError",
+    "RequestObserver",
     "ServiceAccount",
     "TapRaiseClient",
     "TapRaiseError",

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from contextlib import aclosing
+from contextlib import AbstractContextManager, ExitStack, aclosing
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Self, TypedDict, TypeVar
+from typing import Any, Protocol, Self, TypedDict, TypeVar
 from uuid import UUID
 
 import httpx
@@ -77,6 +79,56 @@ USER_AGENT = f"tapraise-calls/{_VERSION}"
 _M = TypeVar("_M", bound=BaseModel)
 
 
+class Endpoint(StrEnum):
+    """The TapRaise endpoints the client calls, by short name (a bounded label for observers)."""
+
+    LIST = "list"
+    CREATE = "create"
+    ADD_ATTEMPT = "add-attempt"
+    COMPLETE = "complete"
+    CANCEL = "cancel"
+    EXPIRE = "expire"
+    MARK_PROCESSED = "mark-processed"
+
+
+@dataclass
+class ObservedRequest:
+    """One HTTP request to TapRaise, as a `RequestObserver` sees it.
+
+    It names the endpoint and the path's template, never the path itself: the call's uuid and
+    the list's filters stay out of whatever observers record.
+
+    Attributes:
+        endpoint: Which endpoint is called.
+        method: The HTTP method.
+        template: The path with its parameters named, e.g.
+            ``/api/v1/calls/{call_uuid}/actions/complete``.
+        server: TapRaise's host name.
+        headers: Headers an observer adds to the request (e.g. a trace context).
+        status: The HTTP status TapRaise answered; None while the request runs, and when it
+            got no answer (a timeout or a connection failure).
+    """
+
+    endpoint: Endpoint
+    method: str
+    template: str
+    server: str
+    headers: dict[str, str] = field(default_factory=dict)
+    status: int | None = None
+
+
+class RequestObserver(Protocol):
+    """Watches each HTTP request the client sends (metrics, tracing), without owning any.
+
+    ``observe`` returns a context manager that the client enters just before it sends the
+    request and leaves once the answer's status is known (set on ``request.status``), or with
+    the transport's exception when there is no answer. A request repeated after a 401 is
+    observed twice.
+    """
+
+    def observe(self, request: ObservedRequest) -> AbstractContextManager[object]: ...
+
+
 class _ListFilters(TypedDict, total=False):
     """The filters of ``GET /api/v1/calls`` (see ``TapRaiseClient.list_calls_page``)."""
 
@@ -101,6 +153,7 @@ class TapRaiseClient:
         max_connections: Connections kept open at most (requests beyond wait for one).
         transport: An httpx transport, for tests.
         signer: The token signer; defaults to ``TokenSigner(account)``.
+        observers: Told of every request sent (see ``RequestObserver``).
     """
 
     def __init__(
@@ -112,8 +165,10 @@ class TapRaiseClient:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         transport: httpx.AsyncBaseTransport | None = None,
         signer: TokenSigner | None = None,
+        observers: Sequence[RequestObserver] = (),
     ) -> None:
         self._signer = signer or TokenSigner(account)
+        self._observers = tuple(observers)
         root = base_url.rstrip("/").removesuffix(API_PREFIX)
         self._http = httpx.AsyncClient(
             base_url=root,
@@ -149,7 +204,7 @@ class TapRaiseClient:
             ConflictError: A call with ``req.uuid`` already exists (409).
             BadRequestError, PermissionDeniedError: See the API description.
         """
-        response = await self._request("POST", "/calls", json=req.to_wire())
+        response = await self._request(Endpoint.CREATE, "POST", "/calls", json=req.to_wire())
         return _parse(Call, response)
 
     async def add_attempt(
@@ -161,7 +216,7 @@ class TapRaiseClient:
             NotFoundError: The call does not exist (404).
             BadRequestError: The call is final, or the attempt exceeds the maximum (400).
         """
-        return await self._action(call_uuid, "add-attempt", req or AddAttemptRequest())
+        return await self._action(call_uuid, Endpoint.ADD_ATTEMPT, req or AddAttemptRequest())
 
     async def complete_call(self, call_uuid: UUID | str, req: CompleteCallRequest) -> Call:
         """Mark a call as completed with its result (``PUT …/actions/complete``).
@@ -171,7 +226,7 @@ class TapRaiseClient:
             BadRequestError: Cancelled or expired (400).
             NotFoundError: The call does not exist (404).
         """
-        return await self._action(call_uuid, "complete", req)
+        return await self._action(call_uuid, Endpoint.COMPLETE, req)
 
     async def cancel_call(
         self, call_uuid: UUID | str, req: CancelCallRequest | None = None
@@ -183,7 +238,7 @@ class TapRaiseClient:
             BadRequestError: Completed or expired (400).
             NotFoundError: The call does not exist (404).
         """
-        return await self._action(call_uuid, "cancel", req or CancelCallRequest())
+        return await self._action(call_uuid, Endpoint.CANCEL, req or CancelCallRequest())
 
     async def expire_call(
         self, call_uuid: UUID | str, req: ExpireCallRequest | None = None
@@ -196,7 +251,7 @@ class TapRaiseClient:
             PermissionDeniedError: The account's scope does not allow expiring (403).
             NotFoundError: The call does not exist (404).
         """
-        return await self._action(call_uuid, "expire", req or ExpireCallRequest())
+        return await self._action(call_uuid, Endpoint.EXPIRE, req or ExpireCallRequest())
 
     async def list_calls_page(
         self,
@@ -247,7 +302,7 @@ class TapRaiseClient:
         params: dict[str, str | int] = {
             key: value for key, value in candidates.items() if value is not None
         }
-        response = await self._request("GET", "/calls", params=params)
+        response = await self._request(Endpoint.LIST, "GET", "/calls", params=params)
         return _parse(CallPage, response)
 
     async def list_calls(
@@ -420,33 +475,39 @@ class TapRaiseClient:
         if not entries:
             return
         body = MarkProcessedRequest(entries=list(entries)).to_wire()
-        await self._request("POST", "/entity-access/actions/mark-processed", json=body)
+        await self._request(
+            Endpoint.MARK_PROCESSED, "POST", "/entity-access/actions/mark-processed", json=body
+        )
 
     # --- plumbing ---------------------------------------------------------------------------
 
     async def _action(
         self,
         call_uuid: UUID | str,
-        action: str,
+        action: Endpoint,
         req: AddAttemptRequest | CompleteCallRequest | CancelCallRequest | ExpireCallRequest,
     ) -> Call:
-        path = f"/calls/{_as_uuid(call_uuid)}/actions/{action}"
-        return _parse(Call, await self._request("PUT", path, json=req.to_wire()))
+        path = f"/calls/{_as_uuid(call_uuid)}/actions/{action.value}"
+        template = f"/calls/{{call_uuid}}/actions/{action.value}"
+        response = await self._request(action, "PUT", path, json=req.to_wire(), template=template)
+        return _parse(Call, response)
 
     async def _request(
         self,
+        endpoint: Endpoint,
         method: str,
         path: str,
         *,
         json: Any = None,
         params: dict[str, str | int] | None = None,
+        template: str | None = None,
     ) -> httpx.Response:
         url = API_PREFIX + path
         for attempt in (1, 2):
             headers = {"Authorization": f"Bearer {self._signer.token()}"}
             try:
-                response = await self._http.request(
-                    method, url, json=json, params=params, headers=headers
+                response = await self._send(
+                    endpoint, method, url, API_PREFIX + (template or path), json, params, headers
                 )
             except httpx.TimeoutException as exc:
                 raise APITimeoutError(
@@ -468,6 +529,29 @@ class TapRaiseClient:
                 return response
             raise make_status_error(response)
         raise AssertionError("unreachable")
+
+    async def _send(
+        self,
+        endpoint: Endpoint,
+        method: str,
+        url: str,
+        template: str,
+        json: Any,
+        params: dict[str, str | int] | None,
+        headers: dict[str, str],
+    ) -> httpx.Response:
+        """One HTTP request, within every observer's watch."""
+        if not self._observers:
+            return await self._http.request(method, url, json=json, params=params, headers=headers)
+        observed = ObservedRequest(endpoint, method, template, self._http.base_url.host)
+        with ExitStack() as watching:
+            for observer in self._observers:
+                watching.enter_context(observer.observe(observed))
+            response = await self._http.request(
+                method, url, json=json, params=params, headers={**observed.headers, **headers}
+            )
+            observed.status = response.status_code
+        return response
 
 
 def _parse(model: type[_M], response: httpx.Response) -> _M:

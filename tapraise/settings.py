@@ -10,6 +10,7 @@ The three credentials are required with it and checked up front; for a sandbox,
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
@@ -19,7 +20,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tapraise.auth import ServiceAccount
-from tapraise.client import DEFAULT_MAX_CONNECTIONS, TapRaiseClient
+from tapraise.client import DEFAULT_MAX_CONNECTIONS, RequestObserver, TapRaiseClient
 from tapraise.errors import ConfigurationError
 
 SANDBOX_ACCOUNT_FILE = "service-account.json"
@@ -150,8 +151,11 @@ class TapRaiseSettings(BaseSettings):
         key_id = _reject_placeholder("TAPRAISE_PRIVATE_KEY_ID", self.private_key_id)
         return ServiceAccount(email=email, private_key_id=key_id, private_key_pem=self._pem())
 
-    def make_client(self) -> TapRaiseClient:
+    def make_client(self, observers: Sequence[RequestObserver] = ()) -> TapRaiseClient:
         """Build a ``TapRaiseClient`` for these settings.
+
+        Args:
+            observers: Told of every request the client sends (metrics, tracing).
 
         Raises:
             ConfigurationError: When the credentials or the private key are not usable.
@@ -161,6 +165,7 @@ class TapRaiseSettings(BaseSettings):
             self.service_account(),
             timeout=self.timeout(),
             max_connections=self.max_connections,
+            observers=observers,
         )
 
     def _pem(self) -> str:

@@ -159,7 +159,11 @@ async def gateway_client(
 def worker_env(
     temporal_env: WorkflowEnvironment, sandbox: SandboxServer, tmp_path: Path
 ) -> dict[str, str]:
-    """The environment of a `python -m worker` process pointed at the test server and sandbox."""
+    """The environment of a `python -m worker` process pointed at the test server and sandbox.
+
+    It serves no metrics (a test that wants them names an address): two workers of one test
+    would otherwise both ask for the default port.
+    """
     key_file = tmp_path / "key.pem"
     key_file.write_text(sandbox.private_key_pem)
     return {
@@ -171,6 +175,7 @@ def worker_env(
         "TAPRAISE_ACCOUNT_EMAIL": sandbox.account_email,
         "TAPRAISE_PRIVATE_KEY_ID": sandbox.private_key_id,
         "TAPRAISE_PRIVATE_KEY_FILE": str(key_file),
+        "WORKER_METRICS_ADDRESS": "",
     }
 
 

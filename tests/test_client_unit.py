@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -22,8 +23,8 @@ from pydantic import ValidationError
 
 from tapraise import errors
 from tapraise.auth import ServiceAccount, TokenSigner
-from tapraise.client import TapRaiseClient
-from tapraise.models import CallResult, CompleteCallRequest, ExpireCallRequest
+from tapraise.client import ObservedRequest, TapRaiseClient
+from tapraise.models import CallResult, CompleteCallRequest, CreateCallRequest, ExpireCallRequest
 from tapraise.settings import TapRaiseSettings, make_client
 
 pytestmark = pytest.mark.timeout(30)
@@ -409,6 +410,82 @@ async def test_connection_failures_become_api_connection_errors(
 
     assert not isinstance(info.value, errors.APITimeoutError)
     assert bearer(requests_seen[0]) not in str(info.value)
+
+
+# --- observers ----------------------------------------------------------------------------------
+
+
+class Watcher:
+    """A request observer that notes what it saw, and adds a header of its own."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str, str, int | None, str | None]] = []
+
+    @contextmanager
+    def observe(self, request: ObservedRequest) -> Iterator[None]:
+        request.headers["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        failure: str | None = None
+        try:
+            yield
+        except Exception as exc:
+            failure = type(exc).__name__
+            raise
+        finally:
+            self.seen.append(
+                (
+                    request.endpoint.value,
+                    request.method,
+                    request.template,
+                    request.server,
+                    request.status,
+                    failure,
+                )
+            )
+
+
+async def test_observers_see_each_request_by_endpoint_and_template_and_may_add_headers(
+    account: ServiceAccount, requests_seen: list[httpx.Request]
+) -> None:
+    answers = iter([httpx.Response(401), httpx.Response(200, json=CALL_BODY)])
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        requests_seen.append(request)
+        return next(answers)
+
+    watcher = Watcher()
+    async with TapRaiseClient(
+        "https://tapraise.test",
+        account,
+        transport=httpx.MockTransport(answer),
+        observers=[watcher],
+    ) as client:
+        await client.expire_call(CALL_UUID)
+    template = "/api/v1/calls/{call_uuid}/actions/expire"
+    # The request repeated after a 401 is a request of its own.
+    assert watcher.seen == [
+        ("expire", "PUT", template, "tapraise.test", 401, None),
+        ("expire", "PUT", template, "tapraise.test", 200, None),
+    ]
+    assert all(r.headers["traceparent"].startswith("00-0af7") for r in requests_seen)
+    assert all(r.headers["Authorization"].startswith("Bearer ") for r in requests_seen)
+
+
+async def test_observers_see_a_request_without_an_answer_fail(
+    account: ServiceAccount, requests_seen: list[httpx.Request]
+) -> None:
+    watcher = Watcher()
+    async with TapRaiseClient(
+        "https://tapraise.test",
+        account,
+        transport=httpx.MockTransport(raising(httpx.ConnectError)),
+        observers=[watcher],
+    ) as client:
+        with pytest.raises(errors.APIConnectionError):
+            await client.create_call(
+                CreateCallRequest(person_uuid=PERSON, type="verification", requested_at=T0)
+            )
+    failed = ("create", "POST", "/api/v1/calls", "tapraise.test", None, "ConnectError")
+    assert watcher.seen == [failed]
 
 
 async def test_default_timeouts_are_per_phase(account: ServiceAccount) -> None:

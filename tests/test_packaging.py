@@ -24,7 +24,7 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCTION = {
     "tapraise", "workflows", "activities", "starter", "gateway", "devstack", "encryption",
-    "worker.py",
+    "telemetry", "worker.py",
 }  # fmt: skip
 CLONE_ONLY = {"sandbox", "bench", "tests"}
 

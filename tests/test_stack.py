@@ -54,6 +54,7 @@ class StackProcess:
         self.temporal_port, self.ui_port = free_port(), free_port()
         self.sandbox_port, self.gateway_port = free_port(), free_port()
         self.codec_port = free_port()
+        self.metrics_port, self.gateway_metrics_port = free_port(), free_port()
         self.extra = list(extra)
         self.child: Child | None = None
         self.started_at = 0.0
@@ -65,7 +66,8 @@ class StackProcess:
     @property
     def ports(self) -> list[int]:
         return [
-            self.temporal_port, self.ui_port, self.sandbox_port, self.gateway_port, self.codec_port
+            self.temporal_port, self.ui_port, self.sandbox_port, self.gateway_port,
+            self.codec_port, self.metrics_port, self.gateway_metrics_port,
         ]  # fmt: skip
 
     def keys(self) -> KeyRing:
@@ -81,6 +83,8 @@ class StackProcess:
             "--sandbox-port", str(self.sandbox_port),
             "--gateway-port", str(self.gateway_port),
             "--codec-port", str(self.codec_port),
+            "--metrics-port", str(self.metrics_port),
+            "--gateway-metrics-port", str(self.gateway_metrics_port),
             *self.extra,
         ]  # fmt: skip
         full_env = {
@@ -200,6 +204,7 @@ class FirstRun:
     auth: dict[str, int]
     sandbox_admin: dict[str, int]
     counts: dict[str, int]
+    metrics: dict[str, str]
     scan: ClearTextScan
     pids: dict[str, int]
     exit_code: int
@@ -311,13 +316,17 @@ def first_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirstRun]:
             ).status_code,
         }
         counts = asyncio.run(_count_by_phase(stack))
+        metrics = {
+            "worker": httpx.get(f"http://127.0.0.1:{stack.metrics_port}/metrics").text,
+            "gateway": httpx.get(f"http://127.0.0.1:{stack.gateway_metrics_port}/metrics").text,
+        }
         scan = asyncio.run(_scan_for_clear_text(stack))
         # The README's examples, in a second terminal, while the demo runs.
         readme = readme_examples.run(home, readme_examples.fresh_shell_env(home))
         pids = stack.child_pids()
         code = stack.interrupt()
         yield FirstRun(
-            stack, ready, demo, health, auth, sandbox_admin, counts, scan, pids, code,
+            stack, ready, demo, health, auth, sandbox_admin, counts, metrics, scan, pids, code,
             stack.output, readme,
         )  # fmt: skip
     finally:
@@ -434,6 +443,24 @@ def test_phases_reach_the_search_attributes_the_web_ui_filters_on(first_run: Fir
     assert {p: first_run.counts[p] for p in expected} == expected
     open_calls = sum(first_run.counts[p] for p in ("scheduled", "due"))
     assert open_calls == sum(not s.expect.is_final for s in SCENARIOS)
+
+
+def test_the_worker_and_the_gateway_serve_their_metrics_where_the_guide_says(
+    first_run: FirstRun,
+) -> None:
+    stack = first_run.stack
+    assert f"http://127.0.0.1:{stack.metrics_port}/metrics" in first_run.output
+    assert f"http://127.0.0.1:{stack.gateway_metrics_port}/metrics" in first_run.output
+    worker = first_run.metrics["worker"]
+    assert re.search(r'^tapraise_calls_started_total\{.*call_type="verification"', worker, re.M)
+    for phase in ("completed", "cancelled", "expired", "failed"):
+        assert re.search(rf'^tapraise_calls_closed_total\{{.*phase="{phase}"', worker, re.M), phase
+    assert re.search(r'^tapraise_calls_closed_total\{.*reason="create_refused"', worker, re.M)
+    assert re.search(r'^tapraise_calls_tapraise_requests_total\{.*endpoint="create"', worker, re.M)
+    assert "temporal_worker_task_slots_available{" in worker
+    gateway = first_run.metrics["gateway"]
+    assert 'route="/calls/{call_uuid}"' in gateway, gateway
+    assert first_run.stack.exports()["CALL"] not in worker + gateway
 
 
 def test_sigint_stops_every_process_the_stack_started(first_run: FirstRun) -> None:

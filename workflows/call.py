@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NamedTuple, NoReturn, TypeVar
 from uuid import UUID
 
 from temporalio import workflow
@@ -77,6 +77,15 @@ with workflow.unsafe.imports_passed_through():
         call_uuid_from_workflow_id,
         to_json,
     )
+    from workflows.metrics import (
+        UNKNOWN_TYPE,
+        CloseReason,
+        RefusalReason,
+        attempt_recorded,
+        call_closed,
+        call_started,
+        message_refused,
+    )
     from workflows.policy import AttemptOutcome, CallPolicy
 
 _Arg = TypeVar("_Arg")
@@ -107,6 +116,11 @@ _STATUS_PHASE = {
     CallStatus.COMPLETED: CallPhase.COMPLETED,
     CallStatus.CANCELLED: CallPhase.CANCELLED,
     CallStatus.EXPIRED: CallPhase.EXPIRED,
+}
+_EXPIRY_CLOSE = {
+    schedule.ExpiryReason.MAX_ATTEMPTS: CloseReason.ATTEMPTS_EXHAUSTED,
+    schedule.ExpiryReason.DEADLINE: CloseReason.DEADLINE_PASSED,
+    schedule.ExpiryReason.FINAL_OUTCOME: CloseReason.FINAL_OUTCOME,
 }
 
 
@@ -168,6 +182,7 @@ class CallWorkflow:
         self._slot: schedule.Slot | None = None
         self._result: CallResult | None = None
         self._final_reason: str | None = None
+        self._close_reason: CloseReason | None = None  # the metrics' word for the final phase
         self._failure: str | None = None
         self._inbox: list[Action] = []
         self._closing: str | None = None  # the final action accepted, while it is carried out
@@ -185,8 +200,14 @@ class CallWorkflow:
 
     @workflow.run
     async def run(self, input: CallInput | dict[str, Any]) -> CallState:
+        if workflow.info().continued_run_id is None:
+            call_started(self._call_type)
         if self._input_error is not None:
-            self._fail(f"invalid input: {self._input_error}", errors.INVALID_INPUT)
+            self._fail(
+                f"invalid input: {self._input_error}",
+                errors.INVALID_INPUT,
+                CloseReason.INVALID_INPUT,
+            )
         self._check_identity()
         if self._input.resume is None:  # a continued run has its policy already
             await self._resolve_policy()
@@ -197,8 +218,10 @@ class CallWorkflow:
         except _Outgrown:  # a long TapRaise outage outgrew the history: carry on in a new run
             await self._continue_as_new()
         for action in self._inbox:  # accepted while the call closed: refuse, never hang
-            action.refusal, action.done = f"call is already {self._phase.value}", True
+            self._refuse(action, RefusalReason.FINAL_PHASE, f"call is already {self._phase.value}")
+            action.done = True
         self._publish()
+        call_closed(self._call_type, self._phase.value, self._close_reason or CloseReason.COMPLETED)
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self._snapshot()
 
@@ -246,7 +269,11 @@ class CallWorkflow:
         except FailureError as err:
             cause = _cause(err)
             kind = cause.type if isinstance(cause, ApplicationError) else errors.INVALID_POLICY
-            self._fail(f"could not resolve the call's policy: {_reason(cause)}", kind)
+            self._fail(
+                f"could not resolve the call's policy: {_reason(cause)}",
+                kind,
+                CloseReason.INVALID_POLICY,
+            )
         self._record.timezone = schedule.effective_timezone(self._policy, self._input.timezone)
 
     async def _create(self) -> None:
@@ -256,7 +283,11 @@ class CallWorkflow:
                 "create the call", TapRaiseActivities.create_call, self._create_request()
             )
         except _Refused as refused:
-            self._fail(f"could not create the call: {refused.reason}", refused.kind)
+            self._fail(
+                f"could not create the call: {refused.reason}",
+                refused.kind,
+                CloseReason.CREATE_REFUSED,
+            )
         self._record.created = True
         call = outcome.call
         if outcome.created:
@@ -268,6 +299,7 @@ class CallWorkflow:
         if call.status in _STATUS_PHASE:
             self._result = call.result
             self._final_reason = "already final in TapRaise"
+            self._close_reason = CloseReason.FINAL_IN_TAPRAISE
             self._enter(_STATUS_PHASE[call.status])
 
     def _next_slot(self) -> schedule.SlotDecision:
@@ -368,7 +400,7 @@ class CallWorkflow:
 
     async def _carry_out(self, action: Action) -> None:
         if self._phase.is_final:
-            action.refusal = f"call is already {self._phase.value}"
+            self._refuse(action, RefusalReason.FINAL_PHASE, f"call is already {self._phase.value}")
             return
         msg = action.message
         if isinstance(msg, AttemptSignal):
@@ -408,11 +440,16 @@ class CallWorkflow:
         for recorded in self._record.attempts:
             if same_attempt(recorded.attempt_at, recorded.user_uuid, attempt_at, msg.user_uuid):
                 action.detail = "duplicate: this attempt is already recorded"
+                message_refused(ATTEMPT, RefusalReason.DUPLICATE)
                 return
         assert self._policy is not None
         if len(self._record.attempts) >= self._policy.max_attempts:
             # Accepted before the policy was known (the call was being created), or queued.
-            action.refusal = f"the maximum of {self._policy.max_attempts} attempts is reached"
+            self._refuse(
+                action,
+                RefusalReason.MAX_ATTEMPTS,
+                f"the maximum of {self._policy.max_attempts} attempts is reached",
+            )
             self._log("ignored", f"attempt: {action.refusal}")
             return
         try:
@@ -433,6 +470,7 @@ class CallWorkflow:
         self._record.attempts.append(
             AttemptRecord(attempt_at=attempt_at, outcome=msg.outcome, user_uuid=msg.user_uuid)
         )
+        attempt_recorded(self._call_type, msg.outcome.value)
         self._record.callback_at = None
         self._record.missed_slot_at = None
         self._slot = None
@@ -449,10 +487,11 @@ class CallWorkflow:
         can follow, so the call's maximum becomes TapRaise's and the call expires.
         """
         if self._adopt_other_final(refused):
-            action.refusal = f"call is already {self._phase.value}"
+            self._refuse(action, RefusalReason.FINAL_PHASE, f"call is already {self._phase.value}")
             return
-        action.refusal = f"TapRaise refused the attempt: {refused.reason}"
-        self._log("refused", action.refusal)
+        refusal = f"TapRaise refused the attempt: {refused.reason}"
+        self._refuse(action, RefusalReason.TAPRAISE_REFUSED, refusal)
+        self._log("refused", refusal)
         workflow.logger.warning("attempt refused by TapRaise (%s)", refused.kind)
         held = refused.details[0] if refused.details else None
         assert self._policy is not None
@@ -477,8 +516,8 @@ class CallWorkflow:
                 workflow.now(),
             )
         except ValueError as exc:
-            action.refusal = f"callback refused: {exc}"
-            self._log("ignored", action.refusal)
+            self._refuse(action, RefusalReason.INVALID_CALLBACK, f"callback refused: {exc}")
+            self._log("ignored", f"callback refused: {exc}")
             return
         self._record.callback_at = at
         self._slot = None
@@ -504,6 +543,7 @@ class CallWorkflow:
         if call is not None:
             self._result = call.result or result
             self._final_reason = f"completed: {result.result_code}"
+            self._close_reason = CloseReason.COMPLETED
             self._enter(CallPhase.COMPLETED)
             action.detail = f"call {self._phase.value}"
 
@@ -521,6 +561,7 @@ class CallWorkflow:
         )
         if call is not None:
             self._final_reason = f"cancelled: {msg.reason}" if msg.reason else "cancelled"
+            self._close_reason = CloseReason.CANCELLED
             self._enter(CallPhase.CANCELLED)
             action.detail = f"call {self._phase.value}"
 
@@ -545,9 +586,11 @@ class CallWorkflow:
             workflow.logger.warning("TapRaise refused to expire the call (%s)", refused.kind)
             self._final_reason = f"expired: {decision.reason}; TapRaise refused: {refused.reason}"
             self._log("refused", f"TapRaise refused the expiry: {refused.reason}")
+            self._close_reason = _EXPIRY_CLOSE[decision.reason]
             self._enter(CallPhase.EXPIRED)
             return
         self._final_reason = f"expired: {decision.reason}"
+        self._close_reason = _EXPIRY_CLOSE[decision.reason]
         self._enter(CallPhase.EXPIRED)
 
     async def _finish_in_tapraise(
@@ -563,10 +606,16 @@ class CallWorkflow:
         except _Refused as refused:
             self._closing = None
             if self._adopt_other_final(refused):
-                action.refusal = f"call is already {self._phase.value}"
+                self._refuse(
+                    action, RefusalReason.FINAL_PHASE, f"call is already {self._phase.value}"
+                )
                 return None
-            action.refusal = f"TapRaise refused to {verb} the call: {refused.reason}"
-            self._log("refused", action.refusal)
+            self._refuse(
+                action,
+                RefusalReason.TAPRAISE_REFUSED,
+                f"TapRaise refused to {verb} the call: {refused.reason}",
+            )
+            self._log("refused", f"TapRaise refused to {verb} the call: {refused.reason}")
             workflow.logger.warning("%s refused by TapRaise (%s)", verb, refused.kind)
             return None
 
@@ -590,6 +639,7 @@ class CallWorkflow:
         status = CallStatus(str(refused.details[0]))
         self._record.status = status
         self._final_reason = f"already {status.value} in TapRaise"
+        self._close_reason = CloseReason.FINAL_IN_TAPRAISE
         self._log("adopted", self._final_reason)
         self._enter(_STATUS_PHASE[status])
         return True
@@ -678,19 +728,20 @@ class CallWorkflow:
         self._publish()
         await workflow.sleep(wait, summary="TapRaise outage: next try")
 
-    def _fail(self, failure: str, kind: str | None) -> NoReturn:
+    def _fail(self, failure: str, kind: str | None, reason: CloseReason) -> NoReturn:
         """End in phase `failed`, visible in the UI, with an error that says what went wrong."""
         self._failure = failure
         self._log("failed", failure)
         self._enter(CallPhase.FAILED)
         self._publish()
+        call_closed(self._call_type, self._phase.value, reason)
         raise ApplicationError(
             f"Call {self._record.call_uuid}: {failure}", type=kind, non_retryable=True
         )
 
     # ── messages ─────────────────────────────────────────────────────────────────────────────
 
-    def _refusal(self, kind: str, msg: Any) -> str | None:
+    def _refusal(self, kind: str, msg: Any) -> _Refusal | None:
         """Why a message cannot be accepted now, or None. Never changes state.
 
         Everything TapRaise is known to refuse is refused here, before anything is sent: a time
@@ -699,9 +750,9 @@ class CallWorkflow:
         only (see `_attempt_refused`, `_finish_in_tapraise`).
         """
         if self._phase.is_final:
-            return f"call is already {self._phase.value}"
+            return _Refusal(RefusalReason.FINAL_PHASE, f"call is already {self._phase.value}")
         if self._closing is not None:
-            return f"call is already being {self._closing}"
+            return _Refusal(RefusalReason.CLOSING, f"call is already being {self._closing}")
         now = workflow.now()
         if isinstance(msg, AttemptSignal):
             problem = self._time_problem("attemptAt", msg.attempt_at, now)
@@ -711,15 +762,20 @@ class CallWorkflow:
             mine = (to_millis(msg.attempt_at or now), msg.user_uuid)
             duplicate = any(same_attempt(*mine, *known) for known in counted)
             if self._policy and not duplicate and len(counted) >= self._policy.max_attempts:
-                return f"the maximum of {self._policy.max_attempts} attempts is reached"
+                return _Refusal(
+                    RefusalReason.MAX_ATTEMPTS,
+                    f"the maximum of {self._policy.max_attempts} attempts is reached",
+                )
         elif isinstance(msg, CompleteSignal):
             problem = self._time_problem("result.completedAt", msg.result.completed_at, now)
             if problem:
                 return problem
             codes = self._policy.result_codes if self._policy else None
             if codes is not None and msg.result.result_code not in codes:
-                return (
-                    f"result.resultCode {msg.result.result_code!r} is not one of {', '.join(codes)}"
+                return _Refusal(
+                    RefusalReason.INVALID_RESULT_CODE,
+                    f"result.resultCode {msg.result.result_code!r} is not one of "
+                    f"{', '.join(codes)}",
                 )
         elif isinstance(msg, RescheduleSignal) and self._policy is not None:
             try:
@@ -727,7 +783,7 @@ class CallWorkflow:
                     self._policy, self._record.timezone, self._record.requested_at, msg.at, now
                 )
             except ValueError as exc:
-                return f"callback refused: {exc}"
+                return _Refusal(RefusalReason.INVALID_CALLBACK, f"callback refused: {exc}")
         elif isinstance(msg, CancelSignal):
             return self._time_problem("cancelledAt", msg.cancelled_at, now)
         return None
@@ -743,22 +799,29 @@ class CallWorkflow:
                     counted.append(key)
         return counted
 
-    def _time_problem(self, field: str, at: datetime | None, now: datetime) -> str | None:
+    def _time_problem(self, field: str, at: datetime | None, now: datetime) -> _Refusal | None:
         """A reported time TapRaise would refuse (a missing one is now, when it is received)."""
         if at is not None and at > now + _CLOCK_TOLERANCE:
-            return f"{field} is in the future"
+            return _Refusal(RefusalReason.TIME_IN_FUTURE, f"{field} is in the future")
         if to_millis(at or now) < self._record.requested_at:
-            return (
+            return _Refusal(
+                RefusalReason.BEFORE_REQUESTED,
                 f"{field} is before the call was requested "
-                f"({self._record.requested_at.isoformat().replace('+00:00', 'Z')})"
+                f"({self._record.requested_at.isoformat().replace('+00:00', 'Z')})",
             )
         return None
 
+    def _refuse(self, action: Action, reason: RefusalReason, text: str) -> None:
+        """An accepted message that could not be carried out after all: say why, and count it."""
+        action.refusal = text
+        message_refused(action.kind, reason)
+
     def _accept(self, kind: str, msg: Any) -> Action | None:
-        reason = self._refusal(kind, msg)
-        if reason is not None:
-            workflow.logger.warning("%s ignored: %s", kind, reason)
-            self._log("ignored", f"{kind}: {reason}")
+        refusal = self._refusal(kind, msg)
+        if refusal is not None:
+            message_refused(kind, refusal.reason)
+            workflow.logger.warning("%s ignored: %s", kind, refusal.text)
+            self._log("ignored", f"{kind}: {refusal.text}")
             return None
         if kind in (COMPLETE, CANCEL):
             self._closing = "completed" if kind == COMPLETE else "cancelled"
@@ -769,15 +832,17 @@ class CallWorkflow:
         return action
 
     def _validate(self, kind: str, msg: Any) -> None:
-        reason = self._refusal(kind, msg)
-        if reason is not None:
-            raise ApplicationError(reason, type=errors.ACTION_REJECTED)
+        refusal = self._refusal(kind, msg)
+        if refusal is not None:
+            message_refused(kind, refusal.reason)
+            raise ApplicationError(refusal.text, type=errors.ACTION_REJECTED)
 
     async def _answer(self, kind: str, msg: Any) -> ActionAccepted:
         action = self._accept(kind, msg)
         if action is None:  # the state changed between validator and handler
+            refusal = self._refusal(kind, msg)
             raise ApplicationError(
-                self._refusal(kind, msg) or "refused", type=errors.ACTION_REJECTED
+                refusal.text if refusal else "refused", type=errors.ACTION_REJECTED
             )
         await workflow.wait_condition(lambda: action.done or action.queued)
         if self._patched_at_start:
@@ -859,6 +924,12 @@ class CallWorkflow:
 
     # ── bookkeeping: phase, search attributes, details, snapshot ─────────────────────────────
 
+    @property
+    def _call_type(self) -> str:
+        """The `call_type` label: the type the start said, if it said a valid one."""
+        said_type = self._said[0]
+        return said_type.value if said_type else UNKNOWN_TYPE
+
     def _check_identity(self) -> None:
         wid = workflow.info().workflow_id
         if wid.startswith("call-") and wid != f"call-{self._record.call_uuid}":
@@ -866,6 +937,7 @@ class CallWorkflow:
                 f"workflow id {wid} does not match the call uuid {self._record.call_uuid}: "
                 f"start it as call-{self._record.call_uuid}",
                 errors.INVALID_INPUT,
+                CloseReason.INVALID_INPUT,
             )
 
     def _create_request(self) -> CreateCallRequest:
@@ -981,6 +1053,13 @@ class CallWorkflow:
 
 
 _UNSET = object()
+
+
+class _Refusal(NamedTuple):
+    """Why a message is refused: the metrics' word for it, and the sentence its sender reads."""
+
+    reason: RefusalReason
+    text: str
 
 
 class _Refused(Exception):

@@ -96,6 +96,8 @@ class Stack:
             "TAPRAISE_PRIVATE_KEY_FILE": str(key_file),
             "TAPRAISE_TIMEOUT_SECONDS": str(self.config.client_timeout_seconds),
             "LOG_LEVEL": "INFO",
+            # Several workers on one machine: none serves metrics (they would share a port).
+            "WORKER_METRICS_ADDRESS": "",
         }
         self.workers = [
             self._child(f"worker-{i}", [sys.executable, "-m", "worker"], worker_env)
