@@ -36,6 +36,8 @@ from tapraise.models import (
 )
 
 PAGE_SIZE: Final = 100
+CHANGES: Final = "tapraise_calls_follower_changes_total"
+LAG: Final = "tapraise_calls_follower_lag_seconds"
 OVERLAP: Final = timedelta(seconds=5)
 """How far before its watermark a round asks again: a change TapRaise records with a time a
 little older than one already seen (another server's clock, a transaction committed late) is
@@ -166,6 +168,13 @@ class FollowerActivities:
             if call.last_updated_at is None or (call.uuid, call.last_updated_at) not in recent
         ]
         known = await self._dispatcher.known([call.uuid for call in fresh])
+        meter = activity.metric_meter()
+        changes = meter.create_counter(
+            CHANGES, "Changes found in TapRaise, by what became of them."
+        )
+        lag = meter.create_histogram_float(
+            LAG, "From a change in TapRaise to its workflow being told, or started.", "s"
+        )
         marks = list(request.unmarked)
         for call in fresh:
             shown = known.get(call.uuid)
@@ -175,8 +184,12 @@ class FollowerActivities:
             ):
                 # Its workflow shows this already: most changes are the workflow's own.
                 outcome.ignored += 1
+                changes.add(1, {"delivery": "known"})
                 continue
             delivery = await self._dispatch(call, request)
+            changes.add(1, {"delivery": delivery.value})
+            if delivery is not Delivery.NOT_RUNNING and call.last_updated_at is not None:
+                lag.record(max(0.0, (self._clock() - call.last_updated_at).total_seconds()))
             if delivery is Delivery.STARTED:
                 outcome.adopted += 1
                 marks.append(call.uuid)

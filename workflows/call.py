@@ -431,6 +431,7 @@ class CallWorkflow:
             if call.result is not None:
                 self._result = call.result
             self._final_reason = f"{call.status.value} in TapRaise"
+            self._close_reason = CloseReason.FINAL_IN_TAPRAISE
             self._log("synced", f"{call.status.value} in TapRaise: closed without a final action")
             self._enter(_STATUS_PHASE[call.status])
         action.detail = f"synced with TapRaise ({call.status.value})"
