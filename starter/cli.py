@@ -925,6 +925,14 @@ def list_calls(
         str | None,
         typer.Option("--due-before", help=f"NextAttemptAt before this time: {_WHEN}."),
     ] = None,
+    due: Annotated[
+        bool,
+        typer.Option(
+            "--due",
+            help="The calls to dial now: their next slot has come (NextAttemptAt before now), "
+            "whether or not their policy shows the phase `due`.",
+        ),
+    ] = False,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = DEFAULT_LIST_LIMIT,
     query: Annotated[
         str | None,
@@ -944,13 +952,15 @@ def list_calls(
     header line, every value in full.
     """
     try:
+        if due and due_before is not None:
+            raise InvalidInput(["--due is --due-before now: give one of the two"])
         filters = ListFilters.parse(
             status=status,
             phase=phase,
             type=call_type,
             person=person,
             org=org,
-            due_before=_moment(due_before),
+            due_before=_moment("+0s" if due else due_before),
             query=query,
         )
     except InvalidInput as exc:

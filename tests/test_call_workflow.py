@@ -62,6 +62,8 @@ from workflows.policy import AttemptOutcome
 pytestmark = pytest.mark.timeout(90)
 
 PERSON = uuid.UUID(DEMO_PERSON_UUIDS[0])
+# The `due` phase is off by default; these tests follow a slot through it.
+DUE_PHASE: dict[str, Any] = {"duePhase": True}
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
 DUTCH_HOLIDAYS = holidays.country_holidays("NL")
 
@@ -177,7 +179,7 @@ async def test_a_call_starts_at_the_instant_its_test_pins(call_worker: CallWorke
 async def test_typical_call_attempted_on_two_days_then_completed_on_day_three(
     call_worker: CallWorker, lenient_sandbox: SandboxServer
 ) -> None:
-    handle = await call_worker.start(person_uuid=PERSON, type="verification")
+    handle = await call_worker.start(person_uuid=PERSON, type="verification", policy=DUE_PHASE)
     call_uuid = str((await call_worker.state(handle)).call_uuid)
 
     first = await settled(call_worker, handle)
@@ -242,7 +244,9 @@ async def test_cancel_while_waiting_cancels_in_tapraise(
 async def test_call_expires_when_attempts_run_out(
     call_worker: CallWorker, lenient_sandbox: SandboxServer
 ) -> None:
-    handle = await call_worker.start(person_uuid=PERSON, type="winback", policy={"maxAttempts": 2})
+    handle = await call_worker.start(
+        person_uuid=PERSON, type="winback", policy={**DUE_PHASE, "maxAttempts": 2}
+    )
     state = await settled(call_worker, handle)
     for attempt in range(2):
         if attempt:  # a busy line is tried again half an hour later: never at once
@@ -280,7 +284,7 @@ async def test_call_expires_at_its_deadline_after_missed_slots(
 async def test_reschedule_moves_the_next_slot_to_the_donors_requested_time(
     call_worker: CallWorker,
 ) -> None:
-    handle = await call_worker.start(person_uuid=PERSON, type="verification")
+    handle = await call_worker.start(person_uuid=PERSON, type="verification", policy=DUE_PHASE)
     state = await settled(call_worker, handle)
     now = await call_worker.now(handle)
     local = (now + timedelta(days=3)).astimezone(AMSTERDAM)
@@ -517,6 +521,7 @@ async def test_slots_stay_inside_local_windows_across_a_dst_change(
         person_uuid=PERSON,
         type="verification",
         policy={
+            **DUE_PHASE,
             "firstAttemptDelay": delay,
             "deadline": delay + 14 * 86400,
             "retryDelays": {"no_answer": 10 * 3600},
