@@ -14,6 +14,7 @@ told (`sync` merges by attempt identity). Only the counts can come out higher th
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -36,6 +37,7 @@ from tapraise.models import (
 )
 
 PAGE_SIZE: Final = 100
+DISPATCH_LANES: Final = 16
 CHANGES: Final = "tapraise_calls_follower_changes_total"
 LAG: Final = "tapraise_calls_follower_lag_seconds"
 OVERLAP: Final = timedelta(seconds=5)
@@ -176,7 +178,9 @@ class FollowerActivities:
             LAG, "From a change in TapRaise to its workflow being told, or started.", "s"
         )
         marks = list(request.unmarked)
-        for call in fresh:
+        lanes = asyncio.Semaphore(DISPATCH_LANES)
+
+        async def hand_over(call: Call) -> None:
             shown = known.get(call.uuid)
             if shown is not None and (shown.status, shown.attempts) == (
                 call.status,
@@ -185,8 +189,9 @@ class FollowerActivities:
                 # Its workflow shows this already: most changes are the workflow's own.
                 outcome.ignored += 1
                 changes.add(1, {"delivery": "known"})
-                continue
-            delivery = await self._dispatch(call, request)
+                return
+            async with lanes:
+                delivery = await self._dispatch(call, request)
             changes.add(1, {"delivery": delivery.value})
             if delivery is not Delivery.NOT_RUNNING and call.last_updated_at is not None:
                 lag.record(max(0.0, (self._clock() - call.last_updated_at).total_seconds()))
@@ -198,6 +203,14 @@ class FollowerActivities:
             else:
                 outcome.ignored += 1
             activity.heartbeat()
+
+        # Calls are independent of each other: a burst of changes is handed over a few at a
+        # time, not one after the other. One failure fails the round (run again from the same
+        # watermark), once the others have been handed over.
+        handed = await asyncio.gather(*(hand_over(call) for call in fresh), return_exceptions=True)
+        failures = [failure for failure in handed if isinstance(failure, BaseException)]
+        if failures:
+            raise failures[0]
         newest = outcome.newest
         outcome.recent = [
             Seen(call_uuid=call.uuid, last_updated_at=call.last_updated_at)
