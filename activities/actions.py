@@ -135,11 +135,13 @@ def to_application_error(
     return ApplicationError(message, type=errors.TAPRAISE_STATUS)
 
 
-def _other_final_state(action: str, status: CallStatus) -> ApplicationError:
-    """The call is already final in TapRaise in another state: the workflow adopts it."""
+def _other_final_state(action: str, call: Call) -> ApplicationError:
+    """The call is already final in TapRaise in another state: the workflow adopts it, with
+    the attempts and the result TapRaise holds (details: the status, then the call)."""
     return ApplicationError(
-        f"TapRaise {action}: the call is already {status.value}",
-        status.value,
+        f"TapRaise {action}: the call is already {call.status.value}",
+        call.status.value,
+        call.model_dump(mode="json", by_alias=True),
         type=errors.CALL_IN_OTHER_FINAL_STATE,
         non_retryable=True,
     )
@@ -254,7 +256,7 @@ class TapRaiseActivities:
                 activity.logger.info("attempt already recorded by an earlier try; not resent")
                 return call
         if call.status != CallStatus.REQUESTED:
-            raise _other_final_state(action, call.status)
+            raise _other_final_state(action, call)
         request = AddAttemptRequest(user_uuid=data.user_uuid, attempt_at=data.attempt_at)
         sent = time.monotonic()
         try:
@@ -298,7 +300,7 @@ class TapRaiseActivities:
         except BadRequestError as exc:
             call = await self._find(ref)
             if call is not None and call.status not in (CallStatus.REQUESTED, target):
-                raise _other_final_state(action, call.status) from exc
+                raise _other_final_state(action, call) from exc
             if call is not None and call.status == target:
                 return call
             _raise(exc, action)

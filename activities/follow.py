@@ -181,6 +181,7 @@ class FollowerActivities:
         lanes = asyncio.Semaphore(DISPATCH_LANES)
 
         async def hand_over(call: Call) -> None:
+            adopt = self._adopts(call, request)
             shown = known.get(call.uuid)
             if shown is not None and (shown.status, shown.attempts) == (
                 call.status,
@@ -189,15 +190,19 @@ class FollowerActivities:
                 # Its workflow shows this already: most changes are the workflow's own.
                 outcome.ignored += 1
                 changes.add(1, {"delivery": "known"})
+                if adopt:
+                    # Marked again: a round that adopted it may have failed before its mark.
+                    marks.append(call.uuid)
                 return
             async with lanes:
-                delivery = await self._dispatch(call, request)
+                delivery = await self._dispatch(call, adopt, request)
             changes.add(1, {"delivery": delivery.value})
             if delivery is not Delivery.NOT_RUNNING and call.last_updated_at is not None:
                 lag.record(max(0.0, (self._clock() - call.last_updated_at).total_seconds()))
+            if delivery is not Delivery.NOT_RUNNING and adopt:
+                marks.append(call.uuid)
             if delivery is Delivery.STARTED:
                 outcome.adopted += 1
-                marks.append(call.uuid)
             elif delivery is Delivery.DELIVERED:
                 outcome.delivered += 1
             else:
@@ -243,12 +248,21 @@ class FollowerActivities:
                 outcome.newest = changed_at
         return calls
 
-    async def _dispatch(self, call: Call, request: FollowRequest) -> Delivery:
+    @staticmethod
+    def _adopts(call: Call, request: FollowRequest) -> bool:
+        """Whether the call is one to run: requested, TapRaise's own, in the follower's scope.
+
+        Such a call whose workflow runs is marked processed (again: a mark is idempotent).
+        """
+        return (
+            call.external_metadata is None
+            and call.status is CallStatus.REQUESTED
+            and request.scope.covers(call.type, call.calling_organization_uuid)
+        )
+
+    async def _dispatch(self, call: Call, adopt: bool, request: FollowRequest) -> Delivery:
         if call.external_metadata is not None:
             return Delivery.NOT_RUNNING  # another system's call
-        adopt = call.status is CallStatus.REQUESTED and request.scope.covers(
-            call.type, call.calling_organization_uuid
-        )
         return await self._dispatcher.dispatch(call, adopt, request.task_queue)
 
     async def _mark(self, marks: list[UUID], outcome: FollowOutcome) -> None:

@@ -343,7 +343,9 @@ async def test_add_attempt_on_a_call_final_in_tapraise_names_its_state_and_sends
     await client.cancel_call(call.uuid, CancelCallRequest())
     error = await failure(acts.add_attempt, attempt_input(call))
     assert_final(error, errors.CALL_IN_OTHER_FINAL_STATE)
-    assert error.details == ("cancelled",)
+    # The state, then the call as TapRaise holds it (its attempts and result are adopted).
+    status, held = error.details
+    assert status == "cancelled" and held["status"] == "cancelled" and held["uuid"]
     assert sandbox.requests(str(call.uuid), endpoint="add-attempt") == []
 
 

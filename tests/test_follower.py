@@ -233,3 +233,36 @@ async def test_a_change_the_call_made_itself_is_not_told_back_to_it(
     ]
     assert signals == [], signals
     assert before.ignored >= 1 and before.delivered == 0, before
+
+
+async def test_a_call_found_final_in_tapraise_keeps_what_tapraise_holds(
+    call_worker: CallWorker, lenient_sandbox: SandboxServer, follower: FollowerService
+) -> None:
+    # Not told by the follower (paused): the call finds out when its own attempt is refused.
+    await follower.act(PAUSE)
+    call_uuid = str(uuid.uuid4())
+    handle = await call_worker.client.start_workflow(
+        "CallWorkflow",
+        {
+            "uuid": call_uuid,
+            "personUuid": PERSON,
+            "type": "verification",
+            "callingOrganizationUuid": DEMO_ORGANIZATION_UUID,
+        },
+        id=workflow_id_for(call_uuid),
+        task_queue=call_worker.task_queue,
+        result_type=CallState,
+    )
+    state = await wait_for_phase(handle, CallPhase.SCHEDULED, CallPhase.DUE)
+    at = (state.requested_at + timedelta(milliseconds=5)).isoformat()
+    act_in_app(lenient_sandbox, call_uuid, "add-attempt", userUuid=APP_USER, attemptAt=at)
+    act_in_app(
+        lenient_sandbox, call_uuid, "complete", userUuid=APP_USER, result={"resultCode": "declined"}
+    )
+    await handle.signal("attempt", {"outcome": "busy"})
+    async with asyncio.timeout(20):
+        final: CallState = await handle.result()
+    assert final.phase is CallPhase.COMPLETED
+    assert final.result is not None and final.result.result_code == "declined"
+    assert len(final.attempts) == 1, final.attempts  # the app's, not the refused one
+    assert lenient_sandbox.effects(call_uuid) == effects(create=1)

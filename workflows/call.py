@@ -420,9 +420,7 @@ class CallWorkflow:
         Nothing is sent to TapRaise: it holds this already. Attempts are merged by identity,
         so an attempt this call recorded itself, or a change told twice, counts once.
         """
-        before = len(self._record.attempts)
-        self._adopt_unrecorded_attempts(call)
-        if len(self._record.attempts) > before:
+        if self._merge_attempts(call):
             self._slot = None  # the next slot follows the newest attempt, and the count
             self._record.missed_slot_at = None
             self._enter(CallPhase.SCHEDULED)
@@ -639,6 +637,13 @@ class CallWorkflow:
             return False
         status = CallStatus(str(refused.details[0]))
         self._record.status = status
+        if len(refused.details) > 1 and isinstance(refused.details[1], dict):
+            # What TapRaise holds (older runs were told the status only): its attempts, made
+            # there, count; a result entered there is the call's.
+            held = Call.model_validate(refused.details[1])
+            self._merge_attempts(held)
+            if held.result is not None:
+                self._result = held.result
         self._final_reason = f"already {status.value} in TapRaise"
         self._close_reason = CloseReason.FINAL_IN_TAPRAISE
         self._log("adopted", self._final_reason)
@@ -652,7 +657,14 @@ class CallWorkflow:
         asked for it was lost with the worker (an update is kept only once accepted), so the
         final state would otherwise show one attempt less than TapRaise.
         """
-        unrecorded = [
+        if self._unrecorded(call) and (
+            self._patched_at_start or workflow.patched(_ADOPT_UNRECORDED_ATTEMPTS)
+        ):
+            self._merge_attempts(call)
+
+    def _unrecorded(self, call: Call) -> list[AttemptRecord]:
+        """The attempts TapRaise holds that this call has not recorded (matched by identity)."""
+        return [
             record
             for record in self._records_of(call.attempts)
             if not any(
@@ -660,11 +672,16 @@ class CallWorkflow:
                 for a in self._record.attempts
             )
         ]
-        if unrecorded and (self._patched_at_start or workflow.patched(_ADOPT_UNRECORDED_ATTEMPTS)):
+
+    def _merge_attempts(self, call: Call) -> int:
+        """Record the attempts TapRaise holds that this call missed; how many there were."""
+        unrecorded = self._unrecorded(call)
+        if unrecorded:
             self._record.attempts.extend(unrecorded)
             self._log(
                 "adopted", f"{len(unrecorded)} attempt(s) TapRaise holds and this call missed"
             )
+        return len(unrecorded)
 
     def _records_of(self, attempts: list[Attempt]) -> list[AttemptRecord]:
         """TapRaise's attempts as this call records them (TapRaise keeps no outcome)."""

@@ -40,8 +40,12 @@ with workflow.unsafe.imports_passed_through():
 ROUNDS_PER_RUN: Final = 500
 """Rounds before the follower continues as new (about four hours at the default interval)."""
 ROUND_TIMEOUT: Final = timedelta(minutes=5)
-# A round that fails is tried again at the next interval, not in a tight loop of its own.
-ROUND_RETRY: Final = RetryPolicy(maximum_attempts=1)
+# A round heartbeats after each page and each call it hands over; a worker killed mid-round is
+# noticed within this, and the round runs again at once on another worker.
+ROUND_HEARTBEAT: Final = timedelta(seconds=20)
+# A round that fails twice (TapRaise or Temporal down) is tried again at the next interval, not
+# in a tight loop of its own.
+ROUND_RETRY: Final = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=2)
 
 
 @workflow.defn(name=FOLLOWER_WORKFLOW_TYPE)
@@ -113,7 +117,7 @@ class FollowerWorkflow:
                 FollowerActivities.follow_once,
                 request,
                 start_to_close_timeout=ROUND_TIMEOUT,
-                heartbeat_timeout=timedelta(seconds=60),
+                heartbeat_timeout=ROUND_HEARTBEAT,
                 retry_policy=ROUND_RETRY,
             )
         except ActivityError as err:

@@ -246,10 +246,12 @@ class CallPolicy(_Wire):
     deadline: PositiveDuration = timedelta(days=7)
     attempt_window: PositiveDuration = timedelta(hours=2)
     missed_slot_delay: Duration = timedelta(hours=1)
-    # Whether a slot's attempt window shows as phase `due`. Off (the default), the call stays
-    # `scheduled` (its `NextAttemptAt` passed) until a report or the window's end: one durable
-    # timer and one search-attribute upsert less per slot (Temporal Cloud bills both).
-    due_phase: bool = False
+    # Whether a slot's attempt window shows as phase `due`. Off, the call stays `scheduled`
+    # (its `NextAttemptAt` passed) until a report or the window's end: one durable timer and
+    # one search-attribute upsert less per slot (Temporal Cloud bills both). The shipped
+    # policies switch it off; the model's default stays on, because a policy recorded in a
+    # running call's history before this field existed meant it on.
+    due_phase: bool = True
     timezone: TimeZoneName | None = DEFAULT_TIMEZONE
     # A safety bound, not a calling rule: past this many history events the call continues as a
     # new run with its state carried over. A real call stays far below it.
