@@ -1,12 +1,16 @@
-"""`python -m bench` (what `make bench` runs): all five benchmarks, each with its ratio.
+"""`python -m bench` (what `make bench` runs): all six benchmarks, then every figure in one block.
 
-Each benchmark starts its own processes (dev server, sandbox, worker) on free loopback ports in
-a temporary directory and stops them when done, Ctrl-C included. The defaults fit in about ten
-minutes on a 2-core machine; `bench.scale` runs 2,000 calls here (its own default, when run
-alone, is 10,000).
+Each benchmark starts its own processes (dev server, sandbox, worker, gateway) on free loopback
+ports in a temporary directory and stops them when done, Ctrl-C included. The defaults fit in
+about fifteen minutes on a 2-core machine; `bench.scale` runs 2,000 calls here (its own default,
+when run alone, is 10,000).
 
-    python -m bench                 # everything, tables
-    python -m bench --json          # everything, one JSON document
+The output ends with the summary block: one line per figure of every benchmark run, each
+`<benchmark>.<figure>: <value> <unit> (goal <goal>) met|missed`, or `(no goal)` for a figure
+without one (see `bench.report`).
+
+    python -m bench                 # everything, tables, then the summary block
+    python -m bench --json          # everything, one JSON document (its `summary` too)
     python -m bench --only cost     # some of them (repeatable)
 """
 
@@ -19,10 +23,10 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 
-from bench import batch, cost, sandbox_load, scale, throughput
-from bench.report import Result, err, out, show, summary
+from bench import agent_latency, batch, cost, sandbox_load, scale, throughput
+from bench.report import Result, err, out, print_summary, show
 
-NAMES = ("throughput", "cost", "scale", "batch", "sandbox_load")
+NAMES = ("throughput", "cost", "scale", "batch", "sandbox_load", "agent_latency")
 SCALE_N = 2_000
 
 
@@ -45,6 +49,7 @@ async def run_all(names: list[str], as_json: bool) -> list[Result]:
         "scale": lambda: scale.run(n=SCALE_N),
         "batch": batch.run,
         "sandbox_load": sandbox_load_run,
+        "agent_latency": agent_latency.run,
     }
     for name in names:
         began = time.monotonic()
@@ -78,11 +83,19 @@ def main() -> None:
         err.print("interrupted: stopped every process the benchmarks started")
         raise SystemExit(130) from None
     if args.json:
-        document = {"machine": before, "results": [r.to_json() for r in results]}
+        document = {
+            "machine": before,
+            "results": [r.to_json() for r in results],
+            "summary": [f.to_json() for r in results for f in r.summary],
+        }
         print(json.dumps(document, indent=2))
     else:
-        out.print(summary(results))
-        out.print(f"total {time.monotonic() - began:.0f} s; at start {before}; at end {machine()}")
+        out.print(
+            f"total {time.monotonic() - began:.0f} s; at start {before}; at end {machine()}",
+            soft_wrap=True,
+        )
+        out.print()
+        print_summary(results)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ attribute. Whatever a real call costs beyond this floor is the project's own ove
 
 Run its worker with `python -m bench.floor --address HOST:PORT --task-queue QUEUE`; it uses the
 same client factory (data converter), workflow sandbox, event loop and default worker options as
-`worker.py`.
+`worker.py`. When TapRaise is configured (`TAPRAISE_BASE_URL` and the credentials, as for the
+worker), the same worker also runs the fair floor (`bench.fair_floor.FairFloorWorkflow`).
 
 Updates:
     attempt   {...}   one no-op local activity, then wait again
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 from datetime import timedelta
 from typing import Any
@@ -94,10 +96,13 @@ class FloorWorkflow:
 
 
 async def serve(address: str, task_queue: str) -> None:
-    """Run the floor worker until SIGINT/SIGTERM."""
+    """Run the floor worker (and the fair floor, when TapRaise is configured) until
+    SIGINT/SIGTERM."""
     from temporalio.worker import Worker
 
+    from bench.fair_floor import FairFloorActivities, FairFloorWorkflow
     from starter.connect import connect
+    from tapraise import TapRaiseSettings
     from worker import sandbox_runner
 
     client = await connect(address, "default")
@@ -105,15 +110,23 @@ async def serve(address: str, task_queue: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    worker = Worker(
-        client,
-        task_queue=task_queue,
-        workflows=[FloorWorkflow],
-        activities=[noop],
-        workflow_runner=sandbox_runner(),
-    )
-    async with worker:
-        await stop.wait()
+    settings = TapRaiseSettings()
+    async with contextlib.AsyncExitStack() as resources:
+        workflows: list[type] = [FloorWorkflow]
+        activities: list[Any] = [noop]
+        if settings.api_base_url is not None:
+            tapraise = await resources.enter_async_context(settings.make_client())
+            workflows.append(FairFloorWorkflow)
+            activities.extend(FairFloorActivities(tapraise).all())
+        worker = Worker(
+            client,
+            task_queue=task_queue,
+            workflows=workflows,
+            activities=activities,
+            workflow_runner=sandbox_runner(),
+        )
+        async with worker:
+            await stop.wait()
 
 
 def main() -> None:

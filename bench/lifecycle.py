@@ -8,6 +8,7 @@ updates, so that each step is known to be done before the next is sent.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
@@ -68,10 +69,15 @@ def make_call(i: int, call_policy: PolicyOverrides | None = None) -> CallInput:
     )
 
 
+def workflow_id_of(call: CallInput) -> str:
+    """The call's workflow id."""
+    assert call.uuid is not None
+    return workflow_id_for(call.uuid)
+
+
 def handle_of(client: Client, call: CallInput) -> WorkflowHandle[Any, CallState]:
     """The call's workflow handle."""
-    assert call.uuid is not None
-    return client.get_workflow_handle(workflow_id_for(call.uuid), result_type=CallState)
+    return client.get_workflow_handle(workflow_id_of(call), result_type=CallState)
 
 
 async def start_call(service: CallService, call: CallInput) -> None:
@@ -110,10 +116,19 @@ async def complete(handle: WorkflowHandle[Any, Any]) -> ActionAccepted:
     return await update(handle, COMPLETE, COMPLETION)
 
 
-async def typical_path(service: CallService, call: CallInput) -> CallState:
-    """Create, two unanswered attempts, completion; returns the call's final state."""
+async def typical_path(
+    service: CallService,
+    call: CallInput,
+    before_reports: Callable[[WorkflowHandle[Any, Any]], Awaitable[None]] | None = None,
+) -> CallState:
+    """Create, two unanswered attempts, completion; returns the call's final state.
+
+    `before_reports` is awaited between the start and the first attempt (e.g. until it is due).
+    """
     await start_call(service, call)
     handle = handle_of(service.client, call)
+    if before_reports is not None:
+        await before_reports(handle)
     await attempt(handle)
     await attempt(handle)
     await complete(handle)

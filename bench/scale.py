@@ -27,7 +27,7 @@ from temporalio.api.history.v1 import History
 from temporalio.client import Client
 
 from bench import lifecycle
-from bench.report import Result, main, parser_for, per_second, progress, timed
+from bench.report import Result, at_most, main, parser_for, per_second, progress, timed
 from bench.stack import Stack, read_kb, sampling
 from starter.service import CallService
 from workflows.messages import COMPLETE, CallInput
@@ -129,13 +129,21 @@ def result_of(figures: dict[str, Any]) -> Result:
     idle, open_, peak = figures["idleKb"] / mb, figures["openKb"] / mb, figures["peakKb"] / mb
     ratio = peak / idle if idle else None
     result = Result(
-        name="scale",
-        title=f"{n:,} open calls waiting on timers: worker memory and history size",
-        ratio=ratio,
-        ratio_label="worker peak RSS / idle RSS",
-        goal=f"peak <= {GOAL_MB} MB",
-        met=peak <= GOAL_MB,
+        name="scale", title=f"{n:,} open calls waiting on timers: worker memory and history size"
     )
+    result.figure("peak_vs_idle_rss", ratio, "x")
+    result.figure("worker_peak_rss", peak, "MB", at_most(GOAL_MB), digits=0)
+    result.figure("worker_idle_rss", idle, "MB", digits=0)
+    result.figure("worker_open_rss", open_, "MB", digits=0)
+    result.figure("open_calls", n, "calls", digits=0)
+    result.figure("history_waiting_call", figures["openBytes"] / 1024, "KiB", digits=1)
+    result.figure("history_completed_call", figures["doneBytes"] / 1024, "KiB", digits=1)
+    result.figure("events_waiting_call", figures["openEvents"], "events", digits=0)
+    result.figure("events_completed_call", figures["doneEvents"], "events", digits=0)
+    start_seconds = figures["startSeconds"] + figures["settleSeconds"]
+    finish_seconds = figures["signalSeconds"] + figures["finishSeconds"]
+    result.figure("started_and_waiting_rate", per_second(n, start_seconds), "calls/s", digits=0)
+    result.figure("completed_by_signal_rate", per_second(n, finish_seconds), "calls/s", digits=0)
     result.add("worker RSS, peak (VmHWM)", f"{peak:.0f} MB", f"{idle:.0f} MB idle", "whole run")
     result.add("worker RSS, all calls open", f"{open_:.0f} MB", f"{idle:.0f} MB idle", "")
     for state, key in (("waiting", "open"), ("completed", "done")):

@@ -7,7 +7,9 @@
 - the TapRaise sandbox (`python -m sandbox`), its `/_sandbox/` routes behind the stack's admin
   token;
 - the real worker (`python -m worker`), configured through its environment like a user's;
-- the floor worker (`python -m bench.floor`), the baseline of the throughput benchmark.
+- the floor worker (`python -m bench.floor`), the baselines of the throughput benchmark: the
+  bare floor, and (with the sandbox named as its TapRaise) the fair floor;
+- the HTTP gateway (`python -m starter serve`), with a bearer token made for the run.
 
 Each is a child process with its output in `<temp dir>/logs/<name>.log`. They are stopped when
 the stack closes (workers first, the server last), on Ctrl-C and SIGTERM too; on Linux a child
@@ -65,7 +67,9 @@ class Stack(devstack.Stack):
     Args:
         sandbox: Start the TapRaise sandbox.
         worker: Start the real worker (`python -m worker`); needs the sandbox.
-        floor_worker: Start the floor worker (`python -m bench.floor`).
+        floor_worker: Start the floor worker (`python -m bench.floor`); with the sandbox it
+            runs the fair floor too.
+        gateway: Start the HTTP gateway (`python -m starter serve`) with a token of its own.
         clock_skew_seconds: How far in the future the sandbox accepts timestamps.
         bytecode_cache: Let the workers cache compiled bytecode (Python's default), in the
             temporary directory, even when `PYTHONDONTWRITEBYTECODE` is set here. The workflow
@@ -80,6 +84,7 @@ class Stack(devstack.Stack):
         sandbox: bool = True,
         worker: bool = True,
         floor_worker: bool = False,
+        gateway: bool = False,
         clock_skew_seconds: float = 300,
         bytecode_cache: bool = True,
         keep: bool = False,
@@ -89,7 +94,8 @@ class Stack(devstack.Stack):
             data_dir=self.root,
             temporal_port=free_port(),
             sandbox_port=free_port(),
-            gateway=False,
+            gateway_port=free_port() if gateway else 0,
+            gateway=gateway,
             sandbox=sandbox,
         )
         super().__init__(config, asyncio.Event())
@@ -97,11 +103,13 @@ class Stack(devstack.Stack):
         self.cwd = self.root
         self.want_worker = worker
         self.want_floor = floor_worker
+        self.want_gateway = gateway
         self.clock_skew_seconds = clock_skew_seconds
         self.bytecode_cache = bytecode_cache
         self.keep = keep
         self.worker: Child | None = None
         self.floor: Child | None = None
+        self.gateway: Child | None = None
         self._account: ServiceAccount | None = None
 
     # ── lifecycle ────────────────────────────────────────────────────────────────────────────
@@ -148,12 +156,14 @@ class Stack(devstack.Stack):
             await self.start_worker()
         if self.want_floor:
             await self.start_floor_worker()
+        if self.want_gateway:
+            await self.start_gateway()
 
     def close(self) -> None:
         """Stop every child, last started first, and remove the temporary directory."""
         while self.children:
             self.children.pop().stop()
-        self.worker = self.floor = None
+        self.worker = self.floor = self.gateway = None
         if not self.keep:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -187,6 +197,15 @@ class Stack(devstack.Stack):
         env["WORKER_METRICS_ADDRESS"] = ""
         return env
 
+    def floor_env(self) -> dict[str, str]:
+        """The floor worker's: the worker's, so that the fair floor reaches the same TapRaise;
+        without the sandbox, no TapRaise and the bare floor only."""
+        if not self.uses_sandbox:
+            env = self.python_env()
+            env.pop("TAPRAISE_BASE_URL", None)
+            return env
+        return self.worker_env()
+
     async def start_worker(self) -> Child:
         """Start `python -m worker` and wait until it polls the task queue."""
         self.worker = self._child("worker", [sys.executable, "-m", "worker"], self.worker_env())
@@ -199,11 +218,26 @@ class Stack(devstack.Stack):
             sys.executable, "-m", "bench.floor", "--address", self.config.temporal_address,
             "--task-queue", FLOOR_TASK_QUEUE,
         ]  # fmt: skip
-        self.floor = self._child("floor", argv, self.python_env())
+        self.floor = self._child("floor", argv, self.floor_env())
         await self._wait_worker(self.floor, FLOOR_TASK_QUEUE)
         return self.floor
 
+    async def start_gateway(self) -> Child:
+        """Start `python -m starter serve` with a token of this run, and wait until healthy."""
+        # The run's own token, made in the temporary directory (never a configured one).
+        self.config.gateway_tokens, self.config.gateway_tokens_file = [], None
+        self.gateway_auth = devstack.GatewayAuth.for_stack(self.config)
+        self.gateway = self._start_gateway()
+        await self._wait_http(self.gateway, f"{self.config.gateway_url}/healthz")
+        return self.gateway
+
     # ── access ───────────────────────────────────────────────────────────────────────────────
+
+    @property
+    def gateway_headers(self) -> dict[str, str]:
+        """The headers of a request to the gateway: its bearer token."""
+        assert self.gateway_auth is not None and self.gateway_auth.shown is not None
+        return {"Authorization": f"Bearer {self.gateway_auth.shown}"}
 
     @property
     def account(self) -> ServiceAccount:
