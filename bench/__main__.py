@@ -23,10 +23,10 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 
-from bench import agent_latency, batch, cost, sandbox_load, scale, throughput
+from bench import agent_latency, batch, cost, follower, sandbox_load, scale, throughput
 from bench.report import Result, err, out, print_summary, show
 
-NAMES = ("throughput", "cost", "scale", "batch", "sandbox_load", "agent_latency")
+NAMES = ("throughput", "cost", "scale", "batch", "sandbox_load", "agent_latency", "follower")
 SCALE_N = 2_000
 
 
@@ -50,6 +50,7 @@ async def run_all(names: list[str], as_json: bool) -> list[Result]:
         "batch": batch.run,
         "sandbox_load": sandbox_load_run,
         "agent_latency": agent_latency.run,
+        "follower": follower.run,
     }
     for name in names:
         began = time.monotonic()
