@@ -3,7 +3,8 @@ or refused messages, with every effect accounted for.
 
 The first test runs the fault harness (`tests.chaos`) in-process on a hundred calls with every
 fault kind at once (bare starts, a kill right after a burst of creates, late-applied PUTs, a
-credential outage, refused final actions, updates sent twice under one request id among them);
+credential outage, refused final actions, updates sent twice under one request id among them),
+with the TapRaise follower switched on and calls requested and changed in the TapRaise app;
 the harness starts its own dev server, sandbox and worker processes and checks each call against
 the sandbox's request log and state and the workflow's final state and history.
 The focused tests pin down single faults deterministically with the sandbox's forced faults.
@@ -81,6 +82,12 @@ async def test_hundred_calls_through_every_fault_at_once_lose_and_duplicate_noth
         # outlasts a round, and each call it caught waits a minute: too long for this suite.)
         credential_outage_at=3,
         credential_outage_seconds=5,
+        # The follower runs on the workers, every second: six calls are requested in the
+        # TapRaise app (it must adopt them) and about a tenth of the CRM's calls are changed
+        # there while their agents work.
+        follow_interval=1,
+        app_requested_share=0.06,
+        app_changed_share=0.12,
         seed=7,
         progress=False,
         work_dir=tmp_path / "chaos",
@@ -104,6 +111,12 @@ async def test_hundred_calls_through_every_fault_at_once_lose_and_duplicate_noth
     assert report.refused_by.get("TapRaise", 0) > 0 and report.refused_by.get("workflow", 0) > 0
     assert set(report.final_phases) == {"completed", "cancelled", "expired"}
     assert sum(report.final_phases.values()) == 100
+    # Following TapRaise: every call requested in the app adopted once, calls closed there.
+    follow = report.follow
+    assert follow is not None
+    assert follow.requested_in_app == follow.adopted == 6 and follow.adopted_twice == 0
+    assert follow.changed_in_app > 0 and sum(follow.closed_in_app.values()) > 0
+    assert follow.app_attempts > 0 and follow.applied_after_app_final == 0
     assert took < 120, f"the chaos run took {took:.0f} s"
 
 

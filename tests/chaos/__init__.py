@@ -22,7 +22,16 @@ alone or all together (`--faults`):
   request id (one after the other, or both at once), the CRM batch started twice, a completion
   racing a cancellation, a completion arriving while the create is still being retried, and
   final actions that must be refused (a result code outside TapRaise's allow-list, a time before
-  the call was requested) before the agent goes on with its script.
+  the call was requested) before the agent goes on with its script;
+- **follow**: the TapRaise follower is switched on (`FollowerService.start`, every
+  `--follow-interval` seconds, following from the run's start, on the workers' task queue, so
+  that kills and the restart hit it too, and the TapRaise faults its list and mark-processed
+  requests), and users of the TapRaise app (the sandbox's `/_sandbox/app/` routes, never
+  faulted) act alongside: a share of the calls (`--app-requested-share`) is requested in the
+  app, never by the CRM, and must be adopted by the follower before their agents drive them or
+  the app completes, cancels or expires them; a share of the CRM's calls
+  (`--app-changed-share`) is completed, cancelled or expired there, or gets attempts added
+  there, while their agents are still sending messages.
 
 With `kills` or `messages`, a share of the calls is started the way a plain `temporal workflow
 start` does: only the input (no `requestedAt`, no search attributes), id `call-<uuid>`.
@@ -38,13 +47,19 @@ the `requestedAt` TapRaise holds the one the workflow holds, exactly as many att
 as were accepted, exactly one final action matching the agents' or the policy's, nothing applied
 for a message that was refused, the same answer to both sends of one request id, the workflow
 closed in the phase TapRaise holds, no call `failed` (only a refused create may fail one), and
-every workflow closed within the time budget. It prints the figures and exits non-zero when
-anything was lost, duplicated, mismatched, stuck or failed.
+every workflow closed within the time budget. With `follow` also: every call requested in the app
+adopted (a workflow exists) by one workflow run whose create found the call (no 201 for it) and
+adopted it once; every call the app made final closed in that phase with no final action of its
+own applied, the agents never told it closed otherwise, the app's result kept; no change of the
+API applied after the app made its call final (those TapRaise refused, 400 or 409, are counted);
+attempts added in the app held by TapRaise and by the workflow alike. It prints the figures and
+exits non-zero when anything was lost, duplicated, mismatched, stuck or failed.
 
     python -m tests.chaos                          # 1,000 calls, every fault kind at once
     python -m tests.chaos --calls 100 --kill-every 5 --restart-at 15 --time-budget 110 \
         --heal-window 65 --credential-outage-at 3 --credential-outage-seconds 5
     python -m tests.chaos --faults kills           # one kind alone
+    python -m tests.chaos --calls 60 --faults follow --time-budget 90 --heal-window 40
 """
 
 from tests.chaos.config import ChaosConfig

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from starter.service import CallService, StartResult, StartStatus
 from tests.chaos.config import ChaosConfig
@@ -20,14 +20,18 @@ from tests.chaos.messenger import Messenger, Tally
 from tests.chaos.plans import build_ledgers
 from tests.chaos.retrying import TRANSIENT, retry
 from tests.chaos.scripts import Scripts
+from tests.chaos.tapraise_app import TapRaiseApp
 from workflows.messages import TASK_QUEUE, WORKFLOW_TYPE
 
 
 class Agents:
     """The agents of every call, the CRM batch, and the clocks of the run."""
 
-    def __init__(self, config: ChaosConfig, client: Client, until: float) -> None:
+    def __init__(
+        self, config: ChaosConfig, client: Client, until: float, app: TapRaiseApp | None = None
+    ) -> None:
         self.config = config
+        self.app = app
         self.client = client
         self.service = CallService(client)
         self.until = until
@@ -62,11 +66,16 @@ class Agents:
                 self.room.clear()
                 await self.room.wait()
             chunk, pending = pending[:page], pending[page:]
+            # The calls of the page requested in the TapRaise app are requested there meanwhile.
+            for ledger in chunk:
+                if ledger.in_app:
+                    self._tasks.append(asyncio.create_task(self._requested_in_app(ledger)))
+            chunk = [ledger for ledger in chunk if not ledger.in_app]
             _stamp(chunk)
-            alongside = self.on_page(chunk, pages) if self.on_page is not None else None
+            alongside = self.on_page(chunk, pages) if self.on_page is not None and chunk else None
             watcher = asyncio.ensure_future(alongside) if alongside is not None else None
             try:
-                failed = await self._start(chunk, first=True)
+                failed = await self._start(chunk, first=True) if chunk else []
             finally:
                 if watcher is not None:
                     await asyncio.gather(watcher, return_exceptions=True)
@@ -83,7 +92,7 @@ class Agents:
             self.room.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.room.wait(), 1.0)
-        again = list(self.ledgers)
+        again = [ledger for ledger in self.ledgers if not ledger.in_app]
         while again and time.monotonic() < self.until:
             again = await self._start(again, first=False)
             if again:
@@ -150,6 +159,35 @@ class Agents:
         self.started += 1
         self._tasks.append(asyncio.create_task(self._agent(ledger)))
 
+    async def _requested_in_app(self, ledger: Ledger) -> None:
+        """Request the call in the TapRaise app, and launch its agent once it is adopted."""
+        assert self.app is not None and ledger.call.uuid is not None
+        try:
+            adopted = await self.app.request(ledger) and await self._adopted(ledger)
+        except Exception as exc:  # recorded, judged at the end; one call never stops the run
+            ledger.notes.append(f"request in the app: {type(exc).__name__}: {exc}")
+            adopted = False
+        if adopted:
+            self._launched(ledger, StartResult(ledger.call.uuid, StartStatus.STARTED))
+        else:
+            self._script_done()  # never adopted: the checks say so
+
+    async def _adopted(self, ledger: Ledger) -> bool:
+        """Wait until the call's workflow exists (the follower started it); False: never."""
+        requested = time.monotonic()
+        handle = self.client.get_workflow_handle(ledger.workflow_id)
+        while time.monotonic() < self.until:
+            try:
+                await retry(handle.describe, self.until)
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                await asyncio.sleep(0.2)
+                continue
+            ledger.adopted_after = time.monotonic() - requested
+            return True
+        return False
+
     async def wait(self) -> None:
         """Wait for every agent (each stops by the time budget)."""
         while True:
@@ -162,23 +200,31 @@ class Agents:
 
     async def _agent(self, ledger: Ledger) -> None:
         rng = random.Random(self.config.seed * 1_000_003 + ledger.index)
+        # The app's users draw from a generator of their own: the agent's draws stay the same.
+        app_rng = random.Random(self.config.seed * 104_729 + ledger.index)
+        work: list[Awaitable[None]] = [self.scripts.run(ledger, rng)]
+        if self.app is not None:
+            work.append(self.app.act(ledger, app_rng))
         try:
             await asyncio.wait_for(
-                self.scripts.run(ledger, rng), timeout=max(1.0, self.until - time.monotonic())
+                asyncio.gather(*work), timeout=max(1.0, self.until - time.monotonic())
             )
         except TimeoutError:
             ledger.notes.append("the agent's script ran out of time")
         except Exception as exc:  # recorded, judged at the end; one agent never stops the run
             ledger.notes.append(f"agent error {type(exc).__name__}: {exc}")
-        self.scripts_done += 1
-        if self.scripts_done == self.config.calls:
-            self.scripts_finished.set()
+        self._script_done()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(
                 self._wait_closed(ledger), timeout=max(1.0, self.until - time.monotonic())
             )
         self.closed += 1
         self.room.set()
+
+    def _script_done(self) -> None:
+        self.scripts_done += 1
+        if self.scripts_done == self.config.calls:
+            self.scripts_finished.set()
 
     async def _wait_closed(self, ledger: Ledger) -> None:
         handle = self.send.handle(ledger)

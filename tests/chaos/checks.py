@@ -14,13 +14,16 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from tests.chaos.config import UNKNOWN_RESULT_CODE
 from tests.chaos.evidence import (
     REFUSED,
+    AppView,
+    app_view,
     carries,
     first_task_redone,
+    looked_at_after,
     same_answer,
     stuck_waits,
     update_outcomes,
 )
-from tests.chaos.ledger import ADOPTED, Ledger, instant_key, refusal_in_events
+from tests.chaos.ledger import ADOPTED, APP_FINALS, Ledger, instant_key, refusal_in_events
 from tests.chaos.retrying import retry
 from workflows.messages import CallState
 
@@ -41,6 +44,17 @@ class Findings:
     first_tasks_redone: int = 0
     refused_by: Counter[str] = field(default_factory=Counter)
     refused_sent: Counter[str] = field(default_factory=Counter)
+    # Following TapRaise: calls requested in the app that have a workflow, adopted more than
+    # once, marked processed; changes made in the app ("complete applied", "cancel refused"…);
+    # calls the app made final, by how their workflow learned it; the API's changes TapRaise
+    # looked at after the app had made the call final ("expire 400"…); attempts added in the app.
+    adopted: int = 0
+    adopted_twice: set[str] = field(default_factory=set)
+    marked: int = 0
+    app_changes: Counter[str] = field(default_factory=Counter)
+    closed_in_app: Counter[str] = field(default_factory=Counter)
+    after_app_final: Counter[str] = field(default_factory=Counter)
+    app_attempts: int = 0
 
     def add(self, kind: str, ledger: Ledger, message: str) -> None:
         getattr(self, kind).add(ledger.call_uuid)
@@ -67,18 +81,24 @@ class Checker:
         )
         runs = await self._runs_per_workflow()
         started_twice = set(second_batch_started)
+        marks = await self._marks() if any(ledger.in_app for ledger in ledgers) else set()
         limit = asyncio.Semaphore(16)
 
         async def one(ledger: Ledger) -> None:
             async with limit:
                 try:
-                    await self._check_call(ledger, successful, runs, started_twice)
+                    await self._check_call(ledger, successful, runs, started_twice, marks)
                 except Exception as exc:  # a check that cannot run is itself a finding
                     self.found.add("mismatched", ledger, f"could not check: {exc!r}")
 
         await asyncio.gather(*(one(ledger) for ledger in ledgers))
         await self.admin.aclose()
         return self.found
+
+    async def _marks(self) -> set[tuple[str, str]]:
+        """The calls marked processed in TapRaise: (call uuid, the consumer's identifier)."""
+        answer = await self.admin.get("/marks", params={"entityName": "call"})
+        return {(m["entityUuid"], m["consumerIdentifier"]) for m in answer.json()["marks"]}
 
     async def _runs_per_workflow(self) -> Counter[str]:
         runs: Counter[str] = Counter()
@@ -97,12 +117,21 @@ class Checker:
         successful: Counter[str],
         runs: Counter[str],
         started_twice: set[str],
+        marks: set[tuple[str, str]],
     ) -> None:
         if not self._check_runs(ledger, runs, started_twice):
             return
         created = successful[ledger.call_uuid]
         stored, effects, log = await self._sandbox_view(ledger.call_uuid)
-        self._check_creates(ledger, created, stored, effects)
+        app = app_view(log)
+        for action, status in app.changes:
+            answer = "applied" if 200 <= status < 300 else "refused"
+            self.found.app_changes[f"{'request' if action == 'create' else action} {answer}"] += 1
+        if ledger.in_app:
+            self._check_adopted(ledger, created, stored, effects, runs)
+            self.found.marked += (ledger.call_uuid, ledger.workflow_id) in marks
+        else:
+            self._check_creates(ledger, created, stored, effects)
         handle = self.client.get_workflow_handle(ledger.workflow_id, result_type=CallState)
         for refusal in ledger.refusals:
             self.found.refused_sent[refusal.via] += 1
@@ -113,8 +142,13 @@ class Checker:
             return
         self.found.phases[state.phase.value] += 1
         await self._resolve_unknown_updates(ledger, handle)
-        self._check_final(ledger, state, effects)
-        self._check_attempts(ledger, state, effects, stored)
+        if ledger.in_app:
+            self._check_adoptions_in_history(ledger, state)
+        if app.final is not None:
+            self._check_final_in_app(ledger, state, effects, stored, app, log)
+        else:
+            self._check_final(ledger, state, effects)
+        self._check_attempts(ledger, state, effects, stored, app)
         self._check_requested_at(ledger, state, stored)
         self._check_refusals(ledger, state, stored, log)
         self._check_same_id(ledger)
@@ -134,7 +168,10 @@ class Checker:
         for note in ledger.notes:
             found.add("mismatched", ledger, note)
         if not ledger.started:
-            found.add("lost", ledger, "never started (every start failed)")
+            if ledger.in_app:
+                found.add("lost", ledger, "never adopted: no workflow by the end of the budget")
+            else:
+                found.add("lost", ledger, "never started (every start failed)")
             return False
         if runs[ledger.workflow_id] == 0:
             found.add("lost", ledger, "no workflow exists")
@@ -167,6 +204,47 @@ class Checker:
             self.found.add("duplicated", ledger, f"{created} successful creates, effects {effects}")
         elif stored is not None and created != 1:
             self.found.add("mismatched", ledger, f"{created} successful creates in the log")
+
+    def _check_adopted(
+        self,
+        ledger: Ledger,
+        created: int,
+        stored: dict[str, Any] | None,
+        effects: dict[str, int],
+        runs: Counter[str],
+    ) -> None:
+        """A call requested in the app: adopted by one workflow run, never created again."""
+        found = self.found
+        found.adopted += 1
+        if runs[ledger.workflow_id] > 1:
+            found.adopted_twice.add(ledger.call_uuid)
+        if stored is None:
+            found.add("lost", ledger, "TapRaise has no such call")
+        if created or effects.get("create", 0):
+            found.add(
+                "duplicated",
+                ledger,
+                f"the call the app requested was created again ({created} creates answered 201, "
+                f"effects {effects})",
+            )
+
+    def _check_adoptions_in_history(self, ledger: Ledger, state: CallState) -> None:
+        """The workflow adopted the call TapRaise holds exactly once (its create found it)."""
+        adoptions = [
+            event
+            for event in state.events
+            if event.kind == "adopted" and event.detail.startswith("call already in TapRaise as ")
+        ]
+        # A call that continued as new carries only its latest events: the adoption may be gone.
+        continued = any(event.kind == "continued" for event in state.events)
+        if len(adoptions) > 1 or (not adoptions and not continued):
+            if len(adoptions) > 1:
+                self.found.adopted_twice.add(ledger.call_uuid)
+            self.found.add(
+                "duplicated" if adoptions else "mismatched",
+                ledger,
+                f"{len(adoptions)} adoptions of the call the app requested in the call's events",
+            )
 
     async def _final_state(
         self,
@@ -235,28 +313,83 @@ class Checker:
                 f"expired for {state.final_reason!r}, expected {ledger.expire_reason}",
             )
 
+    def _check_final_in_app(
+        self,
+        ledger: Ledger,
+        state: CallState,
+        effects: dict[str, int],
+        stored: dict[str, Any] | None,
+        app: AppView,
+        log: list[dict[str, Any]],
+    ) -> None:
+        """A call the app made final: closed in that phase, no final action of its own applied,
+        its agent never told it closed otherwise, the app's result kept, and none of the API's
+        changes applied after the app's (those TapRaise refused are counted)."""
+        found = self.found
+        assert app.final is not None and app.final_action is not None
+        phase = APP_FINALS[app.final_action]
+        finals = {a: effects.get(a, 0) for a in ("complete", "cancel", "expire")}
+        if sum(finals.values()):
+            found.add("duplicated", ledger, f"final actions applied {finals} besides the app's")
+        if state.phase.value != phase:
+            found.add(
+                "mismatched",
+                ledger,
+                f"closed {state.phase.value} ({state.final_reason}), the app had {phase} it",
+            )
+        told = ledger.updates_accepted() - {phase}
+        if told:
+            found.add(
+                "mismatched",
+                ledger,
+                f"the agent was told the call was {' and '.join(sorted(told))}; the app had "
+                f"{phase} it",
+            )
+        if phase == "completed":
+            held = ((stored or {}).get("result") or {}).get("resultCode")
+            shown = state.result.result_code if state.result is not None else None
+            if shown != held:
+                found.add(
+                    "mismatched", ledger, f"the workflow holds result {shown}, TapRaise {held}"
+                )
+        found.closed_in_app[_learned(state, phase)] += 1
+        for request in looked_at_after(log, app.final):
+            found.after_app_final[f"{request['endpoint']} {request['status']}"] += 1
+            if 200 <= request["status"] < 300:
+                found.add(
+                    "duplicated",
+                    ledger,
+                    f"TapRaise applied {request['endpoint']} (request {request['id']}) after the "
+                    f"app had {phase} the call",
+                )
+
     def _check_attempts(
         self,
         ledger: Ledger,
         state: CallState,
         effects: dict[str, int],
         stored: dict[str, Any] | None,
+        app: AppView,
     ) -> None:
-        """Exactly the attempts accepted, each once, in TapRaise and in the workflow."""
+        """Exactly the attempts accepted and added in the app, each once, in TapRaise and in
+        the workflow."""
         found = self.found
         in_tapraise = [instant_key(a["attemptAt"]) for a in (stored or {}).get("attempts", [])]
         recorded = set(in_tapraise)
-        if len(in_tapraise) != len(recorded) or effects.get("add-attempt", 0) != len(in_tapraise):
+        by_api = [at for at in in_tapraise if at not in app.attempts]
+        found.app_attempts += len(recorded & app.attempts)
+        if len(in_tapraise) != len(recorded) or effects.get("add-attempt", 0) != len(by_api):
             found.add(
                 "duplicated",
                 ledger,
                 f"TapRaise recorded {effects.get('add-attempt', 0)} attempts for "
-                f"{len(recorded)} distinct reports",
+                f"{len(by_api)} distinct reports (and {len(recorded & app.attempts)} added in "
+                "the app)",
             )
-        missing = ledger.accepted_attempts - recorded
+        missing = (ledger.accepted_attempts | app.attempts) - recorded
         if missing:
             found.add("lost", ledger, f"accepted attempts not in TapRaise: {sorted(missing)}")
-        unexplained = recorded - ledger.accepted_attempts - ledger.unknown_attempts
+        unexplained = recorded - ledger.accepted_attempts - ledger.unknown_attempts - app.attempts
         if unexplained:
             found.add("duplicated", ledger, f"attempts nobody reported: {sorted(unexplained)}")
         in_workflow = sorted(instant_key(a.attempt_at) for a in state.attempts)
@@ -361,6 +494,19 @@ class Checker:
             if update.id in outcomes:
                 self.found.resolved += 1
                 ledger.judge(update, outcomes[update.id])
+
+
+def _learned(state: CallState, phase: str) -> str:
+    """How a call the app made final learned it, from its final reason."""
+    reason = state.final_reason or ""
+    if reason == f"{phase} in TapRaise":
+        return "told by the follower"
+    if reason == ADOPTED:
+        return "found by its create"
+    if reason == f"already {phase} in TapRaise":
+        return "its action refused"
+    # Its own final action answered 409 "already <phase>": taken as its own, done.
+    return "its action answered 409"
 
 
 def _expected_finals(ledger: Ledger, state: CallState, accepted: set[str]) -> set[str] | None:

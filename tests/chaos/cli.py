@@ -28,6 +28,9 @@ _CONFIG_OPTIONS: Final = (
     "credential_outage_at",
     "credential_outage_seconds",
     "create_kills",
+    "follow_interval",
+    "app_requested_share",
+    "app_changed_share",
     "work_dir",
 )
 
@@ -36,8 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     defaults = ChaosConfig()
     parser = argparse.ArgumentParser(
         prog="python -m tests.chaos",
-        description="Drive calls through TapRaise faults, worker kills, a server restart and "
-        "duplicate or refused messages; check that nothing is lost, duplicated, mismatched, "
+        description="Drive calls through TapRaise faults, worker kills, a server restart, "
+        "duplicate or refused messages, and calls requested and changed in the TapRaise app "
+        "while the follower follows it; check that nothing is lost, duplicated, mismatched, "
         "stuck or failed.",
     )
     parser.add_argument("--calls", type=int, default=defaults.calls)
@@ -61,6 +65,21 @@ def _parser() -> argparse.ArgumentParser:
         help="0: no credential outage.",
     )
     parser.add_argument("--create-kills", type=int, default=defaults.create_kills)
+    parser.add_argument(
+        "--follow-interval", type=float, default=defaults.follow_interval, metavar="S"
+    )
+    parser.add_argument(
+        "--app-requested-share",
+        type=float,
+        default=defaults.app_requested_share,
+        help="Share of the calls requested in the TapRaise app (the follower adopts them).",
+    )
+    parser.add_argument(
+        "--app-changed-share",
+        type=float,
+        default=defaults.app_changed_share,
+        help="Share of the CRM's calls also changed in the TapRaise app.",
+    )
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--quiet", action="store_true", help="No progress lines.")
     return parser

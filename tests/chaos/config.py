@@ -8,12 +8,15 @@ from typing import Final
 
 HOST: Final = "127.0.0.1"
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
-FAULT_KINDS: Final = ("all", "tapraise", "kills", "restart", "messages")
+FAULT_KINDS: Final = ("all", "tapraise", "kills", "restart", "messages", "follow")
 STARTUP_TIMEOUT_SECONDS: Final = 60.0
 # How the sandbox labels a request refused during a credential outage.
 CREDENTIAL_OUTAGE: Final = "credential_outage"
 # A result code outside TapRaise's allow-list for the run.
 UNKNOWN_RESULT_CODE: Final = "unknown_code"
+# The result code users enter when they complete a call in the TapRaise app: not the agents'
+# (`confirmed`), so that the result a call closed with tells whose it is.
+APP_RESULT_CODE: Final = "declined"
 
 
 @dataclass
@@ -23,7 +26,8 @@ class ChaosConfig:
     Attributes:
         calls: How many calls the CRM asks for.
         workers: Worker processes on the task queue.
-        faults: `all`, or one kind alone: `tapraise`, `kills`, `restart`, `messages`.
+        faults: `all`, or one kind alone: `tapraise`, `kills`, `restart`, `messages`,
+            `follow` (the follower switched on, calls requested and changed in the TapRaise app).
         kill_every: Seconds between two worker kills (each kill takes the next worker in turn).
         restart_at: Seconds into the run at which the dev server is stopped and started again.
         seed: Seeds the agents' scripts and the sandbox's fault draws.
@@ -56,6 +60,11 @@ class ChaosConfig:
         same_id_share: Share of the updates delivered twice that are sent again under the same
             request id rather than a new one (a third of those both at once).
         deadline_seconds: The deadline of the calls whose script lets them expire.
+        follow_interval: Seconds between two rounds of the follower (`follow`).
+        app_requested_share: Share of the calls requested in the TapRaise app instead of by the
+            CRM: the follower must adopt them (`follow`).
+        app_changed_share: Share of the CRM's calls that users also change in the TapRaise app
+            (complete, cancel, expire, add attempts) while their agents work (`follow`).
         progress: Print a progress line every few seconds (to stderr).
         work_dir: Where the processes keep their files (default: a fresh temporary directory).
     """
@@ -87,6 +96,9 @@ class ChaosConfig:
     result_codes: tuple[str, ...] = ("confirmed", "declined", "not_reached")
     same_id_share: float = 0.4
     deadline_seconds: float = 15.0
+    follow_interval: float = 1.0
+    app_requested_share: float = 0.08
+    app_changed_share: float = 0.15
     progress: bool = True
     work_dir: Path | None = None
 
@@ -106,8 +118,16 @@ class ChaosConfig:
                 "late_apply_delay_seconds must lie between client_timeout_seconds and twice it, "
                 "less latency_seconds"
             )
+        if self.follow_interval < 1:
+            raise ValueError("follow_interval must be at least 1 s (the follower's minimum)")
+        if not (0 <= self.app_requested_share <= 1 and 0 <= self.app_changed_share <= 1):
+            raise ValueError("app_requested_share and app_changed_share must lie in [0, 1]")
         if "confirmed" not in self.result_codes:
             raise ValueError("result_codes must allow 'confirmed': the agents complete with it")
+        if self.has("follow") and self.has("messages") and APP_RESULT_CODE not in self.result_codes:
+            raise ValueError(
+                f"result_codes must allow {APP_RESULT_CODE!r}: the app completes with it"
+            )
 
     def has(self, kind: str) -> bool:
         """Whether this run injects faults of `kind`."""

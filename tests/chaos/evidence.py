@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -14,6 +15,7 @@ from temporalio.client import WorkflowHandle
 
 from encryption.codec import EncryptionCodec
 from encryption.keys import require_keys
+from tests.chaos.config import CREDENTIAL_OUTAGE
 from tests.chaos.ledger import instant_key
 from tests.chaos.retrying import retry
 from workflows.messages import CallState
@@ -125,3 +127,62 @@ async def stuck_waits(handle: WorkflowHandle[Any, Any], description: Any) -> lis
         if failures:
             waits.append(f"last workflow task failure: {failures[-1]}")
     return waits
+
+
+# How the sandbox's log names a change made in the TapRaise app: `app:<action>`.
+APP_PREFIX: Final = "app:"
+# The API requests that change a call, which TapRaise refuses once the call is final.
+_CHANGES: Final = frozenset({"add-attempt", "complete", "cancel", "expire"})
+_APP_FINALS: Final = frozenset({"complete", "cancel", "expire"})
+# The faults that refuse a request before TapRaise looks at the call.
+_UNSEEN: Final = frozenset({"500", "503", "429", CREDENTIAL_OUTAGE})
+
+
+@dataclass
+class AppView:
+    """What the sandbox's log holds of a call's changes in the TapRaise app.
+
+    Attributes:
+        final: The app's change that made the call final (answered 200), or None.
+        attempts: The attempts the app added (answered 200), by `attemptAt` (`instant_key`).
+        changes: (action, status) of every change made in the app, the request included.
+    """
+
+    final: dict[str, Any] | None = None
+    attempts: set[str] = field(default_factory=set)
+    changes: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def final_action(self) -> str | None:
+        return None if self.final is None else self.final["endpoint"].removeprefix(APP_PREFIX)
+
+
+def app_view(log: list[dict[str, Any]]) -> AppView:
+    """What the app did to a call, from the call's request log."""
+    view = AppView()
+    for entry in log:
+        endpoint: str = entry["endpoint"]
+        if not endpoint.startswith(APP_PREFIX):
+            continue
+        action, status = endpoint.removeprefix(APP_PREFIX), int(entry["status"])
+        view.changes.append((action, status))
+        if not 200 <= status < 300:
+            continue
+        if action in _APP_FINALS:
+            view.final = entry
+        elif action == "add-attempt" and isinstance(entry["requestBody"], dict):
+            view.attempts.add(instant_key(entry["requestBody"]["attemptAt"]))
+    return view
+
+
+def looked_at_after(log: list[dict[str, Any]], entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The API's changes of a call that TapRaise looked at after `entry` (an app change).
+
+    The log is written once a request is answered (applied or refused), so its order is the
+    order in which TapRaise decided; a request refused by a fault was never looked at.
+    """
+    return [
+        r
+        for r in log
+        if r["endpoint"] in _CHANGES and r["id"] > entry["id"] and r["fault"] not in _UNSEEN
+    ]

@@ -29,6 +29,22 @@ class Update:
 
 
 @dataclass
+class AppChange:
+    """One thing a user did in the TapRaise app, and how the app answered.
+
+    Attributes:
+        action: `request`, `add-attempt`, `complete`, `cancel` or `expire`.
+        status: The app's answer (201 or 200: done; 400 or 409: refused, e.g. the call had
+            closed meanwhile; 0: no answer).
+        attempt_at: For an attempt: its `attemptAt` (as `instant_key` writes it).
+    """
+
+    action: str
+    status: int
+    attempt_at: str | None = None
+
+
+@dataclass
 class Refusal:
     """A final action sent knowing it must be refused, and what would betray it in TapRaise.
 
@@ -78,6 +94,12 @@ class Ledger:
         refusals: The refused-on-purpose messages sent.
         start_tries: First starts sent (a bare start sent again after a restart may find its
             first try went through).
+        in_app: Requested in the TapRaise app, never started by the CRM: `started` once the
+            follower adopted it (its workflow exists).
+        app_plan: The changes users make to the call in the TapRaise app, in order:
+            `add-attempt`, `complete`, `cancel`, `expire`.
+        app_changes: The changes made in the app (the request included), as the app answered.
+        adopted_after: Seconds from the app's request to the workflow the follower started.
     """
 
     index: int
@@ -98,6 +120,10 @@ class Ledger:
     same_id: str | None = None
     refusals: list[Refusal] = field(default_factory=list)
     start_tries: int = 0
+    in_app: bool = False
+    app_plan: tuple[str, ...] = ()
+    app_changes: list[AppChange] = field(default_factory=list)
+    adopted_after: float | None = None
 
     @property
     def call_uuid(self) -> str:
@@ -120,7 +146,23 @@ class Ledger:
             parts.append(f"refused {name} by {via} ({why})")
         if self.same_id is not None:
             parts.append(f"same id {self.same_id}")
+        if self.app_plan:
+            parts.append(f"in the app: {' then '.join(self.app_plan)}")
         return ", ".join(parts)
+
+    @property
+    def app_closes(self) -> bool:
+        """Whether a user may make the call final in the TapRaise app: it may then close under
+        its agent, whose later messages find it closed."""
+        return any(action in APP_FINALS for action in self.app_plan)
+
+    def updates_accepted(self) -> set[str]:
+        """The final phases asked for by updates the workflow answered accepted (not queued)."""
+        return {
+            PHASE_OF[u.name]
+            for u in self.updates
+            if u.name in PHASE_OF and not u.refused_on_purpose and outcome_of(u) == "accepted"
+        }
 
     def finals(self, outcome: str) -> set[str]:
         """The final phases asked for by updates with this outcome (and by signal, if any).
@@ -186,6 +228,8 @@ class Ledger:
 
 
 PHASE_OF: Final = {COMPLETE: "completed", CANCEL: "cancelled"}
+# The app's changes that make a call final, and the phase each leaves it in.
+APP_FINALS: Final = {"complete": "completed", "cancel": "cancelled", "expire": "expired"}
 ADOPTED: Final = "already final in TapRaise"
 
 

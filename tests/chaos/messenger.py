@@ -108,10 +108,12 @@ class Messenger:
                 return
         else:
             try:
-                await self.signal(ledger, name, message, twice=False)
+                delivered = await self.signal(ledger, name, message, twice=False)
             except RPCError as exc:
                 if exc.status != RPCStatusCode.NOT_FOUND:
                     raise
+                delivered = False
+            if not delivered:
                 refusal.refused_by = "closed"
                 return
         refusal.refused_by = await self._await_refusal(ledger, refusal)
@@ -130,9 +132,19 @@ class Messenger:
             await asyncio.sleep(0.5)
         return None
 
-    async def signal(self, ledger: Ledger, name: str, message: Any, twice: bool) -> None:
+    async def signal(self, ledger: Ledger, name: str, message: Any, twice: bool) -> bool:
+        """Signal the call (twice where asked); False when it had closed and took nothing.
+
+        Only a call a user may close in the TapRaise app can have closed under its agent: for
+        any other a closed call is an error.
+        """
         handle = self.handle(ledger)
-        await retry(lambda: handle.signal(name, message), self.until)
+        try:
+            await retry(lambda: handle.signal(name, message), self.until)
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND or not ledger.app_closes:
+                raise
+            return False
         if twice:
             self.tally.duplicate_deliveries += 1
             try:
@@ -142,6 +154,7 @@ class Messenger:
                 # second one, which is all a duplicate deserves.
                 if exc.status != RPCStatusCode.NOT_FOUND:
                     raise
+        return True
 
     async def update(
         self,

@@ -7,7 +7,7 @@ import uuid
 from typing import Any, Final
 
 from bench.lifecycle import ALWAYS_OPEN
-from sandbox.seed import DEMO_PERSON_UUIDS
+from sandbox.seed import DEMO_ORGANIZATION_UUID, DEMO_PERSON_UUIDS
 from tests.chaos.config import ChaosConfig
 from tests.chaos.ledger import Ledger
 from workflows.messages import CANCEL, COMPLETE, CallInput, CompleteSignal
@@ -72,7 +72,35 @@ REFUSALS: Final[dict[str, tuple[tuple[str, str, str], tuple[str, str, str]]]] = 
 }
 
 
+# Calls requested in the TapRaise app (`follow`): what their agents do once the follower adopted
+# them, and what users then change in the app. Their workflows run the worker's default policy
+# (the follower starts them with what TapRaise holds), so each is closed by a final action of
+# its agent or of the app, never left to the policy.
+APP_PLANS: Final[dict[str, tuple[str, ...]]] = {
+    "requested_in_app_then_completed": (),
+    "requested_in_app_then_cancelled": (),
+    "requested_in_app_then_completed_there": ("complete",),
+    "requested_in_app_attempted_there_then_cancelled_there": ("add-attempt", "cancel"),
+    "requested_in_app_then_expired_there": ("expire",),
+}
+# What users change in the app of a call the CRM started, while its agent works: taken in
+# turn by the calls changed there. Attempts only where the plan leaves room below the maximum.
+APP_CHANGES: Final = (
+    ("complete",),
+    ("add-attempt",),
+    ("cancel",),
+    ("add-attempt", "complete"),
+    ("expire",),
+    ("add-attempt", "add-attempt"),
+    ("add-attempt", "cancel"),
+)
+# The plans whose agents report attempts up to the maximum: an attempt added in the app would
+# make one of theirs refused.
+NO_ROOM_FOR_APP_ATTEMPTS: Final = frozenset({"attempted_until_the_maximum_then_expired"})
+
 AGENT_USER: Final = uuid.UUID("6f1d3a0e-2b4c-4d5e-8f90-a1b2c3d4e5f6")
+# The TapRaise app's user who requests and changes calls there.
+APP_USER: Final = uuid.UUID("0b4f5c43-6b1a-4f0e-9a43-5d0a3f7a2c11")
 
 
 def complete_signal() -> CompleteSignal:
@@ -82,9 +110,57 @@ def complete_signal() -> CompleteSignal:
 
 
 def build_ledgers(config: ChaosConfig) -> list[Ledger]:
-    """One ledger a call: its plan, and the variations drawn for it from the run's seed."""
+    """One ledger a call: its plan, and the variations drawn for it from the run's seed.
+
+    With `follow`, an evenly spread share of the calls is requested in the TapRaise app instead
+    (each app plan in turn), and a share of the CRM's calls drawn from the seed is also changed
+    there (each change of `APP_CHANGES` in turn, attempts only where the plan has room).
+    """
     plans = [p for p in PLANS if config.has("messages") or p not in MESSAGE_PLANS]
-    return [_ledger(config, plans[index % len(plans)], index) for index in range(config.calls)]
+    follow = config.has("follow")
+    ledgers: list[Ledger] = []
+    in_app = changed = 0
+    for index in range(config.calls):
+        if follow and _picked(index, config.app_requested_share):
+            plan = list(APP_PLANS)[in_app % len(APP_PLANS)]
+            ledgers.append(_app_ledger(plan, index))
+            in_app += 1
+            continue
+        ledger = _ledger(config, plans[index % len(plans)], index)
+        # Drawn apart from the call's other variations, which stay what they were.
+        changes = random.Random(config.seed * 104_729 + index)
+        if follow and changes.random() < config.app_changed_share:
+            ledger.app_plan = _app_change(changed, ledger.plan)
+            changed += 1
+        ledgers.append(ledger)
+    return ledgers
+
+
+def _picked(position: int, share: float) -> bool:
+    """Whether the item at `position` is among an evenly spread `share` of a sequence."""
+    return int((position + 1) * share) > int(position * share)
+
+
+def _app_change(turn: int, plan: str) -> tuple[str, ...]:
+    """The app changes of the `turn`-th CRM call changed there (the next that fits its plan)."""
+    for step in range(len(APP_CHANGES)):
+        change = APP_CHANGES[(turn + step) % len(APP_CHANGES)]
+        if plan not in NO_ROOM_FOR_APP_ATTEMPTS or "add-attempt" not in change:
+            return change
+    raise AssertionError("APP_CHANGES lists final changes")
+
+
+def _app_ledger(plan: str, index: int) -> Ledger:
+    """A call a user requests in the TapRaise app: its uuid is the app's, chosen here."""
+    call = CallInput(
+        uuid=uuid.uuid4(),
+        person_uuid=uuid.UUID(DEMO_PERSON_UUIDS[index % len(DEMO_PERSON_UUIDS)]),
+        type="verification" if index % 3 else "happy_call",
+        calling_organization_uuid=uuid.UUID(DEMO_ORGANIZATION_UUID),
+        requested_by_user_uuid=APP_USER,
+        notes=f"chaos call {index}, requested in the app",
+    )
+    return Ledger(index, call, plan, in_app=True, app_plan=APP_PLANS[plan])
 
 
 def _ledger(config: ChaosConfig, plan: str, index: int) -> Ledger:

@@ -2,9 +2,101 @@
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 
 from tests.chaos.config import CREDENTIAL_OUTAGE
+
+
+@dataclass
+class FollowReport:
+    """What following TapRaise did in a run (`follow`).
+
+    Attributes:
+        interval: Seconds between the follower's rounds.
+        rounds / failed_rounds: The follower's rounds, and those that failed (its status).
+        follower_adopted / delivered / ignored: The follower's own counts of calls it started,
+            changes it told a running workflow, changes it left (its status; a round run again
+            may count twice, a failed round not at all).
+        status_error: Why the follower's status could not be read, if it could not.
+        last_error: The last error the follower noted (a failed round, a refused mark).
+        list_requests / list_faulted: The follower's `GET /api/v1/calls?updatedAfter=…`
+            requests, and those a fault (or the credential outage) answered.
+        mark_requests / mark_faulted: Its mark-processed requests, and those faulted.
+        requested_in_app: Calls requested in the TapRaise app.
+        adopted: Of those, the calls with a workflow at the end.
+        adopted_twice: Calls with more than one workflow run, or adopted more than once in one.
+        marked: Calls marked processed with their workflow id as the consumer's identifier.
+        lags: Seconds from each request in the app to its workflow.
+        changed_in_app: The CRM's calls that users also changed in the app.
+        app_changes: Changes made in the app, by action and answer ("complete applied").
+        closed_in_app: Calls the app made final, by how their workflow learned it.
+        after_app_final: The API's changes TapRaise looked at after the app had made the call
+            final, by endpoint and answer ("expire 400"): each must be refused.
+        app_attempts: Attempts added in the app that TapRaise holds (each counted by its
+            workflow, or the run would show a mismatch).
+    """
+
+    interval: float
+    rounds: int = 0
+    failed_rounds: int = 0
+    follower_adopted: int = 0
+    delivered: int = 0
+    ignored: int = 0
+    status_error: str | None = None
+    last_error: str | None = None
+    list_requests: int = 0
+    list_faulted: int = 0
+    mark_requests: int = 0
+    mark_faulted: int = 0
+    requested_in_app: int = 0
+    adopted: int = 0
+    adopted_twice: int = 0
+    marked: int = 0
+    lags: list[float] = field(default_factory=list)
+    changed_in_app: int = 0
+    app_changes: dict[str, int] = field(default_factory=dict)
+    closed_in_app: dict[str, int] = field(default_factory=dict)
+    after_app_final: dict[str, int] = field(default_factory=dict)
+    app_attempts: int = 0
+
+    @property
+    def applied_after_app_final(self) -> int:
+        """API changes TapRaise applied after the app had made their call final (must be 0)."""
+        return sum(n for key, n in self.after_app_final.items() if key.endswith(" 200"))
+
+    def lines(self) -> list[str]:
+        """The follower's lines of the report."""
+        if self.status_error is None:
+            follower = (
+                f"every {self.interval:g} s: {self.rounds} rounds ({self.failed_rounds} failed), "
+                f"adopted {self.follower_adopted}, told {self.delivered}, left {self.ignored}"
+            )
+        else:
+            follower = f"every {self.interval:g} s; status unreadable: {self.status_error}"
+        lag = (
+            f"after {statistics.median(self.lags):.1f} s median, {max(self.lags):.1f} s at most"
+            if self.lags
+            else "none adopted"
+        )
+        changes = ", ".join(f"{k} {v}" for k, v in sorted(self.app_changes.items())) or "none"
+        closed = ", ".join(f"{k} {v}" for k, v in sorted(self.closed_in_app.items())) or "none"
+        after = ", ".join(f"{k} {v}" for k, v in sorted(self.after_app_final.items())) or "none"
+        lines = [
+            f"follower              {follower}",
+            f"follower's requests   list {self.list_requests} ({self.list_faulted} faulted), "
+            f"mark-processed {self.mark_requests} ({self.mark_faulted} faulted)",
+            f"requested in the app  {self.requested_in_app}: adopted {self.adopted} ({lag}), "
+            f"adopted twice {self.adopted_twice}, marked processed {self.marked}",
+            f"changed in the app    {self.changed_in_app} CRM calls; {changes}",
+            f"closed by the app     {sum(self.closed_in_app.values())} ({closed})",
+            f"after the app's final {sum(self.after_app_final.values())} API changes looked at "
+            f"({after}); applied {self.applied_after_app_final}",
+            f"attempts in the app   {self.app_attempts} held by TapRaise and their workflows",
+        ]
+        if self.last_error:
+            lines.insert(1, f"follower's last error {self.last_error[:160]}")
+        return lines
 
 
 @dataclass
@@ -38,6 +130,7 @@ class ChaosReport:
             under it), judged from the workflow's history instead.
         elapsed: Seconds from the first start to the last check.
         final_phases: How many calls ended in each phase.
+        follow: What following TapRaise did, when the run followed it.
     """
 
     calls: int
@@ -67,6 +160,7 @@ class ChaosReport:
     elapsed: float = 0.0
     healed_at: float | None = None
     final_phases: dict[str, int] = field(default_factory=dict)
+    follow: FollowReport | None = None
 
     @property
     def ok(self) -> bool:
@@ -106,6 +200,7 @@ class ChaosReport:
             f"{self.refused_sent.get('signal', 0)} by signal; refused by {by}",
             f"races                 {self.races} completion-vs-cancellation",
             f"answers from history  {self.resolved_from_history}",
+            *(self.follow.lines() if self.follow is not None else []),
             f"lost {self.lost} · duplicated {self.duplicated} · mismatched {self.mismatched} · "
             f"stuck {self.stuck} · failed {self.failed}",
         ]

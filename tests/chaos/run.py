@@ -9,19 +9,26 @@ import tempfile
 import time
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+from temporalio.client import Client
 
 from starter.connect import connect
+from starter.follow import FollowerService
 from tests.chaos.agents import Agents
 from tests.chaos.checks import Checker, Findings
 from tests.chaos.config import ChaosConfig
 from tests.chaos.faults import Faults
 from tests.chaos.ledger import Ledger
 from tests.chaos.processes import Stack
-from tests.chaos.report import ChaosReport
+from tests.chaos.report import ChaosReport, FollowReport
+from tests.chaos.retrying import retry
+from tests.chaos.tapraise_app import TapRaiseApp
+from workflows.following import FOLLOWER_WORKFLOW_ID, STATUS, FollowerStatus, FollowScope
+from workflows.messages import TASK_QUEUE
 
 
 @contextlib.contextmanager
@@ -59,7 +66,12 @@ async def _run(config: ChaosConfig, stack: Stack) -> ChaosReport:
         faults = Faults(config, admin, began)
         await faults.start()
         client = await connect(stack.address, "default")
-        agents = Agents(config, client, began + config.time_budget)
+        until = began + config.time_budget
+        app = None
+        if config.has("follow"):
+            await _follow(config, client)
+            app = TapRaiseApp(admin, until)
+        agents = Agents(config, client, until, app)
         run = _Chaos(config, stack, admin, faults, agents, began)
         await run.drive()
         # The harness's own view must survive a restart too: reconnect if the old client broke.
@@ -68,7 +80,64 @@ async def _run(config: ChaosConfig, stack: Stack) -> ChaosReport:
         checker = Checker(client, stack.sandbox_url, stack.admin_headers)
         found = await checker.check(agents.ledgers, agents.second_batch_started)
         stats = (await admin.get("/stats")).json()
-    return run.report(found, stats)
+        follow = None
+        if config.has("follow"):
+            follow = await _follow_report(config, client, admin, agents.ledgers, found)
+    return run.report(found, stats, follow)
+
+
+async def _follow(config: ChaosConfig, client: Client) -> None:
+    """Switch the follower on, as `python -m starter sync start` does, on the workers' task
+    queue: every call in scope, following from the run's start."""
+    service = FollowerService(client, TASK_QUEUE)
+    interval = timedelta(seconds=config.follow_interval)
+    await service.start(interval, FollowScope(), since=datetime.now(UTC) - timedelta(seconds=1))
+
+
+async def _follow_report(
+    config: ChaosConfig,
+    client: Client,
+    admin: httpx.AsyncClient,
+    ledgers: list[Ledger],
+    found: Findings,
+) -> FollowReport:
+    """What following did: the follower's status, its requests in TapRaise's log, the checks'
+    figures of the calls requested and changed in the app."""
+    report = FollowReport(
+        interval=config.follow_interval,
+        requested_in_app=sum(1 for ledger in ledgers if ledger.in_app),
+        adopted=found.adopted,
+        adopted_twice=len(found.adopted_twice),
+        marked=found.marked,
+        lags=[ledger.adopted_after for ledger in ledgers if ledger.adopted_after is not None],
+        changed_in_app=sum(1 for ledger in ledgers if ledger.app_plan and not ledger.in_app),
+        app_changes=dict(found.app_changes),
+        closed_in_app=dict(found.closed_in_app),
+        after_app_final=dict(found.after_app_final),
+        app_attempts=found.app_attempts,
+    )
+    handle = client.get_workflow_handle(FOLLOWER_WORKFLOW_ID)
+    try:
+        status = await retry(
+            lambda: handle.query(STATUS, result_type=FollowerStatus), time.monotonic() + 30
+        )
+    except Exception as exc:  # a figure missing is said, never fatal
+        report.status_error = str(exc) or type(exc).__name__
+    else:
+        report.rounds, report.failed_rounds = status.rounds, status.failed_rounds
+        report.follower_adopted, report.delivered = status.adopted, status.delivered
+        report.ignored, report.last_error = status.ignored, status.last_error
+    for endpoint in ("list", "mark-processed"):
+        params: dict[str, str | int] = {"endpoint": endpoint, "limit": 100_000}
+        log = (await admin.get("/requests", params=params)).json()["requests"]
+        # The list endpoint serves the calls' look-ups too: the follower's ask `updatedAfter`.
+        mine = [r for r in log if endpoint != "list" or "updatedAfter" in r["query"]]
+        faulted = sum(1 for r in mine if r["fault"] not in (None, "latency") or r["status"] >= 400)
+        if endpoint == "list":
+            report.list_requests, report.list_faulted = len(mine), faulted
+        else:
+            report.mark_requests, report.mark_faulted = len(mine), faulted
+    return report
 
 
 @dataclass
@@ -204,10 +273,19 @@ class _Chaos:
                 self.config,
                 f"{self.at()} started {self.agents.started}/{self.config.calls} · "
                 f"closed {self.agents.closed} · kills {self.stack.kills} · "
-                f"restarts {self.stack.restarts}",
+                f"restarts {self.stack.restarts}" + self._adopted(),
             )
 
-    def report(self, found: Findings, stats: dict[str, Any]) -> ChaosReport:
+    def _adopted(self) -> str:
+        in_app = [ledger for ledger in self.agents.ledgers if ledger.in_app]
+        if not in_app:
+            return ""
+        adopted = sum(1 for ledger in in_app if ledger.adopted_after is not None)
+        return f" · adopted {adopted}/{len(in_app)} requested in the app"
+
+    def report(
+        self, found: Findings, stats: dict[str, Any], follow: FollowReport | None
+    ) -> ChaosReport:
         """The run's figures and what the checks found."""
         agents, stack = self.agents, self.stack
         return ChaosReport(
@@ -238,4 +316,5 @@ class _Chaos:
             elapsed=time.monotonic() - self.began,
             final_phases=dict(found.phases),
             healed_at=self.healed_at,
+            follow=follow,
         )

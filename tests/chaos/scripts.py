@@ -37,10 +37,13 @@ class Scripts:
         plan = ledger.plan
         if plan == "completed_while_the_create_is_retried":
             # At once after the start: with TapRaise failing, the create is usually still retried.
-            await self.send.signal(ledger, COMPLETE, complete_signal(), twice)
-            ledger.signal_final = "completed"
+            if await self.send.signal(ledger, COMPLETE, complete_signal(), twice):
+                ledger.signal_final = "completed"
             return
         await self._pause(rng)
+        if ledger.in_app:
+            await self._requested_in_app(ledger, rng, twice)
+            return
         if plan == "two_unanswered_then_completed":
             for _ in range(2):
                 await self._attempt_update(ledger, twice)
@@ -81,8 +84,21 @@ class Scripts:
         await self._attempt_update(ledger, twice)
         await self._pause(rng)
         await self.send.send_refused(ledger)
-        await self.send.signal(ledger, COMPLETE, complete_signal(), twice)
-        ledger.signal_final = "completed"
+        if await self.send.signal(ledger, COMPLETE, complete_signal(), twice):
+            ledger.signal_final = "completed"
+
+    async def _requested_in_app(self, ledger: Ledger, rng: random.Random, twice: bool) -> None:
+        """The agent of a call requested in the TapRaise app, once the follower adopted it: an
+        attempt, then the final action its plan gives the agent (others are the app's)."""
+        if ledger.plan == "requested_in_app_then_cancelled":
+            await self._attempt_signal(ledger, twice)
+            await self._pause(rng)
+            await self._final_update(ledger, CANCEL, CancelSignal(reason="chaos"), twice)
+            return
+        await self._attempt_update(ledger, twice)
+        if ledger.plan == "requested_in_app_then_completed":
+            await self._pause(rng)
+            await self._final_update(ledger, COMPLETE, complete_signal(), twice)
 
     async def _attempt_update(self, ledger: Ledger, twice: bool) -> None:
         message = AttemptSignal(outcome="no_answer", attempt_at=now_ms(), user_uuid=AGENT_USER)
@@ -96,9 +112,13 @@ class Scripts:
     async def _attempt_signal(self, ledger: Ledger, twice: bool) -> None:
         at = now_ms()
         message = AttemptSignal(outcome="busy", attempt_at=at, user_uuid=AGENT_USER)
-        await self.send.signal(ledger, ATTEMPT, message, twice)
-        # The call is open and below its maximum, so the workflow must accept it (once).
-        ledger.accepted_attempts.add(instant_key(at))
+        delivered = await self.send.signal(ledger, ATTEMPT, message, twice)
+        if ledger.app_closes or not delivered:
+            # The app may have closed the call first: then it is ignored, or never delivered.
+            ledger.unknown_attempts.add(instant_key(at))
+        else:
+            # The call is open and below its maximum, so the workflow must accept it (once).
+            ledger.accepted_attempts.add(instant_key(at))
 
     async def _final_update(self, ledger: Ledger, name: str, message: Any, twice: bool) -> None:
         same_id = ledger.same_id if twice else None
