@@ -1,43 +1,48 @@
 """Following TapRaise: how long a change made in TapRaise takes to reach its call, and what
 following costs while nothing changes.
 
-- **lag**: for `--minutes` the TapRaise app (the sandbox's) makes `--rate` changes a minute, half
-  of them calls requested there (the follower adopts each: a workflow of its own), half
-  completions there of calls adopted before (their workflows close in `completed`). A change's
-  lag runs from the moment the app answered it to the moment its workflow took it (its own
-  `adopted` or `synced` event). The baseline is the poll interval: the goal is the interval plus
-  5 s at the 99th percentile.
+- **lag**: for `--minutes` the TapRaise app (the sandbox's) makes `--rate` changes a minute: calls
+  requested there (the follower adopts each: a workflow of its own), then an attempt added
+  there to each, then each completed there (its workflow closes in `completed`), a call's
+  changes 40 s apart. A change's lag runs from the moment the app answered it to the moment its
+  workflow took it (its own `adopted` or `synced` event). The baseline is the poll interval:
+  the goal is the interval plus 5 s at the 99th percentile.
 - **idle**: the follower runs `--idle-rounds` rounds while nothing changes. Its history gives the
   Temporal actions of a round (a timer and an activity; continue-as-new every 500 rounds adds
   one), scaled to an hour at the default interval (goal: 250 an hour); the sandbox's log gives
   the TapRaise requests of a round (goal: 1).
 
-    python -m bench.follower --minutes 1 --rate 1000 --interval 30
+    python -m bench.follower --minutes 2 --rate 1000 --interval 30
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import time
 import uuid
-from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import httpx
 from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowQueryFailedError
+from temporalio.service import RPCError
 
 from bench.report import Result, at_most, main, parser_for
 from bench.stack import Stack
 from sandbox.seed import DEMO_ORGANIZATION_UUID, DEMO_PERSON_UUIDS
 from starter.follow import FollowerService
 from workflows.following import DEFAULT_INTERVAL, FollowerStatus, FollowScope
-from workflows.messages import STATE, TASK_QUEUE, CallPhase, CallState, workflow_id_for
+from workflows.messages import STATE, TASK_QUEUE, CallState, workflow_id_for
 
 APP_USER: Final = "8d2c0f6e-0b7a-4f19-9d1e-3e5a7c2b4f60"
 LAG_MARGIN_SECONDS: Final = 5.0
+# A call's next change in the app comes this long after its last one: after the follower has
+# had a round to take it.
+STEP_SECONDS: Final = 40.0
 GOAL_ACTIONS_PER_HOUR: Final = 250
 GOAL_REQUESTS_PER_IDLE_ROUND: Final = 1
 IDLE_INTERVAL: Final = timedelta(seconds=1)
@@ -53,32 +58,35 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
-async def _drive(
-    stack: Stack, minutes: float, rate: float
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Make the app's changes at a steady rate; when each was answered, by call."""
-    requested: dict[str, float] = {}
-    completed: dict[str, float] = {}
+async def _drive(stack: Stack, minutes: float, rate: float) -> dict[str, dict[str, float]]:
+    """Make the app's changes at a steady rate; when each was answered, by call and kind
+    (`requested`, `attempt`, `completed`)."""
+    changes: dict[str, dict[str, float]] = {}
     persons = DEMO_PERSON_UUIDS[:10]
     headers = stack.sandbox_admin_headers()
     async with httpx.AsyncClient(
         base_url=f"{stack.config.sandbox_url}/_sandbox/app", headers=headers, timeout=30
     ) as app:
-        total = int(minutes * rate)
         began = time.monotonic()
-        pending: list[str] = []
-        for index in range(total):
+        waiting: list[str] = []  # calls with a change still to come, the longest waiting first
+        for index in range(int(minutes * rate)):
             await asyncio.sleep(max(0.0, began + index * 60 / rate - time.monotonic()))
-            # Each call is requested, then completed once the follower has had time to adopt it.
-            old = pending[0] if pending else None
-            if index % 2 and old is not None and time.monotonic() - requested[old] > 40:
-                pending.pop(0)
-                result = {"resultCode": "confirmed"}
-                answer = await app.put(
-                    f"/calls/{old}/complete", json={"userUuid": APP_USER, "result": result}
-                )
+            ready = waiting[0] if waiting else None
+            if ready is not None and time.time() - max(changes[ready].values()) > STEP_SECONDS:
+                waiting.pop(0)
+                body: dict[str, Any]
+                if "attempt" not in changes[ready]:
+                    at = datetime.now(UTC).isoformat()
+                    body = {"userUuid": APP_USER, "attemptAt": at}
+                    answer = await app.put(f"/calls/{ready}/add-attempt", json=body)
+                    kind = "attempt"
+                    waiting.append(ready)
+                else:
+                    body = {"userUuid": APP_USER, "result": {"resultCode": "confirmed"}}
+                    answer = await app.put(f"/calls/{ready}/complete", json=body)
+                    kind = "completed"
                 answer.raise_for_status()
-                completed[old] = time.time()
+                changes[ready][kind] = time.time()
                 continue
             body = {
                 "personUuid": persons[index % len(persons)],
@@ -89,49 +97,46 @@ async def _drive(
             answer = await app.post("/calls", json=body)
             answer.raise_for_status()
             call_uuid = str(answer.json()["uuid"])
-            requested[call_uuid] = time.time()
-            pending.append(call_uuid)
-    return requested, completed
+            changes[call_uuid] = {"requested": time.time()}
+            waiting.append(call_uuid)
+    return changes
 
 
 async def _lags(
-    stack: Stack, requested: dict[str, float], completed: dict[str, float], wait: float
-) -> tuple[list[float], list[float], int]:
-    """Each change's lag, from the calls' own records; and how many never arrived."""
-    client = stack.client
+    stack: Stack, changes: dict[str, dict[str, float]], wait: float
+) -> tuple[dict[str, list[float]], int]:
+    """Each change's lag, from the calls' own records (their events); how many never arrived."""
     deadline = time.monotonic() + wait
-    adopted_lags: list[float] = []
-    closed_lags: list[float] = []
+    lags: dict[str, list[float]] = {"requested": [], "attempt": [], "completed": []}
     missing = 0
-    for call_uuid, changed_at in requested.items():
-        handle = client.get_workflow_handle(workflow_id_for(call_uuid))
-        state: CallState | None = None
-        while state is None or (call_uuid in completed and state.phase is not CallPhase.COMPLETED):
-            try:
-                state = await handle.query(STATE, result_type=CallState)
-            except Exception:
-                state = None
-            if state is not None and (
-                call_uuid not in completed or state.phase is CallPhase.COMPLETED
-            ):
-                break
-            if time.monotonic() > deadline:
+    for call_uuid, made in changes.items():
+        handle = stack.client.get_workflow_handle(workflow_id_for(call_uuid))
+        taken: dict[str, float] = {}
+        while True:
+            with contextlib.suppress(RPCError, WorkflowQueryFailedError):
+                taken = _taken(await handle.query(STATE, result_type=CallState))
+            if set(made) <= set(taken) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
-        if state is None:
-            missing += 1
-            continue
-        events = {event.kind: event.at.timestamp() for event in state.events}
-        if "adopted" in events:
-            adopted_lags.append(events["adopted"] - changed_at)
-        else:
-            missing += 1
-        if call_uuid in completed:
-            if "synced" in events:
-                closed_lags.append(events["synced"] - completed[call_uuid])
+        for kind, at in made.items():
+            if kind in taken:
+                lags[kind].append(taken[kind] - at)
             else:
                 missing += 1
-    return adopted_lags, closed_lags, missing
+    return lags, missing
+
+
+def _taken(state: CallState) -> dict[str, float]:
+    """When the call took each kind of change made in the app, from its events."""
+    taken: dict[str, float] = {}
+    for event in state.events:
+        if event.kind == "adopted" and event.detail.startswith("call already in TapRaise"):
+            taken.setdefault("requested", event.at.timestamp())
+        elif event.kind == "adopted" and "attempt" in event.detail:
+            taken.setdefault("attempt", event.at.timestamp())
+        elif event.kind == "synced":
+            taken.setdefault("completed", event.at.timestamp())
+    return taken
 
 
 async def _idle(stack: Stack, rounds: int) -> tuple[float, float]:
@@ -165,7 +170,7 @@ async def _billed(handle: Any) -> int:
 
 
 async def run(
-    minutes: float = 1.0,
+    minutes: float = 2.0,
     rate: float = 1000.0,
     interval: float = DEFAULT_INTERVAL.total_seconds(),
     idle_rounds: int = 10,
@@ -176,27 +181,24 @@ async def run(
         service = FollowerService(stack.client, TASK_QUEUE, workflow_id=f"lag-{uuid.uuid4()}")
         scope = FollowScope(organization_uuids=[uuid.UUID(DEMO_ORGANIZATION_UUID)])
         await service.start(timedelta(seconds=interval), scope, since=datetime.now(UTC))
-        requested, completed = await _drive(stack, minutes, rate)
-        adopted, closed, missing = await _lags(stack, requested, completed, wait=interval * 2 + 60)
+        changes = await _drive(stack, minutes, rate)
+        lags, missing = await _lags(stack, changes, wait=interval * 2 + 60)
         status = await service.status()
         await stack.client.get_workflow_handle(service.workflow_id).terminate("measured")
-    return result_of(
-        minutes, rate, interval, adopted, closed, missing, idle_actions, idle_requests, status
-    )
+    return result_of(minutes, rate, interval, lags, missing, idle_actions, idle_requests, status)
 
 
 def result_of(
     minutes: float,
     rate: float,
     interval: float,
-    adopted: list[float],
-    closed: list[float],
+    lags_by_kind: dict[str, list[float]],
     missing: int,
     idle_actions: float,
     idle_requests: float,
     status: Any,
 ) -> Result:
-    lags = adopted + closed
+    lags = [lag for values in lags_by_kind.values() for lag in values]
     p99 = percentile(lags, 0.99) if lags else None
     result = Result(
         name="follower",
@@ -214,12 +216,12 @@ def result_of(
     result.figure(
         "idle_requests_per_round", idle_requests, "requests", at_most(GOAL_REQUESTS_PER_IDLE_ROUND)
     )
-    kinds = Counter({"adopted": len(adopted), "closed": len(closed)})
-    result.add("changes measured", f"{sum(kinds.values())}", "", f"{dict(kinds)}")
-    for label, values in (("adoption lag", adopted), ("completion lag", closed)):
+    kinds = {kind: len(values) for kind, values in lags_by_kind.items()}
+    result.add("changes measured", f"{sum(kinds.values())}", "", f"{kinds}")
+    for kind, values in lags_by_kind.items():
         if values:
             result.add(
-                label,
+                f"lag: {kind} in the app",
                 f"p50 {percentile(values, 0.5):.1f} s · p99 {percentile(values, 0.99):.1f} s",
                 f"interval {interval:g} s",
                 f"goal p99 <= {goal:g} s",
@@ -230,7 +232,7 @@ def result_of(
     result.add("follower rounds", f"{status.rounds}", "", f"failed {status.failed_rounds}")
     result.figures.update(
         {
-            "lags": {"adopted": adopted, "closed": closed},
+            "lags": lags_by_kind,
             "missing": missing,
             "idleActionsPerRound": idle_actions,
             "idleRequestsPerRound": idle_requests,
@@ -241,7 +243,7 @@ def result_of(
 
 def _parser() -> argparse.ArgumentParser:
     parser = parser_for("bench.follower", __doc__)
-    parser.add_argument("--minutes", type=float, default=1.0, help="Minutes of app changes.")
+    parser.add_argument("--minutes", type=float, default=2.0, help="Minutes of app changes.")
     parser.add_argument("--rate", type=float, default=1000.0, help="App changes a minute.")
     parser.add_argument(
         "--interval", type=float, default=DEFAULT_INTERVAL.total_seconds(), help="Poll interval."
