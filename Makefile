@@ -108,7 +108,7 @@ SECRETS := secrets
 compose-secrets:
 	@mkdir -p $(SECRETS) && chmod 700 $(SECRETS)
 	@random() { head -c 32 /dev/urandom | base64 | tr -d '/+=\n'; }; \
-	for name in postgres-password gateway-tokens codec-tokens; do \
+	for name in postgres-password gateway-tokens codec-tokens grafana-admin-password grafana-secret-key; do \
 	  test -s $(SECRETS)/$$name || { random > $(SECRETS)/$$name; echo >> $(SECRETS)/$$name; echo "wrote $(SECRETS)/$$name"; }; \
 	done; \
 	test -s $(SECRETS)/encryption-keys || { \

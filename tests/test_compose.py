@@ -192,6 +192,8 @@ def test_ports_are_the_contracts(services: dict[str, dict[str, Any]]) -> None:
     assert host_ports(services["sandbox"]) == {8081: 8081}
     assert host_ports(services["gateway"]) == {8080: 8080}
     assert host_ports(services["codec"]) == {8082: 8082}
+    assert host_ports(services["prometheus"]) == {9090: 9090}
+    assert host_ports(services["grafana"]) == {3000: 3000}
     for name, port in (("sandbox", "8081"), ("gateway", "8080"), ("codec", "8082")):
         command = services[name]["command"]
         assert command[command.index("--port") + 1] == port, name
@@ -357,6 +359,10 @@ def test_secrets_are_files_mounted_where_the_settings_point(
             "ENCRYPTION_KEYS_FILE": "encryption-keys",
         },
         "postgresql": {"POSTGRES_PASSWORD_FILE": "postgres-password"},
+        "grafana": {
+            "GF_SECURITY_ADMIN_PASSWORD__FILE": "grafana-admin-password",
+            "GF_SECURITY_SECRET_KEY__FILE": "grafana-secret-key",
+        },
     }
     for name, files in expected.items():
         env = environment(services[name])
@@ -412,6 +418,8 @@ def test_images_are_pinned(services: dict[str, dict[str, Any]]) -> None:
     assert services["temporal-ui"]["image"].startswith("temporalio/ui:")
     assert services["temporal-schema"]["image"].startswith("temporalio/admin-tools:")
     assert services["temporal-setup"]["image"] == services["temporal-schema"]["image"]
+    assert services["prometheus"]["image"].startswith("prom/prometheus:")
+    assert services["grafana"]["image"].startswith("grafana/grafana:")
     assert re.search(r"^pin-images:", (ROOT / "Makefile").read_text(), flags=re.MULTILINE)
     bases = re.findall(r"^FROM (\S+)", (ROOT / "Dockerfile").read_text(), flags=re.MULTILINE)
     outside = [base for base in bases if ":" in base]  # not one of the Dockerfile's own stages
@@ -456,6 +464,106 @@ def test_the_web_ui_reaches_the_codec_server_as_the_browser_does(
     # The codec server lets exactly the UI's page call it.
     origins = environment(services["codec"])["CODEC_CORS_ORIGINS"]
     assert origins == "${CODEC_CORS_ORIGINS:-http://localhost:8233}"
+
+
+def prometheus_config() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "ops/prometheus/prometheus.yml").read_text())
+    return data
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path → `source` or `source:ro`, from the short form of `volumes`."""
+    found = {}
+    for entry in service.get("volumes", []):
+        source, target, *mode = str(entry).split(":")
+        found[target] = ":".join([source, *mode])
+    return found
+
+
+def test_metrics_ports_stay_on_the_compose_network_where_prometheus_scrapes_them(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # Each process serves /metrics on every address of its container, on the port Prometheus
+    # scrapes; none of those ports is published on the host.
+    listening = {
+        "worker": environment(services["worker"])["WORKER_METRICS_ADDRESS"],
+        "gateway": environment(services["gateway"])["GATEWAY_METRICS_ADDRESS"],
+        "temporal": environment(services["temporal"])["PROMETHEUS_ENDPOINT"],
+    }
+    assert listening == {
+        "worker": "0.0.0.0:9464",
+        "gateway": "0.0.0.0:9465",
+        "temporal": "0.0.0.0:8000",
+    }
+    ports = {name: int(address.rpartition(":")[2]) for name, address in listening.items()}
+    for name, service in services.items():
+        for _, host, container in published(service):
+            assert not {host, container} & set(ports.values()), f"{name} publishes a metrics port"
+    jobs = {job["job_name"]: job for job in prometheus_config()["scrape_configs"]}
+    # Every replica of a scaled service (`--scale worker=3`): Docker's DNS answers the service's
+    # name with each container's address.
+    for name in ("worker", "gateway"):
+        (discovery,) = jobs[name]["dns_sd_configs"]
+        assert discovery["names"] == [name] and name in services
+        assert (discovery["type"], discovery["port"]) == ("A", ports[name])
+    (static,) = jobs["temporal"]["static_configs"]
+    assert static["targets"] == [f"temporal:{ports['temporal']}"]
+
+
+def test_prometheus_and_grafana_read_their_configuration_from_ops_read_only(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    assert mounts(prometheus)["/etc/prometheus"] == "./ops/prometheus:ro"
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    assert "--storage.tsdb.path=/prometheus" in prometheus["command"]
+    assert mounts(prometheus)["/prometheus"] == "prometheus-data"
+    for rule_file in prometheus_config()["rule_files"]:
+        assert (ROOT / "ops/prometheus" / rule_file).is_file(), rule_file
+    assert mounts(grafana)["/etc/grafana/provisioning"] == "./ops/grafana/provisioning:ro"
+    assert mounts(grafana)["/var/lib/grafana"] == "grafana-data"
+    assert {"prometheus-data", "grafana-data"} <= set(compose["volumes"])
+    # The dashboards provider reads the folder the dashboards are mounted at.
+    provider_file = ROOT / "ops/grafana/provisioning/dashboards/tapraise-calls.yml"
+    (provider,) = yaml.safe_load(provider_file.read_text())["providers"]
+    dashboards = provider["options"]["path"]
+    assert mounts(grafana)[dashboards] == "./ops/grafana/dashboards:ro"
+    assert list((ROOT / "ops/grafana/dashboards").glob("*.json"))
+    # Its data source is this stack's Prometheus, which it waits for.
+    source_file = ROOT / "ops/grafana/provisioning/datasources/prometheus.yml"
+    (source,) = yaml.safe_load(source_file.read_text())["datasources"]
+    assert source["url"] == f"http://prometheus:{host_ports(prometheus)[9090]}"
+    assert source["jsonData"]["timeInterval"] == prometheus_config()["global"]["scrape_interval"]
+    assert grafana["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
+
+
+def test_grafana_lets_in_only_users_who_sign_in(services: dict[str, dict[str, Any]]) -> None:
+    env = environment(services["grafana"])
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in env
+    # Nothing fetched from the internet as it starts.
+    assert env["GF_PLUGINS_PREINSTALL_DISABLED"] == "true"
+
+
+def test_compose_secrets_writes_every_random_secret_the_stack_mounts(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    folder = tmp_path / "secrets"
+    make = ["make", "--no-print-directory", "-C", str(ROOT), "compose-secrets", f"SECRETS={folder}"]
+    first = subprocess.run(make, capture_output=True, text=True, timeout=60, check=True)
+    files = {Path(source["file"]).name for source in compose["secrets"].values()}
+    # The TapRaise key is TapRaise's to give: it is named as missing, never made up.
+    assert "tapraise-private-key.pem" in first.stdout
+    written = {path.name: path.read_text() for path in folder.iterdir()}
+    assert set(written) == files - {"tapraise-private-key.pem"}
+    assert all(value.strip() for value in written.values())
+    assert len(set(written.values())) == len(written), "two secrets have the same value"
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert {path.stat().st_mode & 0o777 for path in folder.iterdir()} == {0o644}
+    # A second run keeps every value.
+    subprocess.run(make, capture_output=True, text=True, timeout=60, check=True)
+    assert {path.name: path.read_text() for path in folder.iterdir()} == written
 
 
 def dockerfile_stages() -> dict[str, str]:
