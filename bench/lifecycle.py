@@ -50,6 +50,8 @@ NO_WAIT = policy(
     attemptWindow=3600,
     missedSlotDelay=0,
     deadline="P3D",
+    # Every slot shows as `due` at once: the drivers wait for that phase before they report.
+    duePhase=True,
 )
 
 # The first slot three days away: a call that only waits.

@@ -165,14 +165,14 @@ async def test_cost_counts_every_path_and_waiting_adds_nothing(stack: Stack) -> 
     assert list(phases.values()) == [
         *("completed", "completed", "completed", "cancelled", "expired", "expired")
     ]
-    typical, without_due, no_waits = figures["costs"][:3]
-    for path in (typical, without_due, no_waits):
+    typical, with_due, no_waits = figures["costs"][:3]
+    for path in (typical, with_due, no_waits):
         assert path.actions["start"] == 1
         assert path.actions["update"] == 3
         assert path.actions["local activity"] == 5  # policy, create, 2 attempts, complete
-    # Without the `due` phase each of the three slots costs one timer and one upsert less.
-    assert typical.actions["timer"] - without_due.actions["timer"] == 3
-    assert typical.actions["search attributes"] - without_due.actions["search attributes"] == 3
+    # The `due` phase costs each of the three slots one timer and one upsert more.
+    assert with_due.actions["timer"] - typical.actions["timer"] == 3
+    assert with_due.actions["search attributes"] - typical.actions["search attributes"] == 3
     assert figures["waitAfter"].events == figures["waitBefore"].events
     assert figures["waitAfter"].total == figures["waitBefore"].total
     result = rendered(cost.result_of(figures))

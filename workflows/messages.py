@@ -338,8 +338,22 @@ class SyncSignal(Call):
 
     A call completed, cancelled or expired there closes in that phase without a final action;
     attempts added there count towards the maximum and move the next slot; a result entered
-    there is kept.
+    there is kept. Its texts are bounded as the same fields are everywhere else.
     """
+
+    notes: str | None = Field(default=None, max_length=CALL_NOTES_MAX_LENGTH)
+    result: ResultInput | None = None
+    external_metadata: ExternalMetadataInput | None = None
+
+    @field_validator("result", mode="before")
+    @classmethod
+    def _bounded_result(cls, value: Any) -> Any:
+        return _revalidated(value, CallResult, ResultInput)
+
+    @field_validator("external_metadata", mode="before")
+    @classmethod
+    def _bounded_metadata(cls, value: Any) -> Any:
+        return _revalidated(value, ExternalMetadata, ExternalMetadataInput)
 
 
 Message: TypeAlias = AttemptSignal | CompleteSignal | RescheduleSignal | CancelSignal | SyncSignal
