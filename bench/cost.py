@@ -90,7 +90,7 @@ BY_DEADLINE = lifecycle.policy(firstAttemptDelay=0, attemptWindow=3600, deadline
 # The paths of `measure`, in its order, as the summary names them.
 PATH_KEYS = (
     "typical",
-    "typical_no_due_phase",
+    "typical_due_phase",
     "typical_no_waits",
     "cancelled",
     "expired_by_attempts",
