@@ -227,7 +227,9 @@ async def test_typical_call_attempted_on_two_days_then_completed_on_day_three(
     assert effects["cancel"] == 0 and effects["expire"] == 0
     stored = lenient_sandbox.stored_call(call_uuid)
     assert stored is not None and stored["status"] == "completed" and stored["attemptsCount"] == 2
-    assert await history_length(handle) < 60
+    # A short history whatever the timing: where a message lands relative to a workflow task
+    # moves the count by a few events (62 seen with two test processes on two cores).
+    assert await history_length(handle) < 70
     await record_history(handle, "typical_path")
 
 
