@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import hmac
-import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Final
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -31,13 +31,13 @@ from temporalio.api.common.v1 import Payload, Payloads
 
 from encryption.codec import DecryptionError, EncryptionCodec
 from encryption.keys import KeysError, require_keys
+from tapraise.settings import is_loopback
 
 log = logging.getLogger("tapraise_calls.codec")
 
 DEFAULT_CODEC_PORT: Final = 8082
 MAX_BODY_BYTES: Final = 8 * 1024 * 1024
 """A page of payloads from the UI; Temporal refuses a single payload over 2 MB anyway."""
-_LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 _Transform = Callable[[Sequence[Payload]], Awaitable[list[Payload]]]
 
@@ -115,22 +115,12 @@ class CodecServerSettings(BaseSettings):
         return tuple(value.encode() for value in values)
 
 
-def is_loopback(host: str) -> bool:
-    """Whether `host` (a name or an address, `[::1]` included) is this machine only."""
-    name = host.strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 def _host_name(header: str) -> str:
-    """The name of a `Host` header, without its port."""
-    if header.startswith("["):
-        return header.split("]", 1)[0] + "]"
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+    """The name a `Host` header names, without its port ("" when it names none)."""
+    try:
+        return urlsplit(f"//{header}").hostname or ""
+    except ValueError:
+        return ""
 
 
 def create_app(

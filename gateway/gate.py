@@ -37,9 +37,9 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.limits import BODY_LIMIT, ConcurrencyLimiter, RateLimiter
-from gateway.settings import is_loopback
 from gateway.tokens import Grant, Tokens, bearer_token
 from gateway.tokens import Scope as TokenScope
+from tapraise.settings import is_loopback
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Final
 
@@ -12,24 +11,13 @@ from pydantic_settings import NoDecode
 from gateway.limits import DEFAULT_MAX_CONCURRENT, DEFAULT_RATE, default_burst
 from gateway.tokens import Grant, TokenSyntaxError, parse_entries
 from starter.settings import StarterSettings
+from tapraise.settings import is_loopback
 
 DEFAULT_GATEWAY_PORT: Final = 8080
-LOOPBACK_NAMES: Final = frozenset({"localhost"})
 
 
 class GatewaySettingsError(ValueError):
     """The gateway's settings cannot work as given; the message says what to set."""
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` (a bind address or a name) is this machine's loopback only."""
-    host = host.strip().removeprefix("[").removesuffix("]").lower()
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class GatewaySettings(StarterSettings):

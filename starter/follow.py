@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from uuid import UUID
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.follow import Delivery, Known
@@ -40,6 +40,7 @@ from workflows.following import (
 )
 from workflows.messages import (
     SYNC,
+    WORKFLOW_TYPE,
     CallInput,
     CallSearchAttributes,
     SyncSignal,
@@ -103,11 +104,12 @@ class TemporalDispatcher:
         """
         message = SyncSignal.model_validate(call.model_dump())
         if adopt:
-            options = start_options(call_input_of(call), task_queue, datetime.now(UTC))
+            call_input = call_input_of(call)
+            options = start_options(call_input, task_queue, datetime.now(UTC))
             try:
                 handle = await self._client.start_workflow(
-                    "CallWorkflow",
-                    call_input_of(call),
+                    WORKFLOW_TYPE,
+                    call_input,
                     start_signal=SYNC,
                     start_signal_args=[message],
                     **options,
@@ -217,7 +219,8 @@ class FollowerService:
             if err.status == RPCStatusCode.NOT_FOUND:
                 raise FollowerNotRunning() from None
             raise TemporalUnavailable(f"the follower did not answer: {err.message}") from None
-        except Exception as exc:  # the update's refusal (WorkflowUpdateFailedError)
-            cause = getattr(exc, "cause", None)
-            raise ActionRejected(str(getattr(cause, "message", None) or exc)) from None
+        except WorkflowUpdateFailedError as exc:
+            cause = exc.cause
+            reason = cause.message if isinstance(cause, ApplicationError) else str(cause or exc)
+            raise ActionRejected(reason) from None
         return status

@@ -207,7 +207,7 @@ def make_client(settings: TapRaiseSettings | None = None) -> TapRaiseClient:
 
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (a name, an IPv4 address or a bracketed IPv6 one) is this machine."""
-    name = host.strip("[]").lower()
+    name = host.strip().strip("[]").lower()
     if name in LOOPBACK_NAMES:
         return True
     try:

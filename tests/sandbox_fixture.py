@@ -12,7 +12,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 import pytest
@@ -306,3 +306,20 @@ def clean_faults(sandbox: SandboxServer) -> Iterator[None]:
     """Clear the sandbox's fault rules after the test, whatever happened."""
     yield
     sandbox.clear_faults()
+
+
+# A change after a final one: 409 when it is the same again, else 400 (API and app alike).
+FINAL_TRANSITIONS: Final = [
+    ("complete", "complete", 409),
+    ("complete", "cancel", 400),
+    ("complete", "expire", 400),
+    ("complete", "add-attempt", 400),
+    ("cancel", "cancel", 409),
+    ("cancel", "complete", 400),
+    ("cancel", "expire", 400),
+    ("cancel", "add-attempt", 400),
+    ("expire", "expire", 409),
+    ("expire", "complete", 400),
+    ("expire", "cancel", 400),
+    ("expire", "add-attempt", 400),
+]

@@ -68,6 +68,28 @@ def act_in_app(sandbox: SandboxServer, call_uuid: str, action: str, **body: Any)
     assert answer.status_code == 200, answer.text
 
 
+async def start_own_call(
+    worker: CallWorker, call_type: str, **fields: Any
+) -> tuple[str, WorkflowHandle[Any, CallState]]:
+    """A call started by our own tools (as a bare start does), in the demo organization."""
+    call_uuid = str(uuid.uuid4())
+    call = {
+        "uuid": call_uuid,
+        "personUuid": PERSON,
+        "type": call_type,
+        "callingOrganizationUuid": DEMO_ORGANIZATION_UUID,
+        **fields,
+    }
+    handle = await worker.client.start_workflow(
+        "CallWorkflow",
+        call,
+        id=workflow_id_for(call_uuid),
+        task_queue=worker.task_queue,
+        result_type=CallState,
+    )
+    return call_uuid, handle
+
+
 async def adopted(worker: CallWorker, call_uuid: str) -> WorkflowHandle[Any, Any]:
     """The call's workflow, once the follower has started it."""
     handle = worker.client.get_workflow_handle(workflow_id_for(call_uuid), result_type=CallState)
@@ -137,20 +159,11 @@ async def test_a_call_completed_in_the_app_closes_at_once_without_a_final_action
 async def test_attempts_added_in_the_app_count_towards_the_maximum(
     call_worker: CallWorker, lenient_sandbox: SandboxServer, follower: FollowerService
 ) -> None:
-    call_uuid = str(uuid.uuid4())
-    handle = await call_worker.client.start_workflow(
-        "CallWorkflow",
-        {
-            "uuid": call_uuid,
-            "personUuid": PERSON,
-            "type": "happy_call",
-            "callingOrganizationUuid": DEMO_ORGANIZATION_UUID,
-            "requestedAt": datetime.now(UTC).isoformat(),
-            "policy": {"maxAttempts": 2, "firstAttemptDelay": 3600},
-        },
-        id=workflow_id_for(call_uuid),
-        task_queue=call_worker.task_queue,
-        result_type=CallState,
+    call_uuid, handle = await start_own_call(
+        call_worker,
+        "happy_call",
+        requestedAt=datetime.now(UTC).isoformat(),
+        policy={"maxAttempts": 2, "firstAttemptDelay": 3600},
     )
     state = await wait_for_phase(handle, CallPhase.SCHEDULED, CallPhase.DUE)
     for milliseconds in (1, 2):
@@ -210,18 +223,7 @@ async def test_calls_outside_the_scope_or_managed_elsewhere_are_not_adopted(
 async def test_a_change_the_call_made_itself_is_not_told_back_to_it(
     call_worker: CallWorker, lenient_sandbox: SandboxServer, follower: FollowerService
 ) -> None:
-    call_uuid = str(uuid.uuid4())
-    handle = await call_worker.client.start_workflow(
-        "CallWorkflow",
-        {
-            "uuid": call_uuid,
-            "personUuid": PERSON,
-            "type": "winback",
-            "callingOrganizationUuid": DEMO_ORGANIZATION_UUID,
-        },
-        id=workflow_id_for(call_uuid),
-        task_queue=call_worker.task_queue,
-    )
+    _, handle = await start_own_call(call_worker, "winback")
     await wait_for_phase(handle, CallPhase.SCHEDULED, CallPhase.DUE)
     await asyncio.sleep(2)  # visibility shows the call's own state
     before = await follower.act(RUN_NOW)
@@ -240,19 +242,7 @@ async def test_a_call_found_final_in_tapraise_keeps_what_tapraise_holds(
 ) -> None:
     # Not told by the follower (paused): the call finds out when its own attempt is refused.
     await follower.act(PAUSE)
-    call_uuid = str(uuid.uuid4())
-    handle = await call_worker.client.start_workflow(
-        "CallWorkflow",
-        {
-            "uuid": call_uuid,
-            "personUuid": PERSON,
-            "type": "verification",
-            "callingOrganizationUuid": DEMO_ORGANIZATION_UUID,
-        },
-        id=workflow_id_for(call_uuid),
-        task_queue=call_worker.task_queue,
-        result_type=CallState,
-    )
+    call_uuid, handle = await start_own_call(call_worker, "verification")
     state = await wait_for_phase(handle, CallPhase.SCHEDULED, CallPhase.DUE)
     at = (state.requested_at + timedelta(milliseconds=5)).isoformat()
     act_in_app(lenient_sandbox, call_uuid, "add-attempt", userUuid=APP_USER, attemptAt=at)

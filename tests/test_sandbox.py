@@ -27,7 +27,7 @@ from sandbox.seed import (
     SECOND_ORG_PERSON_UUIDS,
 )
 from tests.helpers import fresh_private_key_pem
-from tests.sandbox_fixture import SandboxServer
+from tests.sandbox_fixture import FINAL_TRANSITIONS, SandboxServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -468,23 +468,7 @@ def test_result_code_of_64_characters_is_accepted(api: httpx.Client) -> None:
     assert response.status_code == 200
 
 
-@pytest.mark.parametrize(
-    ("first", "second", "status"),
-    [
-        ("complete", "complete", 409),
-        ("complete", "cancel", 400),
-        ("complete", "expire", 400),
-        ("complete", "add-attempt", 400),
-        ("cancel", "cancel", 409),
-        ("cancel", "complete", 400),
-        ("cancel", "expire", 400),
-        ("cancel", "add-attempt", 400),
-        ("expire", "expire", 409),
-        ("expire", "complete", 400),
-        ("expire", "cancel", 400),
-        ("expire", "add-attempt", 400),
-    ],
-)
+@pytest.mark.parametrize(("first", "second", "status"), FINAL_TRANSITIONS)
 def test_transitions_out_of_final_states(
     api: httpx.Client, sandbox: SandboxServer, first: str, second: str, status: int
 ) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.sandbox_fixture import SandboxServer
+from tests.sandbox_fixture import FINAL_TRANSITIONS, SandboxServer
 from tests.test_sandbox import CALL_FIELDS, assert_error, iso, put
 from tests.test_sandbox_strict import MS, Tenant, add_tenant, create, uuids
 
@@ -129,23 +129,7 @@ def test_the_app_asks_for_an_existing_person_a_type_and_who_requested_the_call(
 # --- changing a call in the app -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("first", "second", "status"),
-    [
-        ("complete", "complete", 409),
-        ("complete", "cancel", 400),
-        ("complete", "expire", 400),
-        ("complete", "add-attempt", 400),
-        ("cancel", "cancel", 409),
-        ("cancel", "complete", 400),
-        ("cancel", "expire", 400),
-        ("cancel", "add-attempt", 400),
-        ("expire", "expire", 409),
-        ("expire", "complete", 400),
-        ("expire", "cancel", 400),
-        ("expire", "add-attempt", 400),
-    ],
-)
+@pytest.mark.parametrize(("first", "second", "status"), FINAL_TRANSITIONS)
 def test_a_change_in_the_app_moves_last_updated_at_and_is_refused_as_the_api_refuses_it(
     sandbox: SandboxServer,
     tenant: Tenant,
