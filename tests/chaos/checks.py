@@ -516,11 +516,17 @@ def _learned(state: CallState, phase: str) -> str:
 def _expected_finals(ledger: Ledger, state: CallState, accepted: set[str]) -> set[str] | None:
     """The phases the call may have closed in; None when no final action was accepted."""
     unknown = ledger.finals("unknown") | ledger.finals("rejected")
-    adopted = (ADOPTED, f"already {state.phase.value} in TapRaise")
+    # How a call learns the state TapRaise holds: its create, its own action refused, or the
+    # follower telling it.
+    adopted = (
+        ADOPTED,
+        f"already {state.phase.value} in TapRaise",
+        f"{state.phase.value} in TapRaise",
+    )
     if not accepted and state.final_reason in adopted:
         # A worker died after TapRaise applied a final action it carried out, before its task
         # was recorded: the message is lost with the task (an update is kept only once
-        # accepted), and the next worker adopted the state TapRaise holds. Any final action the
+        # accepted), and the call took the state TapRaise holds. Any final action the
         # agents sent may be the one applied, whatever the answers they got afterwards (the
         # other of two racing ones accepted, this one refused "already being …").
         unknown |= ledger.finals_sent()
