@@ -129,9 +129,7 @@ async def drive_calls(client: Client) -> list[str]:
 
 def expected_phase_counts(completed: int) -> dict[str, float]:
     """Every call of the module completed, none in any other phase."""
-    return {
-        phase.value: (completed if phase is CallPhase.COMPLETED else 0) for phase in CallPhase
-    }
+    return {phase.value: (completed if phase is CallPhase.COMPLETED else 0) for phase in CallPhase}
 
 
 @pytest_asyncio.fixture(scope="module")
