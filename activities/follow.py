@@ -2,9 +2,10 @@
 
 `FollowerActivities.follow_once` pages `GET /api/v1/calls?updatedAfter=…` and gives each changed
 call to a `CallDispatcher`, which knows Temporal (the worker wires `starter.follow`'s): a call
-requested in TapRaise in the follower's scope is started (or, when its workflow runs, told what
-TapRaise holds) by one signal-with-start; any other call's running workflow is told; a call
-whose workflow has ended, or that another system manages (`externalMetadata`), is left alone.
+requested in TapRaise in the follower's scope and managed there (no `externalMetadata`) is
+started (or, when its workflow runs, told what TapRaise holds) by one signal-with-start; any
+other call's running workflow is told, an external call's too; a call whose workflow has ended,
+or that no workflow runs and none is to adopt, is left alone.
 Calls adopted are marked processed, with the workflow id as the consumer's identifier.
 
 Idempotency: a round may be run again (a retry, a crashed worker, an overlap): starting an
@@ -261,8 +262,8 @@ class FollowerActivities:
         )
 
     async def _dispatch(self, call: Call, adopt: bool, request: FollowRequest) -> Delivery:
-        if call.external_metadata is not None:
-            return Delivery.NOT_RUNNING  # another system's call
+        # A call with `externalMetadata` is never adopted (`_adopts`), but a workflow that runs
+        # it (one this system created) is told what changed in TapRaise like any other.
         return await self._dispatcher.dispatch(call, adopt, request.task_queue)
 
     async def _mark(self, marks: list[UUID], outcome: FollowOutcome) -> None:

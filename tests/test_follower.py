@@ -21,9 +21,10 @@ from temporalio.service import RPCError
 from sandbox.seed import DEMO_ORGANIZATION_UUID, DEMO_PERSON_UUIDS
 from starter.follow import FollowerNotRunning, FollowerService
 from starter.service import ActionRejected
+from tapraise import TapRaiseClient
 from tests.helpers import effects, wait_for_phase
 from tests.sandbox_fixture import SandboxServer
-from tests.temporal_fixture import CallWorker
+from tests.temporal_fixture import CallWorker, record_history
 from workflows.following import PAUSE, RESUME, RUN_NOW, FollowerStatus, FollowScope
 from workflows.messages import CallPhase, CallState, workflow_id_for
 
@@ -109,9 +110,11 @@ async def test_a_call_requested_in_the_app_is_adopted_once_and_marked_processed(
     handle = await adopted(call_worker, call_uuid)
     state = await wait_for_phase(handle, CallPhase.SCHEDULED, CallPhase.DUE)
     assert str(state.call_uuid) == call_uuid
-    # Adopted, not created again: TapRaise holds the one call the app made.
+    # Adopted, not created again: TapRaise holds the one call the app made, and the workflow
+    # took it as the follower listed it, without asking TapRaise again.
     assert lenient_sandbox.effects(call_uuid) == effects()
     assert any(event.kind == "adopted" for event in state.events), state.events
+    assert lenient_sandbox.requests(call_uuid, endpoint="create") == []
     # More rounds change nothing: one workflow run, still the same call.
     await follower.act(RUN_NOW)
     await follower.act(RUN_NOW)
@@ -154,6 +157,7 @@ async def test_a_call_completed_in_the_app_closes_at_once_without_a_final_action
     assert final.result is not None and final.result.result_code == "confirmed"
     # Nothing was sent to TapRaise for it: the app's completion is the only one.
     assert lenient_sandbox.effects(call_uuid)["complete"] == 0
+    await record_history(handle, "adopted_listed_completed_in_app")
 
 
 async def test_attempts_added_in_the_app_count_towards_the_maximum(
@@ -190,6 +194,10 @@ async def test_a_paused_follower_loses_no_change_and_resumes(
     resumed = await follower.act(RESUME)
     assert not resumed.paused
     await adopted(call_worker, call_uuid)
+    await follower.act(RUN_NOW)
+    await record_history(
+        call_worker.client.get_workflow_handle(follower.workflow_id), "follower_paused_resumed"
+    )
 
 
 async def test_a_second_start_changes_nothing_and_an_unknown_follower_is_named(
@@ -218,6 +226,29 @@ async def test_calls_outside_the_scope_or_managed_elsewhere_are_not_adopted(
     await follower.act(RUN_NOW)
     with pytest.raises(RPCError):
         await call_worker.client.get_workflow_handle(workflow_id_for(elsewhere)).describe()
+
+
+async def test_an_external_call_of_ours_is_told_what_another_tool_changed(
+    call_worker: CallWorker,
+    lenient_sandbox: SandboxServer,
+    tapraise_client: TapRaiseClient,
+    follower: FollowerService,
+) -> None:
+    # Never adopted (another system manages such calls), but a workflow that runs one is told
+    # what changed in TapRaise: here another of the charity's tools cancels it through the API.
+    call_uuid, handle = await start_own_call(
+        call_worker,
+        "verification",
+        externalMetadata={"applicationName": "crm", "referenceId": "ref-1"},
+    )
+    await wait_for_phase(handle, CallPhase.SCHEDULED, CallPhase.DUE)
+    await tapraise_client.cancel_call(call_uuid)
+    async with asyncio.timeout(20):
+        final: CallState = await handle.result()
+    assert final.phase is CallPhase.CANCELLED
+    assert final.final_reason == "cancelled in TapRaise"
+    # The other tool's cancel is the only one: the workflow sent none of its own.
+    assert lenient_sandbox.effects(call_uuid)["cancel"] == 1
 
 
 async def test_a_change_the_call_made_itself_is_not_told_back_to_it(

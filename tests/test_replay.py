@@ -18,6 +18,7 @@ from encryption.codec import encrypted_data_converter
 from tests.keys_fixture import RUN_KEYS
 from worker import sandbox_runner
 from workflows.call import CallWorkflow
+from workflows.follower import FollowerWorkflow
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,6 +47,10 @@ def test_every_lifecycle_path_has_a_recorded_history() -> None:
         "adopted_unrecorded_attempt",
         # A run from before the patch asked for at start: it asks for its own where it adopts.
         "adopted_unrecorded_attempt_mid_run_patch",
+        # Started by the follower with the call as TapRaise listed it, completed in the app.
+        "adopted_listed_completed_in_app",
+        # The follower itself: rounds, a pause, a resume and a round run at once.
+        "follower_paused_resumed",
     } <= names
 
 
@@ -54,7 +59,7 @@ async def test_recorded_history_replays_without_nondeterminism(name: str) -> Non
     record = RECORDS[name]
     history = WorkflowHistory.from_json(record["workflowId"], record["history"])
     replayer = Replayer(
-        workflows=[CallWorkflow],
+        workflows=[CallWorkflow, FollowerWorkflow],
         # Recorded before payloads were encrypted: the codec passes them through.
         data_converter=encrypted_data_converter(RUN_KEYS),
         workflow_runner=sandbox_runner(),

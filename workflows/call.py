@@ -109,6 +109,10 @@ _STABLE_REQUESTED_AT = "stable-requested-at"
 # found on replay (a non-determinism error). A run with this patch also adopts unrecorded
 # attempts without asking for `_ADOPT_UNRECORDED_ATTEMPTS` where it adopts (older runs do).
 _ANSWER_IN_OWN_TASK = "answer-in-own-task"
+# Patch: a call started together with a `sync` (the follower's signal-with-start) adopts the call
+# TapRaise listed instead of creating it again (which TapRaise would answer 409, and a look-up
+# after). Decided in a run's first task, as the one above.
+_ADOPT_LISTED = "adopt-listed"
 # How much of the event log a continued run carries over.
 _CARRIED_EVENTS = 100
 
@@ -189,6 +193,11 @@ class CallWorkflow:
         self._outage: str | None = None  # what TapRaise failed to do, while it is retried
         self._draining = False  # continuing as new: messages are queued for the next run
         self._patched_at_start = workflow.patched(_ANSWER_IN_OWN_TASK)
+        self._adopts_listed = input.resume is None and workflow.patched(_ADOPT_LISTED)
+        # The first task's place in the history: a `sync` delivered in it came with the start.
+        self._first_task = workflow.info().get_current_history_length()
+        # The call as TapRaise listed it, when a `sync` came with the start (see `_create`).
+        self._listed: Call | None = None
         # What the search attributes hold now (a start from our own tools sets them already).
         self._published: dict[str, Any] = {
             pair.key.name: pair.value for pair in workflow.info().typed_search_attributes
@@ -277,7 +286,18 @@ class CallWorkflow:
         self._record.timezone = schedule.effective_timezone(self._policy, self._input.timezone)
 
     async def _create(self) -> None:
-        """Create the call in TapRaise; on 409 adopt the state TapRaise already holds."""
+        """Create the call in TapRaise; on 409 adopt the state TapRaise already holds.
+
+        A call the follower started (its `sync` came with the start) is in TapRaise already:
+        it adopts what TapRaise listed, and sends nothing.
+        """
+        listed = self._listed
+        if listed is not None:
+            self._record.created = True
+            self._log("adopted", f"call already in TapRaise as {listed.status.value} (as listed)")
+            self._record.attempts = self._records_of(listed.attempts)
+            self._take_status(listed)
+            return
         try:
             outcome = await self._tapraise(
                 "create the call", TapRaiseActivities.create_call, self._create_request()
@@ -295,6 +315,10 @@ class CallWorkflow:
         else:
             self._log("adopted", f"call already in TapRaise as {call.status.value}")
             self._record.attempts = self._records_of(call.attempts)
+        self._take_status(call)
+
+    def _take_status(self, call: Call) -> None:
+        """The call's status as TapRaise answered it; a final one closes the call in it."""
         self._record.status = call.status
         if call.status in _STATUS_PHASE:
             self._result = call.result
@@ -902,6 +926,15 @@ class CallWorkflow:
             return
         if self._phase.is_final:
             return  # told late what this call knows already
+        if (
+            self._adopts_listed
+            and not self._record.created
+            and workflow.info().get_current_history_length() == self._first_task
+            and msg.person_uuid == self._input.person_uuid
+        ):
+            # It came with the start (the follower's signal-with-start): the call is in
+            # TapRaise, as listed here. Its first task is the same live and on replay.
+            self._listed = msg
         self._accept(SYNC, msg)
 
     @workflow.update(name=ATTEMPT)

@@ -149,16 +149,23 @@ class FollowerWorkflow:
             self._publish()
             await workflow.wait_condition(lambda: self._wake or not self._state.paused)
             return
-        self._next_round_at = workflow.now() + self._interval
+        # Rounds start an interval apart, however long each took: a change waits at most an
+        # interval for the round that finds it. A round that outlasted the interval is followed
+        # at once.
+        started = self._state.last_round_at
+        now = workflow.now()
+        due = started + self._interval if started is not None else now + self._interval
+        self._next_round_at = max(due, now)
         self._publish()
-        try:
-            await workflow.wait_condition(
-                lambda: self._wake or self._state.paused,
-                timeout=self._interval,
-                timeout_summary="next round",
-            )
-        except TimeoutError:
-            pass
+        if due > now:
+            try:
+                await workflow.wait_condition(
+                    lambda: self._wake or self._state.paused,
+                    timeout=due - now,
+                    timeout_summary="next round",
+                )
+            except TimeoutError:
+                pass
         if self._state.paused:  # paused meanwhile: wait for the resume
             await self._wait()
 

@@ -229,7 +229,8 @@ class Checker:
             )
 
     def _check_adoptions_in_history(self, ledger: Ledger, state: CallState) -> None:
-        """The workflow adopted the call TapRaise holds exactly once (its create found it)."""
+        """The workflow adopted the call TapRaise holds exactly once (its create or the
+        follower's listing found it)."""
         adoptions = [
             event
             for event in state.events
