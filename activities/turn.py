@@ -8,6 +8,10 @@ without its message, and the server refuses every later task of the call. The co
 regular activity is a history event of its own, so an answer given after it is given in the same
 task live and on replay. A timer would do too, but a server fires a short timer up to a second
 late; this takes a few tens of milliseconds.
+
+Runs that send an update's own TapRaise requests as regular activities answer the update after
+the last of them, and need this only for an update done without a request of its own (a
+duplicate, a refusal) or answered "queued".
 """
 
 from __future__ import annotations

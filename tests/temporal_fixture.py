@@ -32,6 +32,7 @@ import pytest
 import pytest_asyncio
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import TimeSkipper, TimeSkippingConfig, WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -318,7 +319,14 @@ class CallWorker:
         await _first_task_scheduled(handle)
 
     async def state(self, handle: WorkflowHandle[Any, Any]) -> CallState:
-        return await handle.query(CallWorkflow.state)
+        try:
+            return await handle.query(CallWorkflow.state)
+        except RPCError as err:
+            if err.status != RPCStatusCode.FAILED_PRECONDITION:
+                raise
+            # A run that continued as new and has not begun yet (its second's backoff).
+            await _current_run_begun(self.client, handle.id)
+            return await handle.query(CallWorkflow.state)
 
     async def now(self, handle: WorkflowHandle[Any, Any]) -> datetime:
         return await self.env.get_current_time(handle)

@@ -169,7 +169,9 @@ async def test_cost_counts_every_path_and_waiting_adds_nothing(stack: Stack) -> 
     for path in (typical, with_due, no_waits):
         assert path.actions["start"] == 1
         assert path.actions["update"] == 3
-        assert path.actions["local activity"] == 5  # policy, create, 2 attempts, complete
+        assert path.actions["local activity"] == 2  # policy, create
+        # Each update's own request: the two add-attempts and the completion; no empty activity.
+        assert path.actions["activity"] == 3
     # The `due` phase costs each of the three slots one timer and one upsert more.
     assert with_due.actions["timer"] - typical.actions["timer"] == 3
     assert with_due.actions["search attributes"] - typical.actions["search attributes"] == 3

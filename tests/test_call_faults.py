@@ -365,7 +365,7 @@ def _answers_in_local_activity_tasks(history: Any) -> list[int]:
 LOCAL_MARKER = "core_local_activity"
 
 
-async def test_updates_are_answered_in_a_task_of_their_own_not_with_a_local_activity_result(
+async def test_updates_are_answered_after_an_activity_never_with_a_local_activity_result(
     call_worker: CallWorker, lenient_sandbox: SandboxServer, short_rounds: None
 ) -> None:
     handle, state = await started(call_worker)
@@ -395,31 +395,54 @@ async def test_updates_are_answered_in_a_task_of_their_own_not_with_a_local_acti
     ]
     assert len(answered) == 3
     assert _answers_in_local_activity_tasks(history) == []
-    # Each answer follows the completion of its own empty activity.
-    turns = [
-        e
+    # Each answer is given in a task that an activity's completion started: the update's own
+    # TapRaise request (the first attempt, the completion), or the empty activity (the attempt
+    # answered "queued" while TapRaise failed).
+    assert _tasks_started_by(history, answered) == ["activity"] * 3
+    # No local activity sent an update's request: the add-attempts and the completion ran as
+    # activities, the empty one once.
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
         for e in history.events
-        if EventType.Name(e.event_type) == "EVENT_TYPE_ACTIVITY_TASK_COMPLETED"
+        if EventType.Name(e.event_type) == "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"
     ]
-    assert len(turns) == 3
-    # The patch is asked for in the run's first task, not where an update is answered: a task
-    # that resolves a local activity may replay as part of an earlier one, and a patch marker
-    # recorded there would not be found on replay.
+    assert sorted(scheduled) == sorted(
+        ["add_attempt", "add_attempt", "answer_turn", "add_attempt", "complete_call"]
+    ), scheduled
+    # The patches are asked for in the run's first task, not where an update is answered: a
+    # task that resolves a local activity may replay as part of an earlier one, and a patch
+    # marker recorded there would not be found on replay.
     completed = [
         e.event_id
         for e in history.events
         if EventType.Name(e.event_type) == "EVENT_TYPE_WORKFLOW_TASK_COMPLETED"
     ]
-    [patch] = [
+    patches = [
         e.event_id
         for e in history.events
         if EventType.Name(e.event_type) == "EVENT_TYPE_MARKER_RECORDED"
         and e.marker_recorded_event_attributes.marker_name == "core_patch"
-        and b"answer-in-own-task"
-        in e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data
     ]
-    assert completed[0] < patch < completed[1]
-    await record_history(handle, "answered_in_own_task")
+    assert len(patches) == 3 and all(completed[0] < p < completed[1] for p in patches)
+    await record_history(handle, "answered_after_own_activity")
+
+
+def _tasks_started_by(history: Any, answers: list[Any]) -> list[str]:
+    """For each update answer, what started the workflow task that gave it."""
+    by_id = {e.event_id: e for e in history.events}
+    started_by: list[str] = []
+    for answer in answers:
+        before = [
+            e
+            for e in history.events
+            if e.event_id < answer.event_id
+            and EventType.Name(e.event_type) == "EVENT_TYPE_WORKFLOW_TASK_SCHEDULED"
+        ][-1]
+        trigger = EventType.Name(by_id[before.event_id - 1].event_type)
+        started_by.append(
+            "activity" if trigger == "EVENT_TYPE_ACTIVITY_TASK_COMPLETED" else trigger
+        )
+    return started_by
 
 
 async def test_an_attempt_tapraise_holds_but_the_call_never_recorded_is_adopted_at_the_end(
@@ -443,5 +466,11 @@ async def test_an_attempt_tapraise_holds_but_the_call_never_recorded_is_adopted_
         if EventType.Name(e.event_type) == "EVENT_TYPE_MARKER_RECORDED"
         and e.marker_recorded_event_attributes.marker_name == "core_patch"
     ]
-    assert len(patches) == 1 and b"answer-in-own-task" in patches[0]
+    assert sorted(patches) == sorted(
+        [
+            b'{"id":"answer-in-own-task","deprecated":false}',
+            b'{"id":"adopt-listed","deprecated":false}',
+            b'{"id":"update-actions-as-activities","deprecated":false}',
+        ]
+    )
     await record_history(handle, "adopted_unrecorded_attempt")

@@ -44,6 +44,8 @@ def test_every_lifecycle_path_has_a_recorded_history() -> None:
         "retried_first_task",
         "outage_continued_as_new",
         "answered_in_own_task",
+        # An update's own requests as activities, each answer given after one.
+        "answered_after_own_activity",
         "adopted_unrecorded_attempt",
         # A run from before the patch asked for at start: it asks for its own where it adopts.
         "adopted_unrecorded_attempt_mid_run_patch",

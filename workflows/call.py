@@ -113,6 +113,12 @@ _ANSWER_IN_OWN_TASK = "answer-in-own-task"
 # TapRaise listed instead of creating it again (which TapRaise would answer 409, and a look-up
 # after). Decided in a run's first task, as the one above.
 _ADOPT_LISTED = "adopt-listed"
+# Patch: an update's own action sends its TapRaise requests as regular activities, and the
+# update is answered in the workflow task the last one's completion starts, without the empty
+# activity (see `activities.turn`): one activity where there were a local activity and the empty
+# one. Signals' actions, the create and the expiry stay local activities. Decided in a run's
+# first task, as the ones above.
+_UPDATE_ACTIONS_AS_ACTIVITIES = "update-actions-as-activities"
 # How much of the event log a continued run carries over.
 _CARRIED_EVENTS = 100
 
@@ -194,6 +200,11 @@ class CallWorkflow:
         self._draining = False  # continuing as new: messages are queued for the next run
         self._patched_at_start = workflow.patched(_ANSWER_IN_OWN_TASK)
         self._adopts_listed = input.resume is None and workflow.patched(_ADOPT_LISTED)
+        self._updates_by_activity = self._patched_at_start and workflow.patched(
+            _UPDATE_ACTIONS_AS_ACTIVITIES
+        )
+        # The action the main loop carries out now (None while it creates, waits or expires).
+        self._carrying: Action | None = None
         # The first task's place in the history: a `sync` delivered in it came with the start.
         self._first_task = workflow.info().get_current_history_length()
         # The call as TapRaise listed it, when a `sync` came with the start (see `_create`).
@@ -238,7 +249,11 @@ class CallWorkflow:
         """Carry out messages and wait for slots until the call is final."""
         while not self._phase.is_final:
             if self._inbox:
-                await self._carry_out(self._inbox[0])
+                self._carrying = self._inbox[0]
+                try:
+                    await self._carry_out(self._carrying)
+                finally:
+                    self._carrying = None
                 self._inbox.pop(0).done = True
                 continue
             if self._history_outgrown():
@@ -727,20 +742,35 @@ class CallWorkflow:
         """Run one TapRaise action until TapRaise answers it.
 
         Transient failures (5xx, 429, timeouts, 401, a 403 on a later action) are retried for as
-        long as it takes: the local activity's own round of tries, then more rounds
-        between durable timers. A final refusal raises `_Refused`; the caller decides what it
-        means for the call.
+        long as it takes: the activity's own round of tries, then more rounds between durable
+        timers. An update's own action runs as a regular activity, anything else as a local
+        one. A final refusal raises `_Refused`; the caller decides what it means for the call.
         """
         wait = retries.OUTAGE_FIRST_WAIT
+        # An update's own action: a regular activity (decided by the action alone, the same live
+        # and on replay), so that its answer never falls in a task that resolves a local one.
+        action = self._carrying
+        regular = self._updates_by_activity and action is not None and action.by_update
         while True:
             try:
-                result = await workflow.execute_local_activity_method(
-                    activity,
-                    data,
-                    start_to_close_timeout=retries.TAPRAISE_TRY,
-                    retry_policy=retries.TAPRAISE_RETRY,
-                )
+                if regular:
+                    result = await workflow.execute_activity_method(
+                        activity,
+                        data,
+                        start_to_close_timeout=retries.TAPRAISE_TRY,
+                        retry_policy=retries.TAPRAISE_RETRY,
+                        summary=verb,
+                    )
+                else:
+                    result = await workflow.execute_local_activity_method(
+                        activity,
+                        data,
+                        start_to_close_timeout=retries.TAPRAISE_TRY,
+                        retry_policy=retries.TAPRAISE_RETRY,
+                    )
             except FailureError as err:
+                if action is not None:
+                    action.last_by_activity = regular
                 # A local activity's final failure arrives as the activity's own ApplicationError.
                 cause = _cause(err)
                 if isinstance(cause, ApplicationError) and (
@@ -750,6 +780,8 @@ class CallWorkflow:
                 await self._sit_out_outage(verb, _reason(cause), wait)
                 wait = min(wait * 2, retries.OUTAGE_LONGEST_WAIT)
                 continue
+            if action is not None:
+                action.last_by_activity = regular
             if self._outage is not None:
                 self._outage = None
                 self._log("recovered", "TapRaise answers again")
@@ -858,7 +890,7 @@ class CallWorkflow:
         action.refusal = text
         message_refused(action.kind, reason)
 
-    def _accept(self, kind: str, msg: Any) -> Action | None:
+    def _accept(self, kind: str, msg: Any, *, by_update: bool = False) -> Action | None:
         refusal = self._refusal(kind, msg)
         if refusal is not None:
             message_refused(kind, refusal.reason)
@@ -867,7 +899,7 @@ class CallWorkflow:
             return None
         if kind in (COMPLETE, CANCEL):
             self._closing = "completed" if kind == COMPLETE else "cancelled"
-        action = Action(kind=kind, message=msg, received_at=workflow.now())
+        action = Action(kind=kind, message=msg, received_at=workflow.now(), by_update=by_update)
         # While TapRaise is down, or the call moves to a new run, nobody waits for it.
         action.queued = self._draining or self._outage is not None
         self._inbox.append(action)
@@ -880,14 +912,17 @@ class CallWorkflow:
             raise ApplicationError(refusal.text, type=errors.ACTION_REJECTED)
 
     async def _answer(self, kind: str, msg: Any) -> ActionAccepted:
-        action = self._accept(kind, msg)
+        action = self._accept(kind, msg, by_update=True)
         if action is None:  # the state changed between validator and handler
             refusal = self._refusal(kind, msg)
             raise ApplicationError(
                 refusal.text if refusal else "refused", type=errors.ACTION_REJECTED
             )
         await workflow.wait_condition(lambda: action.done or action.queued)
-        if self._patched_at_start:
+        if self._patched_at_start and not (action.done and action.last_by_activity):
+            # Done without a TapRaise request of its own (a duplicate, a refusal), or queued:
+            # this task may be resolving a local activity (the main loop's, for another
+            # message); the answer waits for a task of its own.
             await workflow.execute_activity(
                 answer_turn,
                 start_to_close_timeout=retries.ANSWER_TURN_TIMEOUT,

@@ -32,3 +32,9 @@ class Action:
     # Answered "queued" before it was carried out: TapRaise is down, or the call continues as
     # new and carries it over. An update waiting for it returns at once.
     queued: bool = False
+    # Accepted by an update, which waits for the answer.
+    by_update: bool = False
+    # Its last TapRaise request ran as a regular activity (an update's own action, in runs that
+    # do so): the task that activity's completion starts resolves no local activity, so the
+    # update is answered there.
+    last_by_activity: bool = False
