@@ -16,7 +16,8 @@ told (`sync` merges by attempt identity). Only the counts can come out higher th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Final, Protocol
@@ -152,25 +153,14 @@ class FollowerActivities:
         """One round: `GET /api/v1/calls?updatedAfter=…` until the last page, every change given
         to its workflow, adopted calls marked processed (`POST …/mark-processed`).
 
-        A transient TapRaise or Temporal failure fails the round; the next one asks again from
-        the same watermark, and what this one did already changes nothing the second time.
+        A page's changes are handed over while the next page is read. A transient TapRaise or
+        Temporal failure fails the round; the next one asks again from the same watermark, and
+        what this one did already changes nothing the second time.
         """
         outcome = FollowOutcome(newest=request.updated_after)
         began = self._clock()
-        calls = await self._changed(request, outcome)
-        # The list is ordered by `requestedAt`: a call changed again behind the cursor while
-        # the pages were read is not on them, and its new time may be older than the newest
-        # seen. The next round starts no later than this one began (less the overlap).
-        if outcome.newest is not None and outcome.newest > began:
-            outcome.newest = began
+        started = time.monotonic()
         recent = {(seen.call_uuid, seen.last_updated_at) for seen in request.recent}
-        fresh = [
-            call
-            for call in calls
-            # Found again in the overlap: delivered in an earlier round.
-            if call.last_updated_at is None or (call.uuid, call.last_updated_at) not in recent
-        ]
-        known = await self._dispatcher.known([call.uuid for call in fresh])
         meter = activity.metric_meter()
         changes = meter.create_counter(
             CHANGES, "Changes found in TapRaise, by what became of them."
@@ -181,9 +171,8 @@ class FollowerActivities:
         marks = list(request.unmarked)
         lanes = asyncio.Semaphore(DISPATCH_LANES)
 
-        async def hand_over(call: Call) -> None:
+        async def hand_over(call: Call, shown: Known | None) -> None:
             adopt = self._adopts(call, request)
-            shown = known.get(call.uuid)
             if shown is not None and (shown.status, shown.attempts) == (
                 call.status,
                 len(call.attempts),
@@ -196,7 +185,7 @@ class FollowerActivities:
                     marks.append(call.uuid)
                 return
             async with lanes:
-                delivery = await self._dispatch(call, adopt, request)
+                delivery = await self._dispatcher.dispatch(call, adopt, request.task_queue)
             changes.add(1, {"delivery": delivery.value})
             if delivery is not Delivery.NOT_RUNNING and call.last_updated_at is not None:
                 lag.record(max(0.0, (self._clock() - call.last_updated_at).total_seconds()))
@@ -211,12 +200,35 @@ class FollowerActivities:
             activity.heartbeat()
 
         # Calls are independent of each other: a burst of changes is handed over a few at a
-        # time, not one after the other. One failure fails the round (run again from the same
-        # watermark), once the others have been handed over.
-        handed = await asyncio.gather(*(hand_over(call) for call in fresh), return_exceptions=True)
+        # time, not one after the other, and a page's while the next is read. One failure fails
+        # the round (run again from the same watermark), once the others have been handed over.
+        calls: list[Call] = []
+        handing: list[asyncio.Task[None]] = []
+        try:
+            async for page in self._changed(request, outcome):
+                calls.extend(page)
+                fresh = [
+                    call
+                    for call in page
+                    # Found again in the overlap: delivered in an earlier round.
+                    if call.last_updated_at is None
+                    or (call.uuid, call.last_updated_at) not in recent
+                ]
+                known = await self._dispatcher.known([call.uuid for call in fresh])
+                handing.extend(
+                    asyncio.create_task(hand_over(call, known.get(call.uuid))) for call in fresh
+                )
+        finally:
+            handed = await asyncio.gather(*handing, return_exceptions=True)
+        listed_in = time.monotonic() - started
         failures = [failure for failure in handed if isinstance(failure, BaseException)]
         if failures:
             raise failures[0]
+        # The list is ordered by `requestedAt`: a call changed again behind the cursor while
+        # the pages were read is not on them, and its new time may be older than the newest
+        # seen. The next round starts no later than this one began (less the overlap).
+        if outcome.newest is not None and outcome.newest > began:
+            outcome.newest = began
         newest = outcome.newest
         outcome.recent = [
             Seen(call_uuid=call.uuid, last_updated_at=call.last_updated_at)
@@ -226,28 +238,42 @@ class FollowerActivities:
             and call.last_updated_at >= newest - OVERLAP
         ]
         await self._mark(marks, outcome)
+        if calls:
+            activity.logger.info(
+                "round: %d changed, %d adopted, %d told, %d known or left, in %.1f s "
+                "(listed and handed over in %.1f s)",
+                outcome.listed,
+                outcome.adopted,
+                outcome.delivered,
+                outcome.ignored,
+                time.monotonic() - started,
+                listed_in,
+            )
         return outcome
 
-    async def _changed(self, request: FollowRequest, outcome: FollowOutcome) -> list[Call]:
-        """Every call changed after the request's time, and the newest change among them."""
-        calls: list[Call] = []
+    async def _changed(
+        self, request: FollowRequest, outcome: FollowOutcome
+    ) -> AsyncIterator[list[Call]]:
+        """Every call changed after the request's time, a page at a time; the newest change
+        among them is kept in `outcome`."""
         after: str | None = None
         while True:
             page = await self._tapraise.list_calls_page(
                 updated_after=request.updated_after, first=PAGE_SIZE, after=after
             )
             outcome.requests += 1
-            calls.extend(page.calls)
+            outcome.listed += len(page.calls)
+            for call in page.calls:
+                changed_at = call.last_updated_at
+                if changed_at is not None and (
+                    outcome.newest is None or changed_at > outcome.newest
+                ):
+                    outcome.newest = changed_at
             activity.heartbeat()
+            yield page.calls
             if not page.page_info.has_next_page or page.page_info.end_cursor is None:
                 break
             after = page.page_info.end_cursor
-        outcome.listed = len(calls)
-        for call in calls:
-            changed_at = call.last_updated_at
-            if changed_at is not None and (outcome.newest is None or changed_at > outcome.newest):
-                outcome.newest = changed_at
-        return calls
 
     @staticmethod
     def _adopts(call: Call, request: FollowRequest) -> bool:
@@ -256,15 +282,12 @@ class FollowerActivities:
         Such a call whose workflow runs is marked processed (again: a mark is idempotent).
         """
         return (
+            # A call with `externalMetadata` is another system's: never adopted, but a workflow
+            # that runs one (created by this system) is told what changed like any other.
             call.external_metadata is None
             and call.status is CallStatus.REQUESTED
             and request.scope.covers(call.type, call.calling_organization_uuid)
         )
-
-    async def _dispatch(self, call: Call, adopt: bool, request: FollowRequest) -> Delivery:
-        # A call with `externalMetadata` is never adopted (`_adopts`), but a workflow that runs
-        # it (one this system created) is told what changed in TapRaise like any other.
-        return await self._dispatcher.dispatch(call, adopt, request.task_queue)
 
     async def _mark(self, marks: list[UUID], outcome: FollowOutcome) -> None:
         """Mark adopted calls processed; entries TapRaise refuses are kept to retry."""

@@ -17,6 +17,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows.following import (
+    BUSIEST_SHARE,
+    BUSY_ROUND,
     FOLLOWER_WORKFLOW_TYPE,
     MAX_ERRORS,
     MAX_RECENT,
@@ -132,6 +134,7 @@ class FollowerWorkflow:
         ):
             state.watermark = outcome.newest
         state.recent = outcome.recent[-MAX_RECENT:]
+        state.last_listed = outcome.listed
         state.unmarked = outcome.unmarked[-MAX_UNMARKED:]
         state.adopted += outcome.adopted
         state.delivered += outcome.delivered
@@ -151,10 +154,11 @@ class FollowerWorkflow:
             return
         # Rounds start an interval apart, however long each took: a change waits at most an
         # interval for the round that finds it. A round that outlasted the interval is followed
-        # at once.
+        # at once, a busy one sooner (`BUSY_ROUND`).
         started = self._state.last_round_at
         now = workflow.now()
-        due = started + self._interval if started is not None else now + self._interval
+        wait = self._interval * self._share(self._state.last_listed)
+        due = started + wait if started is not None else now + wait
         self._next_round_at = max(due, now)
         self._publish()
         if due > now:
@@ -168,6 +172,13 @@ class FollowerWorkflow:
                 pass
         if self._state.paused:  # paused meanwhile: wait for the resume
             await self._wait()
+
+    @staticmethod
+    def _share(listed: int) -> float:
+        """The share of the interval to wait after a round that found `listed` changes."""
+        if listed <= BUSY_ROUND:
+            return 1.0
+        return max(BUSY_ROUND / listed, BUSIEST_SHARE)
 
     def _note_error(self, error: str) -> None:
         self._state.last_error = error

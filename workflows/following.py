@@ -51,6 +51,13 @@ STATUS: Final = "status"
 
 DEFAULT_INTERVAL: Final = timedelta(seconds=30)
 MIN_INTERVAL: Final = timedelta(seconds=1)
+BUSY_ROUND: Final = 100
+"""Changes a round may find and still be followed a whole interval later. A busier round is
+followed sooner, in proportion (a round that found 300 changes, after a third of the interval):
+a burst is taken in smaller rounds, each handed over sooner, instead of one large round an
+interval late. A round that finds nothing waits the whole interval, as idle following costs."""
+BUSIEST_SHARE: Final = 1 / 6
+"""However busy, a round waits at least this share of the interval for the next."""
 MAX_RECENT: Final = 2_000
 """Changes remembered as delivered within the overlap; more in five seconds are delivered again,
 which only costs a signal (a call applies what TapRaise holds, however often it is told)."""
@@ -72,6 +79,7 @@ class FollowerState(_Message):
         recent: Changes delivered within the overlap below the watermark.
         unmarked: Adopted calls whose mark-processed is still to be retried.
         paused: A paused follower runs no round; its watermark waits, so nothing is lost.
+        last_listed: The changes the last round found (a busy round is followed sooner).
     """
 
     watermark: AwareDatetime | None = None
@@ -85,6 +93,7 @@ class FollowerState(_Message):
     requests: int = 0
     failed_rounds: int = 0
     last_round_at: datetime | None = None
+    last_listed: int = 0
     last_error: str | None = None
     errors: list[str] = Field(default_factory=list)
 
