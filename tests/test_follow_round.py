@@ -76,10 +76,13 @@ async def test_a_round_hands_every_change_over_once_and_a_rerun_over_the_overlap
     scope = FollowScope(organization_uuids=[uuid.UUID(DEMO_ORGANIZATION_UUID)])
     request = FollowRequest(updated_after=since, scope=scope, task_queue="q")
     first = await ActivityEnvironment().run(activities.follow_once, request)
-    # Three pages read (and one mark-processed), every call handed over once, to be adopted.
-    assert sorted(recorder.handed) == sorted((call_uuid, True) for call_uuid in made)
-    assert first.listed == len(made) and first.adopted == len(made)
-    assert first.requests == 3 + 1 and first.marked == len(made)
+    # Every page read (and one mark-processed), every call handed over once, to be adopted.
+    # (Other tests' calls changed since may be on the pages too.)
+    ours = set(made)
+    assert sorted(h for h in recorder.handed if h[0] in ours) == sorted((c, True) for c in made)
+    assert first.listed >= len(made) and first.adopted >= len(made)
+    pages = -(-first.listed // PAGE_SIZE)
+    assert pages >= 3 and first.requests == pages + 1 and first.marked >= len(made)
     assert first.newest is not None
     # Run again from the watermark less the overlap, as the next round asks: what the overlap
     # finds again was delivered already and is not handed over twice.
@@ -90,9 +93,8 @@ async def test_a_round_hands_every_change_over_once_and_a_rerun_over_the_overlap
         recent=first.recent,
         task_queue="q",
     )
-    second = await ActivityEnvironment().run(activities.follow_once, again)
-    assert recorder.handed == []
-    assert second.adopted == 0 and second.delivered == 0
+    await ActivityEnvironment().run(activities.follow_once, again)
+    assert [h for h in recorder.handed if h[0] in ours] == []
 
 
 def test_a_busy_round_is_followed_sooner_in_proportion_and_an_idle_one_an_interval_later() -> None:
