@@ -751,6 +751,9 @@ class CallWorkflow:
         # and on replay), so that its answer never falls in a task that resolves a local one.
         action = self._carrying
         regular = self._updates_by_activity and action is not None and action.by_update
+        if action is not None:
+            # Whatever this ends in (an answer, a refusal), an activity resolved last.
+            action.last_by_activity = regular
         while True:
             try:
                 if regular:
@@ -769,8 +772,6 @@ class CallWorkflow:
                         retry_policy=retries.TAPRAISE_RETRY,
                     )
             except FailureError as err:
-                if action is not None:
-                    action.last_by_activity = regular
                 # A local activity's final failure arrives as the activity's own ApplicationError.
                 cause = _cause(err)
                 if isinstance(cause, ApplicationError) and (
@@ -780,8 +781,6 @@ class CallWorkflow:
                 await self._sit_out_outage(verb, _reason(cause), wait)
                 wait = min(wait * 2, retries.OUTAGE_LONGEST_WAIT)
                 continue
-            if action is not None:
-                action.last_by_activity = regular
             if self._outage is not None:
                 self._outage = None
                 self._log("recovered", "TapRaise answers again")
